@@ -1,0 +1,134 @@
+/**
+ * IEEE binary16 (f16) and bfloat16 (bf16) conversion to and from f32, round-to-nearest-even.
+ *
+ * Conversions work on the raw bits through a shared scratch buffer, so they are exact and allocation-free.
+ */
+const scratch = new DataView(new ArrayBuffer(4));
+
+function f32Bits(x: number): number {
+  scratch.setFloat32(0, x);
+  return scratch.getUint32(0);
+}
+
+function bitsToF32(bits: number): number {
+  scratch.setUint32(0, bits >>> 0);
+  return scratch.getFloat32(0);
+}
+
+/**
+ * f32 → f16 bits, round-to-nearest-even, with subnormals, ±0, ±Inf and NaN (NaN keeps its sign and
+ * becomes a quiet NaN that keeps the top payload bits).
+ *
+ * @example
+ * ```ts
+ * f32ToF16Bits(1) // 0x3c00
+ * ```
+ */
+export function f32ToF16Bits(x: number): number {
+  const b = f32Bits(x);
+  const sign = (b >>> 16) & 0x8000;
+  const exp = (b >>> 23) & 0xff;
+  const mant = b & 0x7fffff;
+  if (exp === 0xff) {
+    if (mant === 0) return sign | 0x7c00;
+    return sign | 0x7e00 | (mant >>> 13);
+  }
+  // Unbiased exponent; f16 normal range is [-14, 15].
+  const e = exp - 127;
+  if (e > 15) return sign | 0x7c00;
+  if (e >= -14) {
+    // Normal f16: keep 10 mantissa bits, round the 13 dropped bits to nearest even.
+    let h = ((e + 15) << 10) | (mant >>> 13);
+    const rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h += 1; // may carry into the exponent: correct
+    return sign | h;
+  }
+  if (e < -25) return sign; // below half the smallest subnormal: rounds to zero
+  // Subnormal f16: value = m * 2^-24 with m < 1024.
+  const full = mant | 0x800000; // 24-bit significand, value = full * 2^(e-23)
+  const shift = -e - 1; // number of bits dropped: (e - 23) - (-24) = e + 1, negated
+  const m = full >>> shift;
+  const rest = full & ((1 << shift) - 1);
+  const half = 1 << (shift - 1);
+  let h = m;
+  if (rest > half || (rest === half && (h & 1) === 1)) h += 1;
+  return sign | h;
+}
+
+/**
+ * f16 bits → f32 value (exact).
+ *
+ * @example
+ * ```ts
+ * f16BitsToF32(0x3c00) // 1
+ * ```
+ */
+export function f16BitsToF32(h: number): number {
+  const sign = (h & 0x8000) << 16;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) {
+    if (mant === 0) return bitsToF32(sign);
+    // Subnormal: normalise.
+    let e = -14;
+    let m = mant;
+    while ((m & 0x400) === 0) {
+      m <<= 1;
+      e -= 1;
+    }
+    return bitsToF32(sign | ((e + 127) << 23) | ((m & 0x3ff) << 13));
+  }
+  if (exp === 0x1f) return bitsToF32(sign | 0x7f800000 | (mant << 13));
+  return bitsToF32(sign | ((exp - 15 + 127) << 23) | (mant << 13));
+}
+
+/**
+ * f32 → bf16 bits, round-to-nearest-even; NaN stays NaN (quiet), never rounds to Inf.
+ *
+ * @example
+ * ```ts
+ * f32ToBf16Bits(1) // 0x3f80
+ * ```
+ */
+export function f32ToBf16Bits(x: number): number {
+  const b = f32Bits(x);
+  if ((b & 0x7f800000) === 0x7f800000 && (b & 0x7fffff) !== 0) return ((b >>> 16) | 0x40) & 0xffff;
+  const lsb = (b >>> 16) & 1;
+  return ((b + 0x7fff + lsb) >>> 16) & 0xffff;
+}
+
+/**
+ * bf16 bits → f32 value (exact).
+ *
+ * @example
+ * ```ts
+ * bf16BitsToF32(0x3f80) // 1
+ * ```
+ */
+export function bf16BitsToF32(h: number): number {
+  return bitsToF32((h & 0xffff) << 16);
+}
+
+/** Converts a whole array of f32 values to f16 bits. */
+export function f32ArrayToF16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
+  for (let i = 0; i < src.length; i++) out[i] = f32ToF16Bits(src[i] as number);
+  return out;
+}
+
+/** Converts a whole array of f16 bits to f32 values. */
+export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  for (let i = 0; i < src.length; i++) out[i] = f16BitsToF32(src[i] as number);
+  return out;
+}
+
+/** Converts a whole array of f32 values to bf16 bits. */
+export function f32ArrayToBf16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
+  for (let i = 0; i < src.length; i++) out[i] = f32ToBf16Bits(src[i] as number);
+  return out;
+}
+
+/** Converts a whole array of bf16 bits to f32 values. */
+export function bf16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  for (let i = 0; i < src.length; i++) out[i] = bf16BitsToF32(src[i] as number);
+  return out;
+}
