@@ -1,3 +1,4 @@
+export * from './config';
 export * from './dtype';
 export * from './errors';
 export * from './half';
