@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Packs what a bare GPU machine (CUDA driver and libraries, but no Node and no registry access) needs to run
+# q's GPU tests and benchmarks, into the git-ignored folder .device/:
+#   node.xz          this machine's node binary
+#   deps.tar.xz      a flat node_modules (no symlinks) with the test runner and the runtime's dependencies
+#   dist/<pkg>/      every package's built JavaScript
+#   native/<pkg>/    every package's built CUDA addon (packages/<pkg>/build)
+# Then run there, with .device carried:  bash tools/device-run.sh <command>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .device
+if [ ! -s .device/node.xz ]; then
+  xz -T2 -c "$(command -v node)" > .device/node.xz
+fi
+deps="vitest@3.2.7 fast-check@4.10.2 commander@14.0.3 cli-progress@3.12.0 @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5.11"
+if [ ! -s .device/deps.tar.xz ] || [ "$(cat .device/deps.list 2>/dev/null)" != "$deps" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error --install-strategy=hoisted $deps)
+  tar -C "$tmp" -cJf .device/deps.tar.xz node_modules
+  echo "$deps" > .device/deps.list
+  rm -rf "$tmp"
+fi
+node_modules/.bin/turbo run build build:native --output-logs=errors-only
+rm -rf .device/dist .device/native
+for p in packages/*/; do
+  n=$(basename "$p")
+  [ -d "$p/dist" ] && mkdir -p .device/dist && cp -r "$p/dist" ".device/dist/$n"
+  [ -d "$p/build" ] && mkdir -p .device/native && cp -r "$p/build" ".device/native/$n"
+done
+du -sh .device
