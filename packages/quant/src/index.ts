@@ -1,1 +1,5 @@
+export * from './activation';
+export * from './gemm';
+export * from './intscale';
 export * from './types';
+export * from './weights';

@@ -1,0 +1,376 @@
+import { QError } from '@q/core';
+import { quantizeActPerToken, quantizeActStatic } from './activation';
+import { INT32_MAX } from './intscale';
+import type { GemmScaleMode, Int4Weights, Int8Weights, QuantizedLinear } from './types';
+import { dequantizeInt4, dequantizeInt8, unpackInt4Weights } from './weights';
+
+/**
+ * The golden (reference) GEMMs: out[m, n] = Σ_k a[m, k] · w[n, k] with int8 activations, integer weights, exact
+ * integer accumulation and the f32 epilogues of `types.ts`. `@q/kernels-cuda` is tested against these.
+ */
+
+const unpackCache = new WeakMap<Int4Weights, Int8Array>();
+const dequantCache = new WeakMap<object, Float32Array>();
+
+/**
+ * The effective integer weights `q − zero` as an Int8Array [n, kPadded], unpacked once per weights object.
+ * Padded columns are 0.
+ */
+function effectiveInts(w: Int4Weights): Int8Array {
+  let v = unpackCache.get(w);
+  if (v) return v;
+  v = unpackInt4Weights(w);
+  if (w.zeros) {
+    const groups = w.kPadded / w.groupSize;
+    for (let r = 0; r < w.n; r++) {
+      for (let j = 0; j < w.kPadded; j++) {
+        const i = r * w.kPadded + j;
+        v[i] = (v[i] as number) - (w.zeros[r * groups + Math.floor(j / w.groupSize)] as number);
+      }
+    }
+  }
+  unpackCache.set(w, v);
+  return v;
+}
+
+export interface GemmW4A8Args {
+  /** int8 activations, row-major [m, kPadded] (padding columns 0). */
+  readonly a: Int8Array;
+  /** f32 activation scales: [m] (per token) or [1] (per tensor). */
+  readonly aScales: Float32Array;
+  readonly m: number;
+  readonly weights: Int4Weights;
+  readonly mode: GemmScaleMode;
+}
+
+/** The exact integer part of a W4A8 GEMM. */
+export interface GemmIntResult {
+  readonly mode: GemmScaleMode;
+  readonly m: number;
+  readonly n: number;
+  readonly groups: number;
+  /**
+   * per-channel: Σ_g P_g, [m, n]; group-int: Σ_g q[n, g] · P_g, [m, n]; group-float: the partial sums P_g,
+   * [m, n, groups]. Asymmetric weights contribute `q − zero`.
+   */
+  readonly values: Int32Array;
+}
+
+function checkArgs(args: GemmW4A8Args): { groups: number } {
+  const { a, aScales, m, weights: w, mode } = args;
+  if (!Number.isSafeInteger(m) || m < 0)
+    throw new QError('E_SHAPE', `Expected m ≥ 0 for gemmW4A8 but received ${m}`);
+  if (a.length !== m * w.kPadded) {
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${m * w.kPadded} int8 activations (m=${m} × kPadded=${w.kPadded}) for gemmW4A8 a but received ${a.length}`,
+    );
+  }
+  if (aScales.length !== m && aScales.length !== 1) {
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${m} or 1 activation scales for gemmW4A8 aScales but received ${aScales.length}`,
+    );
+  }
+  const groups = w.kPadded / w.groupSize;
+  if (mode === 'per-channel' && groups !== 1) {
+    throw new QError(
+      'E_ARG',
+      `Expected per-channel weights (one group) for gemmW4A8 mode 'per-channel' but received ${groups} groups of ${w.groupSize}`,
+    );
+  }
+  if (mode === 'group-int' && !w.intScale) {
+    throw new QError(
+      'E_ARG',
+      `Expected weights with an intScale for gemmW4A8 mode 'group-int' but received none`,
+    );
+  }
+  if (mode === 'group-int' && !w.symmetric) {
+    throw new QError(
+      'E_ARG',
+      `Expected symmetric weights for gemmW4A8 mode 'group-int' but received asymmetric`,
+    );
+  }
+  if (mode !== 'per-channel' && mode !== 'group-float' && mode !== 'group-int') {
+    throw new QError(
+      'E_ARG',
+      `Expected one of per-channel, group-float, group-int for gemmW4A8 mode but received ${String(mode)}`,
+    );
+  }
+  return { groups };
+}
+
+function overflow(what: string, i: number, c: number, v: number): never {
+  throw new QError(
+    'E_OVERFLOW',
+    `Expected an int32 ${what} for gemmW4A8 output [${i}, ${c}] but received ${v}; the layer's Integer Scale overflow check was bypassed`,
+  );
+}
+
+/**
+ * Integer accumulators: group partial sums are formed into `partial` ([groups]) for each (i, c) and combined
+ * per the mode; `visit` receives them.
+ */
+function forEachOutput(
+  args: GemmW4A8Args,
+  groups: number,
+  visit: (i: number, c: number, partial: Int32Array) => void,
+): void {
+  const { a, m, weights: w } = args;
+  const wv = effectiveInts(w);
+  const kp = w.kPadded;
+  const gs = w.groupSize;
+  const partial = new Int32Array(groups);
+  for (let i = 0; i < m; i++) {
+    const ao = i * kp;
+    for (let c = 0; c < w.n; c++) {
+      const wo = c * kp;
+      for (let g = 0; g < groups; g++) {
+        let s = 0;
+        const k0 = g * gs;
+        const k1 = k0 + gs;
+        for (let j = k0; j < k1; j++) s += (a[ao + j] as number) * (wv[wo + j] as number);
+        partial[g] = s;
+      }
+      visit(i, c, partial);
+    }
+  }
+}
+
+/**
+ * The golden W4A8 GEMM. Returns f32 out[m, n] per the epilogue of `mode` (see `types.ts`), or with
+ * `returnInt: true` the exact integer accumulators (`GemmIntResult`). Throws `E_OVERFLOW` if an int32
+ * accumulator would wrap (which the offline Integer Scale check rules out).
+ *
+ * @example
+ * ```ts
+ * const w = withIntegerScale(quantizeInt4(wf, n, k, { groupSize: 128 }));
+ * const { q, scales } = quantizeActPerToken(x, m, k, { kPadded: w.kPadded });
+ * const out = gemmW4A8Golden({ a: q, aScales: scales, m, weights: w, mode: 'group-int' });
+ * ```
+ */
+export function gemmW4A8Golden(args: GemmW4A8Args & { readonly returnInt: true }): GemmIntResult;
+export function gemmW4A8Golden(args: GemmW4A8Args & { readonly returnInt?: false }): Float32Array;
+export function gemmW4A8Golden(
+  args: GemmW4A8Args & { readonly returnInt?: boolean },
+): Float32Array | GemmIntResult {
+  if (args.returnInt) return gemmW4A8GoldenInt(args);
+  const { groups } = checkArgs(args);
+  const { m, weights: w, mode, aScales } = args;
+  const out = new Float32Array(m * w.n);
+  const perRow = aScales.length === m;
+  if (mode === 'group-float') {
+    forEachOutput(args, groups, (i, c, partial) => {
+      let s = 0;
+      const so = c * groups;
+      for (let g = 0; g < groups; g++) {
+        s = Math.fround(s + Math.fround((partial[g] as number) * (w.scales[so + g] as number)));
+      }
+      out[i * w.n + c] = Math.fround(s * (aScales[perRow ? i : 0] as number));
+    });
+    return out;
+  }
+  const iq = w.intScale?.q;
+  forEachOutput(args, groups, (i, c, partial) => {
+    let acc = 0;
+    if (mode === 'group-int' && iq) {
+      const so = c * groups;
+      for (let g = 0; g < groups; g++) {
+        acc += (iq[so + g] as number) * (partial[g] as number);
+        if (acc > INT32_MAX || acc < -INT32_MAX - 1) overflow('Integer Scale accumulator', i, c, acc);
+      }
+    } else {
+      for (let g = 0; g < groups; g++) acc += partial[g] as number;
+    }
+    const wScale = mode === 'group-int' ? (w.intScale?.unit[c] as number) : (w.scales[c] as number);
+    out[i * w.n + c] = Math.fround(
+      Math.fround(Math.fround(acc) * (aScales[perRow ? i : 0] as number)) * wScale,
+    );
+  });
+  return out;
+}
+
+/**
+ * The exact integer part of the golden W4A8 GEMM (see `GemmIntResult`), for kernel tests.
+ *
+ * @example
+ * ```ts
+ * const { values } = gemmW4A8GoldenInt({ a, aScales, m, weights: w, mode: 'group-float' }); // [m, n, groups]
+ * ```
+ */
+export function gemmW4A8GoldenInt(args: GemmW4A8Args): GemmIntResult {
+  const { groups } = checkArgs(args);
+  const { m, weights: w, mode } = args;
+  if (mode === 'group-float') {
+    const values = new Int32Array(m * w.n * groups);
+    forEachOutput(args, groups, (i, c, partial) => values.set(partial, (i * w.n + c) * groups));
+    return { mode, m, n: w.n, groups, values };
+  }
+  const values = new Int32Array(m * w.n);
+  const iq = w.intScale?.q;
+  forEachOutput(args, groups, (i, c, partial) => {
+    let acc = 0;
+    for (let g = 0; g < groups; g++) {
+      acc +=
+        mode === 'group-int' && iq
+          ? (iq[c * groups + g] as number) * (partial[g] as number)
+          : (partial[g] as number);
+      if (acc > INT32_MAX || acc < -INT32_MAX - 1) overflow('accumulator', i, c, acc);
+    }
+    values[i * w.n + c] = acc;
+  });
+  return { mode, m, n: w.n, groups, values };
+}
+
+export interface GemmW8A8Args {
+  /** int8 activations, row-major [m, k]. */
+  readonly a: Int8Array;
+  /** f32 activation scales, [m] or [1]. */
+  readonly aScales: Float32Array;
+  readonly m: number;
+  readonly weights: Int8Weights;
+}
+
+/**
+ * The golden W8A8 GEMM: `acc = Σ_k a · w` in int32, `out = f32(f32(f32(acc) · aScale[m]) · wScale[n])`.
+ *
+ * @example
+ * ```ts
+ * const { q, scales } = quantizeActPerToken(x, m, k);
+ * const out = gemmW8A8Golden({ a: q, aScales: scales, m, weights: quantizeInt8(wf, n, k) });
+ * ```
+ */
+export function gemmW8A8Golden(args: GemmW8A8Args): Float32Array {
+  const { a, aScales, m, weights: w } = args;
+  if (a.length !== m * w.k) {
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${m * w.k} int8 activations (m=${m} × k=${w.k}) for gemmW8A8 a but received ${a.length}`,
+    );
+  }
+  if (aScales.length !== m && aScales.length !== 1) {
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${m} or 1 activation scales for gemmW8A8 aScales but received ${aScales.length}`,
+    );
+  }
+  const perRow = aScales.length === m;
+  const out = new Float32Array(m * w.n);
+  const k = w.k;
+  const wd = w.data;
+  for (let i = 0; i < m; i++) {
+    const ao = i * k;
+    const as = aScales[perRow ? i : 0] as number;
+    for (let c = 0; c < w.n; c++) {
+      const wo = c * k;
+      let acc = 0;
+      for (let j = 0; j < k; j++) acc += (a[ao + j] as number) * (wd[wo + j] as number);
+      out[i * w.n + c] = Math.fround(Math.fround(Math.fround(acc) * as) * (w.scales[c] as number));
+    }
+  }
+  return out;
+}
+
+/** The scale mode `linearForward` uses for int4 weights: group-int with an intScale, else by group count. */
+export function gemmModeFor(w: Int4Weights): GemmScaleMode {
+  if (w.intScale) return 'group-int';
+  return w.kPadded === w.groupSize ? 'per-channel' : 'group-float';
+}
+
+function floatMatmul(x: Float32Array, m: number, k: number, wf: Float32Array, n: number): Float32Array {
+  const out = new Float32Array(m * n);
+  for (let i = 0; i < m; i++) {
+    const xo = i * k;
+    for (let c = 0; c < n; c++) {
+      const wo = c * k;
+      let s = 0;
+      for (let j = 0; j < k; j++) s += (x[xo + j] as number) * (wf[wo + j] as number);
+      out[i * n + c] = s;
+    }
+  }
+  return out;
+}
+
+function dequantized(w: Int4Weights | Int8Weights): Float32Array {
+  let d = dequantCache.get(w);
+  if (!d) {
+    d = w.format === 'int4' ? dequantizeInt4(w) : dequantizeInt8(w);
+    dequantCache.set(w, d);
+  }
+  return d;
+}
+
+/**
+ * Runs one quantized linear layer on f32 input x[m, k] and returns f32 y[m, n]: the activation quantizer of
+ * `layer.act` then the golden integer GEMM (int4: the mode from `gemmModeFor`; int8: W8A8). With act 'none'
+ * or f32 weights it multiplies by the dequantized weights in float64 and rounds once to f32 (the CUDA path
+ * there is not bit-specified). The bias, if any, is added in f32.
+ *
+ * @example
+ * ```ts
+ * const y = linearForward(x, m, { name: 'q_proj', weights: q, act: 'dynamic' });
+ * ```
+ */
+export function linearForward(x: Float32Array, m: number, layer: QuantizedLinear): Float32Array {
+  const w = layer.weights;
+  const { k, n } = w;
+  if (x.length !== m * k) {
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${m * k} inputs (m=${m} × k=${k}) for layer ${layer.name} but received ${x.length}`,
+    );
+  }
+  let out: Float32Array;
+  if (layer.act === 'none' || w.format === 'f32') {
+    let xin = x;
+    if (layer.act !== 'none') {
+      // Float weights with quantized activations: fake-quantize the input.
+      xin = new Float32Array(x.length);
+      if (layer.act === 'dynamic') {
+        const { q, scales } = quantizeActPerToken(x, m, k, { name: layer.name });
+        for (let i = 0; i < x.length; i++)
+          xin[i] = Math.fround((q[i] as number) * (scales[Math.floor(i / k)] as number));
+      } else {
+        const s = staticScaleOf(layer);
+        const q = quantizeActStatic(x, s, { name: layer.name });
+        for (let i = 0; i < x.length; i++) xin[i] = Math.fround((q[i] as number) * s);
+      }
+    }
+    out = floatMatmul(xin, m, k, w.format === 'f32' ? w.data : dequantized(w), n);
+  } else {
+    const kPadded = w.format === 'int4' ? w.kPadded : k;
+    let a: Int8Array;
+    let aScales: Float32Array;
+    if (layer.act === 'dynamic') {
+      const r = quantizeActPerToken(x, m, k, { kPadded, name: layer.name });
+      a = r.q;
+      aScales = r.scales;
+    } else {
+      const s = staticScaleOf(layer);
+      a = quantizeActStatic(x, s, { m, k, kPadded, name: layer.name });
+      aScales = Float32Array.of(s);
+    }
+    out =
+      w.format === 'int4'
+        ? gemmW4A8Golden({ a, aScales, m, weights: w, mode: gemmModeFor(w) })
+        : gemmW8A8Golden({ a, aScales, m, weights: w });
+  }
+  if (layer.bias) {
+    for (let i = 0; i < m; i++) {
+      for (let c = 0; c < n; c++)
+        out[i * n + c] = Math.fround((out[i * n + c] as number) + (layer.bias[c] as number));
+    }
+  }
+  return out;
+}
+
+function staticScaleOf(layer: QuantizedLinear): number {
+  const s = layer.staticScale;
+  if (s === undefined || !(s > 0) || !Number.isFinite(s)) {
+    throw new QError(
+      'E_ARG',
+      `Expected a positive static activation scale for layer ${layer.name} but received ${s}`,
+    );
+  }
+  return Math.fround(s);
+}
