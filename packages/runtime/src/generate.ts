@@ -1,0 +1,133 @@
+import { QError } from '@q/core';
+import { Rng } from './cpu/prng';
+import type { Model } from './model';
+
+/** Options of `generate`. Temperature 0 (the default) is greedy decoding. */
+export interface GenerateOptions {
+  /** New tokens at most (default 64); generation also stops when the context is full. */
+  readonly maxTokens?: number;
+  /** Softmax temperature; 0 means greedy (argmax). */
+  readonly temperature?: number;
+  /** Keep only the k most likely tokens before sampling (0 = all). */
+  readonly topK?: number;
+  /** Nucleus sampling: keep the smallest set of tokens whose probability reaches p (1 = all). */
+  readonly topP?: number;
+  /** Seed of the sampling PRNG (default 0), so sampled output is reproducible. */
+  readonly seed?: number;
+  /** Token ids that end generation (not emitted); default the model's EOS ids. */
+  readonly stopTokens?: readonly number[];
+  /** Called with each new token id as soon as it is chosen. */
+  readonly onToken?: (id: number) => void;
+}
+
+/** Index of the largest value (lowest index on ties). */
+export function argmax(x: ArrayLike<number>, off = 0, n = x.length - off): number {
+  let best = 0;
+  let bv = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < n; i++) {
+    const v = x[off + i] as number;
+    if (v > bv) {
+      bv = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+function checkOptions(o: GenerateOptions): void {
+  const t = o.temperature ?? 0;
+  if (!Number.isFinite(t) || t < 0)
+    throw new QError('E_ARG', `Expected a temperature >= 0 but received ${t}`);
+  const k = o.topK ?? 0;
+  if (!Number.isInteger(k) || k < 0)
+    throw new QError('E_ARG', `Expected an integer top-k >= 0 but received ${k}`);
+  const p = o.topP ?? 1;
+  if (!(p > 0 && p <= 1)) throw new QError('E_ARG', `Expected a top-p in (0, 1] but received ${p}`);
+  const m = o.maxTokens ?? 64;
+  if (!Number.isInteger(m) || m < 0)
+    throw new QError('E_ARG', `Expected an integer max tokens >= 0 but received ${m}`);
+}
+
+/**
+ * Picks the next token from one row of logits: argmax at temperature 0, else a draw from the softmax of
+ * logits / temperature restricted by top-k and top-p.
+ *
+ * @example
+ * ```ts
+ * sampleToken(logits, { temperature: 0.8, topP: 0.9 }, new Rng(1));
+ * ```
+ */
+export function sampleToken(logits: Float32Array, options: GenerateOptions, rng: Rng): number {
+  const t = options.temperature ?? 0;
+  if (t === 0) return argmax(logits);
+  const v = logits.length;
+  let idx = Array.from({ length: v }, (_, i) => i);
+  idx.sort((a, b) => (logits[b] as number) - (logits[a] as number) || a - b);
+  const k = options.topK ?? 0;
+  if (k > 0 && k < v) idx = idx.slice(0, k);
+  const max = logits[idx[0] as number] as number;
+  let probs = idx.map((i) => Math.exp(((logits[i] as number) - max) / t));
+  let z = probs.reduce((a, b) => a + b, 0);
+  probs = probs.map((p) => p / z);
+  const p = options.topP ?? 1;
+  if (p < 1) {
+    let cum = 0;
+    let cut = probs.length;
+    for (let i = 0; i < probs.length; i++) {
+      cum += probs[i] as number;
+      if (cum >= p) {
+        cut = i + 1;
+        break;
+      }
+    }
+    probs = probs.slice(0, cut);
+    idx = idx.slice(0, cut);
+    z = probs.reduce((a, b) => a + b, 0);
+    probs = probs.map((q) => q / z);
+  }
+  const r = rng.next();
+  let cum = 0;
+  for (let i = 0; i < probs.length; i++) {
+    cum += probs[i] as number;
+    if (r < cum) return idx[i] as number;
+  }
+  return idx[idx.length - 1] as number;
+}
+
+/**
+ * Continues a prompt (token ids, BOS included when wanted) and returns the new token ids. A prompt longer
+ * than the model's context is refused with `E_ARG`; generation ends at a stop token, after `maxTokens`, or
+ * when the context is full.
+ *
+ * @example
+ * ```ts
+ * const ids = generate(model, [model.config.bosTokenId], { maxTokens: 40 }); // greedy
+ * const sampled = generate(model, prompt, { temperature: 0.8, topK: 40, topP: 0.95, seed: 7, onToken: print });
+ * ```
+ */
+export function generate(model: Model, prompt: readonly number[], options: GenerateOptions = {}): number[] {
+  checkOptions(options);
+  const ctx = model.config.maxSeqLen;
+  if (prompt.length === 0) throw new QError('E_ARG', 'Expected at least one prompt token but received none');
+  if (prompt.length > ctx) {
+    throw new QError(
+      'E_ARG',
+      `Expected a prompt of at most ${ctx} tokens (the model's context) but received ${prompt.length} tokens`,
+    );
+  }
+  const maxTokens = options.maxTokens ?? 64;
+  const stops = new Set(options.stopTokens ?? model.config.eosTokenIds);
+  const rng = new Rng(options.seed ?? 0);
+  const cache = model.createCache(1, ctx);
+  const out: number[] = [];
+  let logits = model.forward([prompt], { cache, logits: 'last' });
+  while (out.length < maxTokens) {
+    const next = sampleToken(logits, options, rng);
+    if (stops.has(next)) break;
+    out.push(next);
+    options.onToken?.(next);
+    if ((cache.lengths[0] as number) >= ctx) break;
+    logits = model.forward([[next]], { cache, logits: 'last' });
+  }
+  return out;
+}

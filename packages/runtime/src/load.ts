@@ -1,0 +1,82 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { type ModelConfig, QError, readLlama2cCheckpoint, type Tensor } from '@q/core';
+import { Model } from './model';
+import { findLlama2cTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
+
+/** Where a loaded model came from. */
+export type ModelSource = 'llama2c' | 'huggingface' | 'quantized';
+
+/** A model ready to run, with its tokenizer. */
+export interface LoadedModel {
+  readonly source: ModelSource;
+  /** The path given to `loadModel`, resolved. */
+  readonly path: string;
+  readonly config: ModelConfig;
+  readonly model: Model;
+  readonly tokenizer: TextTokenizer;
+  /** Float weights under Hugging Face names (float models only): what `quantizeModel` takes. */
+  readonly weights?: ReadonlyMap<string, Tensor>;
+  /** Quantized models: the recipe they were made with. */
+  readonly recipe?: string;
+}
+
+/** Options of `loadModel`. */
+export interface LoadOptions {
+  /** llama2.c tokenizer file; default `tokenizer.bin` or a `tok*.bin` beside the checkpoint. */
+  readonly tokenizer?: string;
+}
+
+/**
+ * Loads a llama2.c checkpoint (legacy or version 1) with its tokenizer.
+ *
+ * @example
+ * ```ts
+ * const m = loadLlama2c('stories260K/stories260K.bin'); // finds tok512.bin beside it
+ * ```
+ */
+export function loadLlama2c(file: string, options: LoadOptions = {}): LoadedModel {
+  const tokFile = options.tokenizer ?? findLlama2cTokenizer(file);
+  const ckpt = readLlama2cCheckpoint(file);
+  const tokenizer = loadLlama2cTokenizer(tokFile, ckpt.config.vocabSize);
+  return {
+    source: 'llama2c',
+    path: path.resolve(file),
+    config: ckpt.config,
+    model: Model.fromFloatWeights(ckpt.config, ckpt.weights),
+    tokenizer,
+    weights: ckpt.weights,
+  };
+}
+
+/**
+ * Loads any model q reads: a llama2.c checkpoint file, a Hugging Face directory (`config.json`, safetensors,
+ * `tokenizer.json`), or a directory written by `q quantize`.
+ *
+ * @example
+ * ```ts
+ * const { model, tokenizer } = loadModel('models/stories260K/stories260K.bin');
+ * const ids = generate(model, [tokenizer.bosId, ...tokenizer.encode('Once')], { maxTokens: 20 });
+ * console.log(tokenizer.decode(ids));
+ * ```
+ */
+export function loadModel(p: string, options: LoadOptions = {}): LoadedModel {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch {
+    throw new QError(
+      'E_IO',
+      `Expected a model file or directory for the model path but received ${JSON.stringify(p)}, which does not exist`,
+    );
+  }
+  if (st.isFile()) return loadLlama2c(p, options);
+  return loaders.directory(p, options);
+}
+
+/** Directory loaders, filled in by the Hugging Face and quantized-model modules. */
+export const loaders: { directory: (dir: string, options: LoadOptions) => LoadedModel } = {
+  directory: (dir) => {
+    throw new QError('E_FORMAT', `Expected a model directory with config.json for ${dir} but received none`);
+  },
+};

@@ -1,0 +1,14 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The repository root seen from this package (src/ or dist/ alike). */
+export function repoRoot(): string {
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+}
+
+/** The shared test data directory (`../shared` beside the repository), or null when absent. */
+export function sharedDir(): string | null {
+  const d = path.resolve(repoRoot(), '..', 'shared');
+  return fs.existsSync(d) ? d : null;
+}

@@ -1,0 +1,67 @@
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { evaluatePerplexity } from './evaluate';
+import { generate } from './generate';
+import { loadModel } from './load';
+import { sharedDir } from './shared-data';
+import { toF64Map } from './testing/random-model';
+import { referenceForward } from './testing/reference';
+
+const shared = sharedDir();
+const modelFile = shared ? path.join(shared, 'models', 'stories260K', 'stories260K.bin') : '';
+const textFile = shared ? path.join(shared, 'data', 'tinystories-valid-sample.txt') : '';
+const present = shared !== null && fs.existsSync(modelFile) && fs.existsSync(textFile);
+if (!present)
+  console.warn('skipping stories260K tests: ../shared/models/stories260K or ../shared/data is absent');
+
+/** The golden ids of the model's README, read from it rather than copied here. */
+function goldenIds(): number[] {
+  const readme = fs.readFileSync(path.join(path.dirname(modelFile), 'README.md'), 'utf8');
+  const m = /Greedy decoding from BOS gives ids ([\d, ]+?), which/.exec(readme);
+  if (!m) throw new Error('golden ids not found in README');
+  return (m[1] as string).split(',').map((s) => Number(s.trim()));
+}
+
+describe.skipIf(!present)('stories260K', () => {
+  it('greedy generation from BOS reproduces the golden ids', () => {
+    const { model, tokenizer } = loadModel(modelFile);
+    const golden = goldenIds();
+    const ids = generate(model, [tokenizer.bosId], { maxTokens: golden.length - 1, stopTokens: [] });
+    expect([tokenizer.bosId, ...ids]).toEqual(golden);
+    expect(tokenizer.decode([tokenizer.bosId, ...ids])).toMatch(
+      /^Once upon a time, there was a little girl named Lily/,
+    );
+  });
+
+  it('FP32 perplexity on the last 60% of lines matches a float64 forward pass within 0.1%', () => {
+    const loaded = loadModel(modelFile);
+    const lines = fs
+      .readFileSync(textFile, 'utf8')
+      .split('\n')
+      .filter((l) => l.length > 0);
+    const evalText = lines.slice(Math.floor(lines.length * 0.4)).join('\n');
+    const ids = loaded.tokenizer.encode(evalText);
+    const ctx = 256;
+    const r = evaluatePerplexity(loaded.model, ids, { ctx });
+    expect(r.tokens).toBe(ids.length);
+    // Independent float64 computation of the same windows.
+    const w64 = toF64Map(loaded.weights as ReadonlyMap<string, never>);
+    let nll = 0;
+    for (let s = 0; s < ids.length; s += ctx - 1) {
+      const win = ids.slice(s, s + ctx - 1);
+      const logits = referenceForward(loaded.config, w64, [loaded.tokenizer.bosId, ...win.slice(0, -1)]);
+      win.forEach((target, t) => {
+        const row = logits[t] as number[];
+        const mx = Math.max(...row);
+        const lse = mx + Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0));
+        nll += lse - (row[target] as number);
+      });
+    }
+    const ppl64 = Math.exp(nll / ids.length);
+    console.log(
+      `stories260K ppl: f32 ${r.ppl.toFixed(4)}, f64 ${ppl64.toFixed(4)} over ${ids.length} tokens`,
+    );
+    expect(Math.abs(r.ppl / ppl64 - 1)).toBeLessThan(1e-3);
+  });
+});
