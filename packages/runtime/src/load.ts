@@ -1,8 +1,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { type ModelConfig, QError, readLlama2cCheckpoint, type Tensor } from '@q/core';
+import {
+  type ModelConfig,
+  openSafetensorsModel,
+  QError,
+  readHfConfig,
+  readLlama2cCheckpoint,
+  Tensor,
+} from '@q/core';
 import { Model } from './model';
-import { findLlama2cTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
+import { tensorNames } from './names';
+import { findLlama2cTokenizer, loadHfTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
 
 /** Where a loaded model came from. */
 export type ModelSource = 'llama2c' | 'huggingface' | 'quantized';
@@ -71,12 +79,50 @@ export function loadModel(p: string, options: LoadOptions = {}): LoadedModel {
     );
   }
   if (st.isFile()) return loadLlama2c(p, options);
-  return loaders.directory(p, options);
+  return loadHuggingFace(p);
 }
 
-/** Directory loaders, filled in by the Hugging Face and quantized-model modules. */
-export const loaders: { directory: (dir: string, options: LoadOptions) => LoadedModel } = {
-  directory: (dir) => {
-    throw new QError('E_FORMAT', `Expected a model directory with config.json for ${dir} but received none`);
-  },
-};
+/**
+ * Loads a Hugging Face Llama-family directory: `config.json` (llama, mistral, qwen2), `tokenizer.json` (+
+ * `tokenizer_config.json` with the chat template) and safetensors weights, single-file or sharded, in any
+ * float dtype (converted to f32).
+ *
+ * @example
+ * ```ts
+ * const m = loadHuggingFace('models/Qwen2.5-0.5B-Instruct');
+ * m.tokenizer.applyChatTemplate?.([{ role: 'user', content: 'Hello' }]);
+ * ```
+ */
+export function loadHuggingFace(dir: string): LoadedModel {
+  const cfgFile = path.join(dir, 'config.json');
+  if (!fs.existsSync(cfgFile)) {
+    throw new QError('E_FORMAT', `Expected a config.json in the model directory ${dir} but received none`);
+  }
+  const config = readHfConfig(dir);
+  const tokenizer = loadHfTokenizer(dir, { bosId: config.bosTokenId, eosIds: config.eosTokenIds });
+  const st = openSafetensorsModel(dir);
+  const weights = new Map<string, Tensor<'f32'>>();
+  try {
+    for (const name of tensorNames(config)) {
+      if (!st.has(name)) {
+        if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
+        throw new QError(
+          'E_FORMAT',
+          `Expected a tensor named ${name} in the safetensors of ${dir} but received none`,
+        );
+      }
+      const t = st.read(name);
+      weights.set(name, t.dtype === 'f32' ? (t as Tensor<'f32'>) : new Tensor('f32', t.shape, t.toFloat32()));
+    }
+  } finally {
+    st.close();
+  }
+  return {
+    source: 'huggingface',
+    path: path.resolve(dir),
+    config,
+    model: Model.fromFloatWeights(config, weights),
+    tokenizer,
+    weights,
+  };
+}
