@@ -10,13 +10,28 @@ function f32Bits(x: number): number {
   return scratch.getUint32(0);
 }
 
+/**
+ * f32 bits of `x` rounded to odd: when `x` is not an f32, the result is the neighbouring f32 whose last
+ * mantissa bit is 1. Rounding that to f16 or bf16 (far fewer bits) to nearest even then gives the
+ * correctly rounded result of the original double, where plain `Math.fround` first would round twice
+ * (a double just above an f16 midpoint would become the midpoint and then tie to even, downwards).
+ * For inputs that are already f32 values this is the identity.
+ */
+function f32BitsRoundToOdd(x: number): number {
+  scratch.setFloat32(0, x);
+  let b = scratch.getUint32(0);
+  const f = scratch.getFloat32(0);
+  if (f !== x && !Number.isNaN(x) && (b & 1) === 0) b += Math.abs(f) < Math.abs(x) ? 1 : -1;
+  return b >>> 0;
+}
+
 function bitsToF32(bits: number): number {
   scratch.setUint32(0, bits >>> 0);
   return scratch.getFloat32(0);
 }
 
 /**
- * f32 → f16 bits, round-to-nearest-even, with subnormals, ±0, ±Inf and NaN (NaN keeps its sign and
+ * f32 (or any JS number, rounded once) → f16 bits, round-to-nearest-even, with subnormals, ±0, ±Inf and NaN (NaN keeps its sign and
  * becomes a quiet NaN that keeps the top payload bits).
  *
  * @example
@@ -25,7 +40,7 @@ function bitsToF32(bits: number): number {
  * ```
  */
 export function f32ToF16Bits(x: number): number {
-  const b = f32Bits(x);
+  const b = f32BitsRoundToOdd(x);
   const sign = (b >>> 16) & 0x8000;
   const exp = (b >>> 23) & 0xff;
   const mant = b & 0x7fffff;
@@ -83,7 +98,7 @@ export function f16BitsToF32(h: number): number {
 }
 
 /**
- * f32 → bf16 bits, round-to-nearest-even; NaN stays NaN (quiet), never rounds to Inf.
+ * f32 (or any JS number, rounded once) → bf16 bits, round-to-nearest-even; NaN stays NaN (quiet), never rounds to Inf.
  *
  * @example
  * ```ts
@@ -91,7 +106,7 @@ export function f16BitsToF32(h: number): number {
  * ```
  */
 export function f32ToBf16Bits(x: number): number {
-  const b = f32Bits(x);
+  const b = f32BitsRoundToOdd(x);
   if ((b & 0x7f800000) === 0x7f800000 && (b & 0x7fffff) !== 0) return ((b >>> 16) | 0x40) & 0xffff;
   const lsb = (b >>> 16) & 1;
   return ((b + 0x7fff + lsb) >>> 16) & 0xffff;
