@@ -4,7 +4,18 @@
  * ([0] arrivals, [1] generation, [2] abort flag).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { type HostPayload, type PayloadDType, type QuantOptions, decodeChunk, encodeChunk, fromF32, reduceChunk, schemeOf, toF32, wireLayout } from './reference';
+import {
+  decodeChunk,
+  encodeChunk,
+  fromF32,
+  type HostPayload,
+  type PayloadDType,
+  type QuantOptions,
+  reduceChunk,
+  schemeOf,
+  toF32,
+  wireLayout,
+} from './reference';
 
 export interface CpuWorkerData {
   readonly rank: number;
@@ -42,7 +53,8 @@ function run(d: CpuWorkerData): void {
   try {
     const load = (r: number): Float32Array => {
       const sab = d.inputs[r] as SharedArrayBuffer;
-      const raw: HostPayload = d.dtype === 'f32' ? new Float32Array(sab, 0, d.n).slice() : new Uint16Array(sab, 0, d.n);
+      const raw: HostPayload =
+        d.dtype === 'f32' ? new Float32Array(sab, 0, d.n).slice() : new Uint16Array(sab, 0, d.n);
       return toF32(raw, d.dtype, `rank ${r} input`);
     };
     const x = load(d.rank);
@@ -61,7 +73,10 @@ function run(d: CpuWorkerData): void {
       const mySend = new Uint8Array(d.send, d.rank * d.world * rb, d.world * rb);
       for (let j = 0; j < d.world; j++) encodeChunk(x, layout, j, mySend.subarray(j * rb, (j + 1) * rb));
       barrier(sync, d.world, deadline, 'all-to-all');
-      const mine = Array.from({ length: d.world }, (_, r) => new Uint8Array(d.send, (r * d.world + d.rank) * rb, rb));
+      const mine = Array.from(
+        { length: d.world },
+        (_, r) => new Uint8Array(d.send, (r * d.world + d.rank) * rb, rb),
+      );
       reduceChunk(mine, layout, d.rank, new Uint8Array(d.reduced, d.rank * rb, rb));
       barrier(sync, d.world, deadline, 'all-gather');
       for (let j = 0; j < d.world; j++) decodeChunk(new Uint8Array(d.reduced, j * rb, rb), layout, j, out);

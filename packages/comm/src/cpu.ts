@@ -1,7 +1,14 @@
 import { Worker } from 'node:worker_threads';
 import { QError } from '@q/core';
 import type { CpuWorkerData } from './cpu-worker';
-import { type HostPayload, type PayloadDType, type QuantOptions, commonLength, schemeOf, wireLayout } from './reference';
+import {
+  commonLength,
+  type HostPayload,
+  type PayloadDType,
+  type QuantOptions,
+  schemeOf,
+  wireLayout,
+} from './reference';
 import { shippedScript } from './worker-url';
 
 /** Options of the CPU multi-rank all-reduce. */
@@ -33,7 +40,10 @@ export async function allReduceThreads(
   const elemBytes = dtype === 'f32' ? 4 : 2;
   const shared = inputs.map((x, r) => {
     if ((dtype === 'f32') !== x instanceof Float32Array) {
-      throw new QError('E_DTYPE', `Expected ${dtype === 'f32' ? 'a Float32Array' : 'a Uint16Array'} for inputs[${r}] but received ${x.constructor.name}`);
+      throw new QError(
+        'E_DTYPE',
+        `Expected ${dtype === 'f32' ? 'a Float32Array' : 'a Uint16Array'} for inputs[${r}] but received ${x.constructor.name}`,
+      );
     }
     const sab = new SharedArrayBuffer(n * elemBytes);
     new Uint8Array(sab).set(new Uint8Array(x.buffer, x.byteOffset, n * elemBytes));
@@ -49,18 +59,46 @@ export async function allReduceThreads(
     inputs.map(
       (_, rank) =>
         new Promise<void>((resolve, reject) => {
-          const data: CpuWorkerData = { rank, world, n, dtype, opts: { wire, symmetric: opts.symmetric ?? false, groupSize: opts.groupSize ?? 128 }, inputs: shared, send, reduced, out, sync, timeoutMs };
+          const data: CpuWorkerData = {
+            rank,
+            world,
+            n,
+            dtype,
+            opts: { wire, symmetric: opts.symmetric ?? false, groupSize: opts.groupSize ?? 128 },
+            inputs: shared,
+            send,
+            reduced,
+            out,
+            sync,
+            timeoutMs,
+          };
           const w = new Worker(url, { workerData: data });
           w.once('message', (m: { ok: boolean; message?: string; code?: string }) => {
             if (m.ok) resolve();
-            else reject(new QError(m.code === 'E_NUMERIC' || m.code === 'E_ARG' ? m.code : m.message?.startsWith('timed out') ? 'E_TIMEOUT' : 'E_COMM', `rank ${rank}: ${m.message}`));
+            else
+              reject(
+                new QError(
+                  m.code === 'E_NUMERIC' || m.code === 'E_ARG'
+                    ? m.code
+                    : m.message?.startsWith('timed out')
+                      ? 'E_TIMEOUT'
+                      : 'E_COMM',
+                  `rank ${rank}: ${m.message}`,
+                ),
+              );
           });
-          w.once('error', (e) => reject(new QError('E_COMM', `rank ${rank} worker failed: ${e.message}`, { cause: e })));
+          w.once('error', (e) =>
+            reject(new QError('E_COMM', `rank ${rank} worker failed: ${e.message}`, { cause: e })),
+          );
           w.once('exit', () => resolve());
         }),
     ),
   );
   const failed = results.find((r) => r.status === 'rejected');
   if (failed) throw (failed as PromiseRejectedResult).reason;
-  return inputs.map((_, r) => (dtype === 'f32' ? new Float32Array(out, r * n * 4, n).slice() : new Uint16Array(out, r * n * 4, n).slice()));
+  return inputs.map((_, r) =>
+    dtype === 'f32'
+      ? new Float32Array(out, r * n * 4, n).slice()
+      : new Uint16Array(out, r * n * 4, n).slice(),
+  );
 }

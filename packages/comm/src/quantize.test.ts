@@ -1,6 +1,6 @@
 import { QError } from '@q/core';
 import { describe, expect, it } from 'vitest';
-import { type QuantScheme, dequantizeGroups, quantizeGroups, rintHalfEven } from './quantize';
+import { dequantizeGroups, type QuantScheme, quantizeGroups, rintHalfEven } from './quantize';
 import { mulberry32, randomF32 } from './test-utils';
 
 const schemes: QuantScheme[] = [
@@ -33,7 +33,9 @@ describe('quantizeGroups', () => {
         // Independent float64 statistics of the group, then the f32 step the contract prescribes.
         const levels = s.symmetric ? (s.bits === 8 ? 127 : 7) : s.bits === 8 ? 255 : 15;
         const range = s.symmetric ? Math.max(...xs.map(Math.abs)) : Math.max(0, ...xs) - Math.min(0, ...xs);
-        expect(Math.abs((q.scales[g] as number) - range / levels)).toBeLessThanOrEqual((range / levels) * 2 ** -22);
+        expect(Math.abs((q.scales[g] as number) - range / levels)).toBeLessThanOrEqual(
+          (range / levels) * 2 ** -22,
+        );
         const step = q.scales[g] as number;
         for (let i = 0; i < xs.length; i++) {
           const k = g * s.groupSize + i;
@@ -88,10 +90,14 @@ describe('quantizeGroups', () => {
   });
 
   it('rejects a bad group size', () => {
-    expect(() => quantizeGroups(new Float32Array(4), { bits: 8, symmetric: true, groupSize: 3 })).toThrow(QError);
+    expect(() => quantizeGroups(new Float32Array(4), { bits: 8, symmetric: true, groupSize: 3 })).toThrow(
+      QError,
+    );
   });
 
   it('rejects a bad bit width', () => {
-    expect(() => quantizeGroups(new Float32Array(4), { bits: 2 as 8, symmetric: true, groupSize: 2 })).toThrow(/bits 8 or 4/);
+    expect(() =>
+      quantizeGroups(new Float32Array(4), { bits: 2 as 8, symmetric: true, groupSize: 2 }),
+    ).toThrow(/bits 8 or 4/);
   });
 });

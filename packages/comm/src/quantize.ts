@@ -62,7 +62,10 @@ export function checkScheme(scheme: QuantScheme, name = 'scheme'): void {
     );
   }
   if (typeof scheme.symmetric !== 'boolean') {
-    throw new QError('E_ARG', `Expected a boolean for ${name}.symmetric but received ${String(scheme.symmetric)}`);
+    throw new QError(
+      'E_ARG',
+      `Expected a boolean for ${name}.symmetric but received ${String(scheme.symmetric)}`,
+    );
   }
 }
 
@@ -138,7 +141,7 @@ export function quantizeInto(
     scales[g] = scale;
     for (let i = start; i < end; i++) {
       let q = rintHalfEven(f32((x[i] as number) / scale)) + zero;
-      q = q < lo ? lo : q > hi ? hi : q;
+      q = Math.max(lo, Math.min(q, hi));
       const k = i - offset;
       if (bits === 8) codes[k] = q & 0xff;
       else codes[k >> 1] = (codes[k >> 1] as number) | ((q & 0xf) << ((k & 1) * 4));

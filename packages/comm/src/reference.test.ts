@@ -1,8 +1,17 @@
-import { QError, bf16ArrayToF32 } from '@q/core';
+import { bf16ArrayToF32, QError } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import { allReduceThreads } from './cpu';
 import { dequantizeGroups, quantizeGroups } from './quantize';
-import { type PayloadDType, type QuantOptions, allReduceReference, chunkLength, exactSum, relativeError, schemeOf, wireLayout } from './reference';
+import {
+  allReduceReference,
+  chunkLength,
+  exactSum,
+  type PayloadDType,
+  type QuantOptions,
+  relativeError,
+  schemeOf,
+  wireLayout,
+} from './reference';
 import { mulberry32, randomPayload } from './test-utils';
 
 describe('wireLayout', () => {
@@ -42,13 +51,20 @@ describe('allReduceReference', () => {
   it('is within f32 rounding of the exact sum unquantized', () => {
     const rand = mulberry32(102);
     const inputs = Array.from({ length: 4 }, () => randomPayload(3000, 'f32', rand));
-    expect(relativeError(allReduceReference(inputs, 'f32', { wire: 'none' }), 'f32', exactSum(inputs, 'f32'))).toBeLessThan(3 * 2 ** -24 * 4);
+    expect(
+      relativeError(allReduceReference(inputs, 'f32', { wire: 'none' }), 'f32', exactSum(inputs, 'f32')),
+    ).toBeLessThan(3 * 2 ** -24 * 4);
   });
 
   it('sums unquantized f32 in rank order', () => {
-    const a = Float32Array.of(1e8, 1), b = Float32Array.of(1, 1e8), c = Float32Array.of(-1e8, -1e8);
+    const a = Float32Array.of(1e8, 1),
+      b = Float32Array.of(1, 1e8),
+      c = Float32Array.of(-1e8, -1e8);
     const out = allReduceReference([a, b, c], 'f32', { wire: 'none' }) as Float32Array;
-    expect(Array.from(out)).toEqual([Math.fround(Math.fround(1e8 + 1) - 1e8), Math.fround(Math.fround(1 + 1e8) - 1e8)]);
+    expect(Array.from(out)).toEqual([
+      Math.fround(Math.fround(1e8 + 1) - 1e8),
+      Math.fround(Math.fround(1 + 1e8) - 1e8),
+    ]);
   });
 
   it('returns bf16 that is the f32 result rounded once', () => {
@@ -58,7 +74,10 @@ describe('allReduceReference', () => {
     const f32in = inputs.map((x) => bf16ArrayToF32(x as Uint16Array));
     const f32out = allReduceReference(f32in, 'f32', { wire: 'int8' }) as Float32Array;
     const widened = bf16ArrayToF32(out);
-    for (let i = 0; i < out.length; i++) expect(Math.abs((widened[i] as number) - (f32out[i] as number))).toBeLessThanOrEqual(Math.abs(f32out[i] as number) * 2 ** -8);
+    for (let i = 0; i < out.length; i++)
+      expect(Math.abs((widened[i] as number) - (f32out[i] as number))).toBeLessThanOrEqual(
+        Math.abs(f32out[i] as number) * 2 ** -8,
+      );
   });
 
   it('rejects inputs of different lengths (E_COMM)', () => {
@@ -72,7 +91,9 @@ describe('allReduceReference', () => {
   });
 
   it('rejects a wrong array type for the dtype (E_DTYPE)', () => {
-    expect(() => allReduceReference([new Float32Array(4)], 'bf16')).toThrow(expect.objectContaining({ code: 'E_DTYPE' }));
+    expect(() => allReduceReference([new Float32Array(4)], 'bf16')).toThrow(
+      expect.objectContaining({ code: 'E_DTYPE' }),
+    );
   });
 });
 
@@ -92,7 +113,12 @@ describe('allReduceThreads', () => {
       const ref = allReduceReference(inputs, dtype, opts);
       const outs = await allReduceThreads(inputs, dtype, opts);
       expect(outs.length).toBe(world);
-      for (const o of outs) expect(Buffer.from(o.buffer, o.byteOffset, o.byteLength).equals(Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength))).toBe(true);
+      for (const o of outs)
+        expect(
+          Buffer.from(o.buffer, o.byteOffset, o.byteLength).equals(
+            Buffer.from(ref.buffer, ref.byteOffset, ref.byteLength),
+          ),
+        ).toBe(true);
     });
   }
 

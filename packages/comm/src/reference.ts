@@ -17,8 +17,8 @@
  * A one-shot kernel that reads every rank's records and reduces all chunks locally gives the same bits, since
  * steps 4-6 are deterministic functions of the records.
  */
-import { QError, bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16 } from '@q/core';
-import { type QuantScheme, checkScheme, codeBytes, dequantizeInto, quantizeInto } from './quantize';
+import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, QError } from '@q/core';
+import { checkScheme, codeBytes, dequantizeInto, type QuantScheme, quantizeInto } from './quantize';
 
 /** What travels between ranks: int8 or int4 codes with scales, or the input dtype unchanged. */
 export type WireFormat = 'int8' | 'int4' | 'none';
@@ -61,7 +61,11 @@ export function schemeOf(opts: QuantOptions = {}): QuantScheme {
   if (wire !== 'int8' && wire !== 'int4') {
     throw new QError('E_ARG', `Expected 'int8' or 'int4' for wire but received ${String(wire)}`);
   }
-  const scheme = { bits: wire === 'int8' ? 8 : 4, symmetric: opts.symmetric ?? false, groupSize: opts.groupSize ?? 128 } as const;
+  const scheme = {
+    bits: wire === 'int8' ? 8 : 4,
+    symmetric: opts.symmetric ?? false,
+    groupSize: opts.groupSize ?? 128,
+  } as const;
   checkScheme(scheme, 'options');
   return scheme;
 }
@@ -76,7 +80,8 @@ export function schemeOf(opts: QuantOptions = {}): QuantScheme {
  * ```
  */
 export function wireLayout(n: number, world: number, scheme: QuantScheme): WireLayout {
-  if (!Number.isInteger(n) || n < 1) throw new QError('E_ARG', `Expected a positive element count for n but received ${n}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new QError('E_ARG', `Expected a positive element count for n but received ${n}`);
   if (!Number.isInteger(world) || world < 1) {
     throw new QError('E_ARG', `Expected a positive integer for world but received ${world}`);
   }
@@ -113,7 +118,15 @@ export function encodeChunk(x: Float32Array, layout: WireLayout, j: number, reco
 /** Step 6: dequantizes chunk `j`'s record into `out` at the chunk's position. */
 export function decodeChunk(record: Uint8Array, layout: WireLayout, j: number, out: Float32Array): void {
   const v = recordViews(layout, record);
-  dequantizeInto(v.codes, v.scales, v.zeros, chunkLength(layout, j), layout.scheme, out, j * layout.chunkElems);
+  dequantizeInto(
+    v.codes,
+    v.scales,
+    v.zeros,
+    chunkLength(layout, j),
+    layout.scheme,
+    out,
+    j * layout.chunkElems,
+  );
 }
 
 /** Steps 4-5: dequantize-sum in rank order, then requantize into `out`. `scratch` holds chunkElems f32. */
@@ -129,7 +142,8 @@ export function reduceChunk(
   records.forEach((rec, r) => {
     const v = recordViews(layout, rec);
     dequantizeInto(v.codes, v.scales, v.zeros, len, layout.scheme, r === 0 ? scratch : part, 0);
-    if (r > 0) for (let i = 0; i < len; i++) scratch[i] = Math.fround((scratch[i] as number) + (part[i] as number));
+    if (r > 0)
+      for (let i = 0; i < len; i++) scratch[i] = Math.fround((scratch[i] as number) + (part[i] as number));
   });
   const o = recordViews(layout, out);
   out.fill(0, 0, layout.recordBytes);
@@ -147,11 +161,18 @@ export function reduceChunk(
 export function toF32(x: HostPayload, dtype: PayloadDType, name = 'input'): Float32Array {
   let f: Float32Array;
   if (dtype === 'f32') {
-    if (!(x instanceof Float32Array)) throw new QError('E_DTYPE', `Expected a Float32Array for ${name} (f32) but received ${x.constructor.name}`);
+    if (!(x instanceof Float32Array))
+      throw new QError(
+        'E_DTYPE',
+        `Expected a Float32Array for ${name} (f32) but received ${x.constructor.name}`,
+      );
     f = x;
   } else {
     if (!(x instanceof Uint16Array)) {
-      throw new QError('E_DTYPE', `Expected a Uint16Array of ${dtype} bits for ${name} but received ${x.constructor.name}`);
+      throw new QError(
+        'E_DTYPE',
+        `Expected a Uint16Array of ${dtype} bits for ${name} but received ${x.constructor.name}`,
+      );
     }
     f = dtype === 'f16' ? f16ArrayToF32(x) : bf16ArrayToF32(x);
   }
@@ -171,11 +192,15 @@ export function fromF32(x: Float32Array, dtype: PayloadDType): HostPayload {
 
 /** Checks that every rank's payload has the same length; returns it. */
 export function commonLength(inputs: readonly HostPayload[]): number {
-  if (inputs.length === 0) throw new QError('E_ARG', 'Expected at least one rank input for inputs but received none');
+  if (inputs.length === 0)
+    throw new QError('E_ARG', 'Expected at least one rank input for inputs but received none');
   const n = inputs[0]?.length ?? 0;
   inputs.forEach((x, r) => {
     if (x.length !== n) {
-      throw new QError('E_COMM', `Expected ${n} elements for rank ${r}'s input (as rank 0) but received ${x.length}`);
+      throw new QError(
+        'E_COMM',
+        `Expected ${n} elements for rank ${r}'s input (as rank 0) but received ${x.length}`,
+      );
     }
   });
   if (n === 0) throw new QError('E_ARG', 'Expected a non-empty payload for inputs but received 0 elements');
@@ -191,7 +216,11 @@ export function commonLength(inputs: readonly HostPayload[]): number {
  * allReduceReference([a, b], 'f32', { wire: 'int8' }); // ≈ [1.5, 1, 7]
  * ```
  */
-export function allReduceReference(inputs: readonly HostPayload[], dtype: PayloadDType, opts: QuantOptions = {}): HostPayload {
+export function allReduceReference(
+  inputs: readonly HostPayload[],
+  dtype: PayloadDType,
+  opts: QuantOptions = {},
+): HostPayload {
   const n = commonLength(inputs);
   const xs = inputs.map((x, r) => toF32(x, dtype, `inputs[${r}]`));
   const world = xs.length;
@@ -252,7 +281,12 @@ export function exactSum(inputs: readonly HostPayload[], dtype: PayloadDType): F
  * ```
  */
 export function relativeError(out: HostPayload, dtype: PayloadDType, ref: Float64Array): number {
-  const f = dtype === 'f32' ? (out as Float32Array) : dtype === 'f16' ? f16ArrayToF32(out as Uint16Array) : bf16ArrayToF32(out as Uint16Array);
+  const f =
+    dtype === 'f32'
+      ? (out as Float32Array)
+      : dtype === 'f16'
+        ? f16ArrayToF32(out as Uint16Array)
+        : bf16ArrayToF32(out as Uint16Array);
   let num = 0;
   let den = 0;
   for (let i = 0; i < ref.length; i++) {

@@ -11,8 +11,13 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 export async function shippedScript(name: string): Promise<URL> {
   const built = new URL(`./${name}.js`, import.meta.url);
   if (existsSync(fileURLToPath(built))) return built;
-  const source = fileURLToPath(new URL(`./${name}.ts`, import.meta.url));
+  return bundleSource(fileURLToPath(new URL(`./${name}.ts`, import.meta.url)));
+}
+
+/** Bundles one TypeScript entry of this package (with @q/core from source) into an ES module in the temp folder. */
+export async function bundleSource(source: string): Promise<URL> {
   const dir = join(tmpdir(), 'q-comm-src');
+  const name = source.replace(/^.*[\\/]/, '').replace(/\.ts$/, '');
   const out = join(dir, `${name}-${Math.floor(statSync(source).mtimeMs)}-${process.pid}.mjs`);
   if (!existsSync(out)) {
     mkdirSync(dir, { recursive: true });
