@@ -49,7 +49,8 @@ for (const fmt of formats) {
         const want = refDecode(h, fmt.expBits, fmt.mantBits);
         const got = fmt.dec(h);
         if (Number.isNaN(want)) {
-          if (!Number.isNaN(got)) throw new Error(`${fmt.name} 0x${h.toString(16)}: expected NaN, got ${got}`);
+          if (!Number.isNaN(got))
+            throw new Error(`${fmt.name} 0x${h.toString(16)}: expected NaN, got ${got}`);
         } else if (!Object.is(got, want)) {
           throw new Error(`${fmt.name} 0x${h.toString(16)}: expected ${want}, got ${got}`);
         }
@@ -65,8 +66,10 @@ for (const fmt of formats) {
         // The reference NaN carries no sign; for NaN patterns feed the decoded value (same bits in f32).
         const back = fmt.enc(Number.isNaN(v) ? fmt.dec(h) : v);
         if (Number.isNaN(v)) {
-          if (!isNaNBits(back)) throw new Error(`${fmt.name} NaN 0x${h.toString(16)} became 0x${back.toString(16)}`);
-          if ((back & signBit) !== (h & signBit)) throw new Error(`${fmt.name} NaN 0x${h.toString(16)} lost its sign`);
+          if (!isNaNBits(back))
+            throw new Error(`${fmt.name} NaN 0x${h.toString(16)} became 0x${back.toString(16)}`);
+          if ((back & signBit) !== (h & signBit))
+            throw new Error(`${fmt.name} NaN 0x${h.toString(16)} lost its sign`);
         } else if (back !== h) {
           throw new Error(`${fmt.name} 0x${h.toString(16)} (${v}) encoded as 0x${back.toString(16)}`);
         }
@@ -100,7 +103,9 @@ for (const fmt of formats) {
           for (const [x, want] of cases) {
             const got = fmt.enc(x);
             if (got !== want) {
-              throw new Error(`${fmt.name}: ${x} encoded as 0x${got.toString(16)}, expected 0x${want.toString(16)}`);
+              throw new Error(
+                `${fmt.name}: ${x} encoded as 0x${got.toString(16)}, expected 0x${want.toString(16)}`,
+              );
             }
           }
         }

@@ -27,7 +27,8 @@ describe('Tensor', () => {
     expect(tr.data).toBe(t.data);
     expect(tr.isContiguous()).toBe(false);
     for (let k = 0; k < 5; k++)
-      for (let j = 0; j < 4; j++) for (let i = 0; i < 3; i++) expect(tr.get(k, j, i)).toBe(at(vals, dims, i, j, k));
+      for (let j = 0; j < 4; j++)
+        for (let i = 0; i < 3; i++) expect(tr.get(k, j, i)).toBe(at(vals, dims, i, j, k));
   });
 
   it('slice is a view with an offset', () => {
@@ -36,7 +37,8 @@ describe('Tensor', () => {
     expect(s.offset).toBe(5);
     expect(s.data).toBe(t.data);
     for (let i = 0; i < 3; i++)
-      for (let j = 0; j < 2; j++) for (let k = 0; k < 5; k++) expect(s.get(i, j, k)).toBe(at(vals, dims, i, j + 1, k));
+      for (let j = 0; j < 2; j++)
+        for (let k = 0; k < 5; k++) expect(s.get(i, j, k)).toBe(at(vals, dims, i, j + 1, k));
   });
 
   it('contiguous copies a strided view into row-major order with fresh storage', () => {
@@ -48,7 +50,8 @@ describe('Tensor', () => {
     expect(c.strides).toEqual(contiguousStrides(c.shape));
     let n = 0;
     for (let j = 0; j < 4; j++)
-      for (let i = 0; i < 3; i++) for (let k = 1; k < 4; k++) expect(c.data[n++]).toBe(at(vals, dims, i, j, k));
+      for (let i = 0; i < 3; i++)
+        for (let k = 1; k < 4; k++) expect(c.data[n++]).toBe(at(vals, dims, i, j, k));
     c.data[0] = 123;
     expect(t.get(0, 0, 1)).not.toBe(123);
   });
@@ -66,7 +69,9 @@ describe('Tensor', () => {
   it('keeps f16 and bf16 bits exact through views and copies', () => {
     const bits = new Uint16Array([0x7e01, 0x8000, 0x0001, 0x3c00, 0xfc00, 0x7bff]);
     const h = new Tensor('f16', [2, 3], bits);
-    expect(Array.from(h.transpose().contiguous().data)).toEqual([0x7e01, 0x3c00, 0x8000, 0xfc00, 0x0001, 0x7bff]);
+    expect(Array.from(h.transpose().contiguous().data)).toEqual([
+      0x7e01, 0x3c00, 0x8000, 0xfc00, 0x0001, 0x7bff,
+    ]);
     expect(h.get(0, 1)).toBe(-0);
     expect(Tensor.from('bf16', [1], [1]).data[0]).toBe(0x3f80);
   });
