@@ -10,6 +10,7 @@ import {
 } from '@q/core';
 import { Model } from './model';
 import { tensorNames } from './names';
+import { isQuantizedDir, loadQuantizedModel } from './quantize';
 import { findLlama2cTokenizer, loadHfTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
 
 /** Where a loaded model came from. */
@@ -79,6 +80,7 @@ export function loadModel(p: string, options: LoadOptions = {}): LoadedModel {
     );
   }
   if (st.isFile()) return loadLlama2c(p, options);
+  if (isQuantizedDir(p)) return loadQuantizedModel(p);
   return loadHuggingFace(p);
 }
 

@@ -46,7 +46,18 @@ export function loadLlama2cTokenizer(file: string, vocabSize?: number): TextToke
       `Expected a llama2.c tokenizer file for the tokenizer but received a missing path ${file}`,
     );
   }
-  const t: Llama2cTokenizer = readLlama2cTokenizer(file, vocabSize);
+  return wrapLlama2cTokenizer(readLlama2cTokenizer(file, vocabSize), [path.resolve(file)]);
+}
+
+/**
+ * Wraps an in-memory llama2.c tokenizer (`files`: where it is stored, if anywhere).
+ *
+ * @example
+ * ```ts
+ * const tok = wrapLlama2cTokenizer(new Llama2cTokenizer(pieces, scores), []);
+ * ```
+ */
+export function wrapLlama2cTokenizer(t: Llama2cTokenizer, files: readonly string[]): TextTokenizer {
   return {
     kind: 'llama2c',
     vocabSize: t.vocabSize,
@@ -55,7 +66,7 @@ export function loadLlama2cTokenizer(file: string, vocabSize?: number): TextToke
     encode: (text) => t.encode(text, { bos: false, eos: false }),
     decode: (ids) => t.decode(ids),
     streamDecoder: () => t.streamDecoder(),
-    files: [path.resolve(file)],
+    files,
   };
 }
 

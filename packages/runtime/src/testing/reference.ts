@@ -104,7 +104,8 @@ export function referenceForward(c: ModelConfig, w: F64Weights, tokens: readonly
         const z = e.reduce((a, v) => a + v, 0);
         for (let s = 0; s <= t; s++)
           for (let i = 0; i < hd; i++)
-            att[h * hd + i] += ((e[s] as number) / z) * (vs[s]?.[kvh * hd + i] as number);
+            att[h * hd + i] =
+              (att[h * hd + i] as number) + ((e[s] as number) / z) * (vs[s]?.[kvh * hd + i] as number);
       }
       const o = linear(att, need(w, `${p}.self_attn.o_proj.weight`), d);
       const x1 = x.map((v, i) => v + (o[i] as number));
