@@ -1,3 +1,5 @@
+import { type ModelConfig, Tensor } from '@q/core';
+
 /**
  * Deterministic helpers shared by the tests and the benchmark: a seeded PRNG and a float64 reference norm.
  * Not part of the public API (not exported from index.ts).
@@ -30,4 +32,67 @@ export function randn(n: number, seed: number, scale = 1): Float32Array {
   const out = new Float32Array(n);
   for (let i = 0; i < n; i++) out[i] = g() * scale;
   return out;
+}
+
+/** A small Llama-shaped config for unit tests (K = 96 exercises padding at group 64/128). */
+export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
+  return {
+    architecture: 'llama',
+    hiddenSize: 64,
+    intermediateSize: 96,
+    numLayers: 2,
+    numHeads: 4,
+    numKvHeads: 2,
+    headDim: 16,
+    vocabSize: 32,
+    maxSeqLen: 64,
+    rmsNormEps: 1e-5,
+    ropeTheta: 10000,
+    ropeScaling: { type: 'none' },
+    ropeStyle: 'interleaved',
+    tieWordEmbeddings: false,
+    attentionBias: false,
+    bosTokenId: 1,
+    eosTokenIds: [2],
+    ...overrides,
+  };
+}
+
+/** Random f32 weights under HF names for `config`. */
+export function tinyWeights(config: ModelConfig, seed = 1): Map<string, Tensor<'f32'>> {
+  const w = new Map<string, Tensor<'f32'>>();
+  const h = config.hiddenSize;
+  const f = config.intermediateSize;
+  const kv = config.numKvHeads * config.headDim;
+  let s = seed;
+  const mat = (name: string, n: number, k: number): void => {
+    w.set(name, new Tensor('f32', [n, k], randn(n * k, s++, 1 / Math.sqrt(k))));
+  };
+  const vec = (name: string, n: number): void => {
+    const v = randn(n, s++, 0.1);
+    for (let i = 0; i < n; i++) v[i] = 1 + (v[i] as number);
+    w.set(name, new Tensor('f32', [n], v));
+  };
+  mat('model.embed_tokens.weight', config.vocabSize, h);
+  for (let i = 0; i < config.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    vec(`${p}.input_layernorm.weight`, h);
+    mat(`${p}.self_attn.q_proj.weight`, h, h);
+    mat(`${p}.self_attn.k_proj.weight`, kv, h);
+    mat(`${p}.self_attn.v_proj.weight`, kv, h);
+    if (config.attentionBias) {
+      for (const x of ['q', 'k', 'v']) {
+        const n = x === 'q' ? h : kv;
+        w.set(`${p}.self_attn.${x}_proj.bias`, new Tensor('f32', [n], randn(n, s++, 0.1)));
+      }
+    }
+    mat(`${p}.self_attn.o_proj.weight`, h, h);
+    vec(`${p}.post_attention_layernorm.weight`, h);
+    mat(`${p}.mlp.gate_proj.weight`, f, h);
+    mat(`${p}.mlp.up_proj.weight`, f, h);
+    mat(`${p}.mlp.down_proj.weight`, h, f);
+  }
+  vec('model.norm.weight', h);
+  if (!config.tieWordEmbeddings) mat('lm_head.weight', config.vocabSize, h);
+  return w;
 }
