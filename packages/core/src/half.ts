@@ -5,11 +5,6 @@
  */
 const scratch = new DataView(new ArrayBuffer(4));
 
-function f32Bits(x: number): number {
-  scratch.setFloat32(0, x);
-  return scratch.getUint32(0);
-}
-
 /**
  * f32 bits of `x` rounded to odd: when `x` is not an f32, the result is the neighbouring f32 whose last
  * mantissa bit is 1. Rounding that to f16 or bf16 (far fewer bits) to nearest even then gives the

@@ -47,11 +47,31 @@ function randomTensors(seed: number) {
   const f = randomFloats(6 * 5, seed);
   return {
     'a.f32': Tensor.from('f32', [6, 5], f),
-    'b.f16': new Tensor('f16', [3, 4], Uint16Array.from(randomFloats(12, seed + 1), (x) => f32ToF16Bits(x))),
-    'c.bf16': new Tensor('bf16', [7], Uint16Array.from(randomFloats(7, seed + 2), (x) => f32ToBf16Bits(x))),
-    'd.i8': new Tensor('i8', [2, 2, 3], Int8Array.from({ length: 12 }, () => Math.floor(r() * 256) - 128)),
-    'e.u8': new Tensor('u8', [5], Uint8Array.from({ length: 5 }, () => 1 + Math.floor(r() * 255))),
-    'f.i32': new Tensor('i32', [3], Int32Array.from({ length: 3 }, () => Math.floor(r() * 2 ** 32) - 2 ** 31)),
+    'b.f16': new Tensor(
+      'f16',
+      [3, 4],
+      Uint16Array.from(randomFloats(12, seed + 1), (x) => f32ToF16Bits(x)),
+    ),
+    'c.bf16': new Tensor(
+      'bf16',
+      [7],
+      Uint16Array.from(randomFloats(7, seed + 2), (x) => f32ToBf16Bits(x)),
+    ),
+    'd.i8': new Tensor(
+      'i8',
+      [2, 2, 3],
+      Int8Array.from({ length: 12 }, () => Math.floor(r() * 256) - 128),
+    ),
+    'e.u8': new Tensor(
+      'u8',
+      [5],
+      Uint8Array.from({ length: 5 }, () => 1 + Math.floor(r() * 255)),
+    ),
+    'f.i32': new Tensor(
+      'i32',
+      [3],
+      Int32Array.from({ length: 3 }, () => Math.floor(r() * 2 ** 32) - 2 ** 31),
+    ),
   };
 }
 
@@ -76,13 +96,23 @@ describe('safetensors read', () => {
     expect(r.names()).toEqual(['idx', 'w']);
     expect(r.metadata).toEqual({ format: 'pt', note: 'x' });
     const headerLen = fs.readFileSync(file).readBigUInt64LE(0);
-    expect(r.info('w')).toEqual({ dtype: 'f32', shape: [2, 3], byteOffset: 8 + Number(headerLen) + 8, byteLength: 24 });
+    expect(r.info('w')).toEqual({
+      dtype: 'f32',
+      shape: [2, 3],
+      byteOffset: 8 + Number(headerLen) + 8,
+      byteLength: 24,
+    });
     const w = r.read('w');
     expect(w.shape).toEqual([2, 3]);
     expect(Array.from(w.data)).toEqual(Array.from(a));
     expect(Array.from(r.read('idx').data)).toEqual([-7, 123456789]);
     expect(Array.from(r.readBytes('idx'))).toEqual(Array.from(data.subarray(0, 8)));
-    expect(isQError(errorOf(() => r.info('nope')), 'E_ARG')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => r.info('nope')),
+        'E_ARG',
+      ),
+    ).toBe(true);
     r.close();
   });
 
@@ -138,7 +168,11 @@ describe('safetensors bad input', () => {
     const b = Buffer.alloc(40);
     b.writeBigUInt64LE(1000n);
     fs.writeFileSync(file, b);
-    expectFormat(() => openSafetensors(file), file, 'header length 1000 runs past the end of the file (40 bytes');
+    expectFormat(
+      () => openSafetensors(file),
+      file,
+      'header length 1000 runs past the end of the file (40 bytes',
+    );
   });
 
   it('header over 100 MB is refused before allocating', () => {
@@ -167,13 +201,22 @@ describe('safetensors bad input', () => {
     handFile(file, { w: { dtype: 'F33', shape: [1], data_offsets: [0, 4] } }, 4);
     expectFormat(() => openSafetensors(file), file, 'unknown dtype "F33" for tensor "w"');
     handFile(file, { w: { dtype: 'F64', shape: [1], data_offsets: [0, 8] } }, 8);
-    expect(isQError(errorOf(() => openSafetensors(file)), 'E_UNSUPPORTED')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => openSafetensors(file)),
+        'E_UNSUPPORTED',
+      ),
+    ).toBe(true);
   });
 
   it('shape × dtype size not equal to the byte range', () => {
     const file = f('size.safetensors');
     handFile(file, { w: { dtype: 'F16', shape: [2, 3], data_offsets: [0, 24] } }, 24);
-    expectFormat(() => openSafetensors(file), file, 'tensor "w" has shape [2, 3] × F16 = 12 bytes but its byte range [0, 24) holds 24');
+    expectFormat(
+      () => openSafetensors(file),
+      file,
+      'tensor "w" has shape [2, 3] × F16 = 12 bytes but its byte range [0, 24) holds 24',
+    );
     handFile(file, { w: { dtype: 'F32', shape: [2 ** 40, 2 ** 40], data_offsets: [0, 4] } }, 4);
     expectFormat(() => openSafetensors(file), 'tensor "w"');
     handFile(file, { w: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, 4);
@@ -190,13 +233,21 @@ describe('safetensors bad input', () => {
       },
       16,
     );
-    expectFormat(() => openSafetensors(file), file, /tensor "b" byte range \[8, 16\) overlaps tensor "a" \[0, 16\)/);
+    expectFormat(
+      () => openSafetensors(file),
+      file,
+      /tensor "b" byte range \[8, 16\) overlaps tensor "a" \[0, 16\)/,
+    );
   });
 
   it('out-of-range offsets', () => {
     const file = f('range.safetensors');
     handFile(file, { w: { dtype: 'U8', shape: [4], data_offsets: [100, 104] } }, 8);
-    expectFormat(() => openSafetensors(file), file, 'tensor "w" has byte range [100, 104) past the end of the data section (8 bytes');
+    expectFormat(
+      () => openSafetensors(file),
+      file,
+      'tensor "w" has byte range [100, 104) past the end of the data section (8 bytes',
+    );
     handFile(file, { w: { dtype: 'U8', shape: [0], data_offsets: [4, 0] } }, 8);
     expectFormat(() => openSafetensors(file), 'data_offsets');
     handFile(file, { w: { dtype: 'U8', shape: [1], data_offsets: [-1, 0] } }, 8);
@@ -220,7 +271,12 @@ describe('safetensors bad input', () => {
   });
 
   it('a missing file is E_IO', () => {
-    expect(isQError(errorOf(() => openSafetensors(f('missing.safetensors'))), 'E_IO')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => openSafetensors(f('missing.safetensors'))),
+        'E_IO',
+      ),
+    ).toBe(true);
   });
 });
 
@@ -236,10 +292,20 @@ describe('safetensors writes are atomic', () => {
     ]);
     w.write('a', Tensor.from('f32', [4], randomFloats(4, 1)));
     expect(leftovers().length).toBe(1);
-    expect(isQError(errorOf(() => w.write('b', new Uint8Array(3))), 'E_SHAPE')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => w.write('b', new Uint8Array(3))),
+        'E_SHAPE',
+      ),
+    ).toBe(true);
     expect(fs.existsSync(file)).toBe(false);
     expect(leftovers()).toEqual([]);
-    expect(isQError(errorOf(() => w.close()), 'E_IO')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => w.close()),
+        'E_IO',
+      ),
+    ).toBe(true);
   });
 
   it('a tensor that throws while being written leaves the previous file intact', () => {
@@ -265,11 +331,26 @@ describe('safetensors writes are atomic', () => {
       { name: 'b', dtype: 'u8', shape: [1] },
     ] as const;
     const w = createSafetensorsWriter(file, specs);
-    expect(isQError(errorOf(() => w.write('b', Uint8Array.of(1))), 'E_ARG')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => w.write('b', Uint8Array.of(1))),
+        'E_ARG',
+      ),
+    ).toBe(true);
     const w2 = createSafetensorsWriter(file, specs);
     w2.write('a', Uint8Array.of(1));
-    expect(isQError(errorOf(() => w2.close()), 'E_ARG')).toBe(true);
-    expect(isQError(errorOf(() => writeSafetensors(file, { q: Tensor.from('i4', [2], [1, -1]) })), 'E_DTYPE')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => w2.close()),
+        'E_ARG',
+      ),
+    ).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => writeSafetensors(file, { q: Tensor.from('i4', [2], [1, -1]) })),
+        'E_DTYPE',
+      ),
+    ).toBe(true);
     expect(fs.existsSync(file)).toBe(false);
     expect(leftovers()).toEqual([]);
   });
@@ -326,6 +407,11 @@ describe('sharded safetensors', () => {
   });
 
   it('rejects a bad maxShardBytes', () => {
-    expect(isQError(errorOf(() => writeShardedSafetensors(tmpDir(), {}, { maxShardBytes: 0 })), 'E_ARG')).toBe(true);
+    expect(
+      isQError(
+        errorOf(() => writeShardedSafetensors(tmpDir(), {}, { maxShardBytes: 0 })),
+        'E_ARG',
+      ),
+    ).toBe(true);
   });
 });
