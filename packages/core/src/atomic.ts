@@ -10,11 +10,14 @@ export function ioError(e: unknown, what: string): QError {
   return new QError('E_IO', `Could not ${what}: ${msg}`, { cause: e });
 }
 
+/** Node refuses single reads and writes of 2 GiB or more; larger ranges go in chunks of this size. */
+const IO_CHUNK = 1 << 30;
+
 /** Writes all of `bytes` at the current position (writeSync may write less than asked). */
 export function writeAllSync(fd: number, bytes: Uint8Array): void {
   let done = 0;
   while (done < bytes.byteLength) {
-    done += fs.writeSync(fd, bytes, done, bytes.byteLength - done);
+    done += fs.writeSync(fd, bytes, done, Math.min(IO_CHUNK, bytes.byteLength - done));
   }
 }
 
@@ -25,7 +28,7 @@ export function writeAllSync(fd: number, bytes: Uint8Array): void {
 export function readFullySync(fd: number, out: Uint8Array, position: number): number {
   let done = 0;
   while (done < out.byteLength) {
-    const n = fs.readSync(fd, out, done, out.byteLength - done, position + done);
+    const n = fs.readSync(fd, out, done, Math.min(IO_CHUNK, out.byteLength - done), position + done);
     if (n === 0) break;
     done += n;
   }

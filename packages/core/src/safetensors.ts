@@ -355,6 +355,21 @@ export interface SafetensorsWriter {
   abort(): void;
 }
 
+/** Duck-typed so tensors from another copy of this package (dist next to sources) are accepted too. */
+function isTensor(v: unknown): v is Tensor {
+  if (v instanceof Tensor) return true;
+  const t = v as Partial<Tensor> | null;
+  return (
+    typeof t === 'object' &&
+    t !== null &&
+    typeof t.dtype === 'string' &&
+    Array.isArray(t.shape) &&
+    ArrayBuffer.isView(t.data) &&
+    typeof t.isContiguous === 'function' &&
+    typeof t.contiguous === 'function'
+  );
+}
+
 function tensorBytes(t: Tensor): Uint8Array {
   const c = t.isContiguous() ? t : t.contiguous();
   const bpe = c.data.BYTES_PER_ELEMENT;
@@ -464,7 +479,7 @@ export function createSafetensorsWriter(
           );
         }
         let bytes: Uint8Array;
-        if (value instanceof Tensor) {
+        if (isTensor(value)) {
           if (
             value.dtype !== spec.dtype ||
             value.shape.length !== spec.shape.length ||
@@ -519,7 +534,7 @@ function entriesOf(tensors: TensorCollection): [string, Tensor][] {
 }
 
 function specOf(name: string, t: Tensor): SafetensorsTensorSpec {
-  if (!(t instanceof Tensor))
+  if (!isTensor(t))
     throw new QError('E_ARG', `Expected a Tensor for ${name} but received ${describeValue(t)}`);
   if (t.dtype === 'i4') {
     throw new QError(
