@@ -1,6 +1,26 @@
+export type { CommBinding, NativeArLayout } from './binding';
+export {
+  type AllReduceAlgorithm,
+  type CollectiveDType,
+  Communicator,
+  type CommunicatorOptions,
+  type DeviceBuffer,
+  type OwnedDeviceBuffer,
+  type QuantizedAllReduceOptions,
+} from './communicator';
 export { allReduceThreads, type CpuAllReduceOptions } from './cpu';
 export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions } from './group';
 export { type LaunchOptions, type LaunchResult, launch, launchCli } from './launch';
+export {
+  COMM_VERSION,
+  type CommAddonAttempt,
+  type CommAddonEnvironment,
+  commAddonFileName,
+  isCommAddonAvailable,
+  loadCommNative,
+  ncclCandidates,
+  resolveCommAddon,
+} from './native';
 export * from './quantize';
 export * from './reference';
 export {

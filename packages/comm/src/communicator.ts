@@ -1,0 +1,690 @@
+/**
+ * One rank's GPU communicator: NCCL collectives through the addon, and the quantized all-reduce in two forms,
+ * (a) over NCCL (quantize kernel → all-to-all → dequantize-sum-requantize kernel → all-gather → dequantize kernel;
+ * works across nodes) and (b) a fused intra-node kernel over CUDA IPC peer memory (buffers registered once here,
+ * handles exchanged through the rendezvous, flag barriers; one-shot for small messages, two-shot for large).
+ * Both give exactly the bits of `allReduceReference` (the NCCL-native 'nccl' algorithm sums in NCCL's order).
+ */
+import { QError } from '@q/core';
+import type { CommBinding, NativeArLayout } from './binding';
+import type { ProcessGroup } from './group';
+import { loadCommNative, ncclCandidates, toQError } from './native';
+import { type PayloadDType, type QuantOptions, schemeOf, wireLayout } from './reference';
+
+/** A device buffer: anything with a device pointer and a size (kernels-cuda's DeviceTensor fits). */
+export interface DeviceBuffer {
+  readonly ptr: bigint;
+  readonly byteLength: number;
+}
+
+/** A buffer this communicator allocated; `close()` frees it if `free()` was not called. */
+export interface OwnedDeviceBuffer extends DeviceBuffer {
+  free(): void;
+}
+
+/** dtypes of the plain NCCL collectives. */
+export type CollectiveDType = 'f16' | 'bf16' | 'f32' | 'i8' | 'u8' | 'i32';
+
+/** How `quantizedAllReduce` runs. 'nccl' is NCCL's own all-reduce of the payload dtype. */
+export type AllReduceAlgorithm =
+  | 'auto'
+  | 'nccl'
+  | 'nccl-int8'
+  | 'nccl-int4'
+  | 'fused'
+  | 'fused-int8'
+  | 'fused-int4';
+
+/** Options of `quantizedAllReduce`. */
+export interface QuantizedAllReduceOptions {
+  /** Default 'auto' (see `chooseAlgorithm`). */
+  readonly algorithm?: AllReduceAlgorithm;
+  /** For 'auto' only: restrict the wire format ('none' keeps the result exact up to the f32 sum). */
+  readonly wire?: QuantOptions['wire'];
+  /** Default false (asymmetric). */
+  readonly symmetric?: boolean;
+  /** Fused kernel: read all peers and reduce locally. Default: message ≤ oneShotMaxBytes. */
+  readonly oneShot?: boolean;
+}
+
+/** Options of `Communicator.create`. */
+export interface CommunicatorOptions {
+  /** CUDA device of this rank. Default: the group's localRank. */
+  readonly device?: number;
+  /** Largest payload (bytes, f16/bf16) the fused kernel takes; sizes its registered buffer. Default 128 MiB. */
+  readonly maxFusedBytes?: number;
+  /** Register IPC buffers for the fused kernel. Default: true when every rank is on this host. */
+  readonly fused?: boolean;
+  /** Messages up to this size use the unquantized fused one-shot kernel under 'auto'. Default 512 KiB. */
+  readonly smallBytes?: number;
+  /** Fused messages up to this size run one-shot. Default 512 KiB. */
+  readonly oneShotMaxBytes?: number;
+  /** Path of libnccl.so.2 (default: Q_NCCL_LIB, the loader's search, Python NCCL wheels). */
+  readonly ncclLib?: string;
+  /** Collective and barrier timeout, ms. Default: the group's. */
+  readonly timeoutMs?: number;
+  /** The addon; tests pass a stand-in. */
+  readonly binding?: CommBinding;
+}
+
+const NCCL_DTYPE: Record<CollectiveDType, number> = { i8: 0, u8: 1, i32: 2, f16: 6, f32: 7, bf16: 9 };
+const DTYPE_BYTES: Record<CollectiveDType, number> = { i8: 1, u8: 1, i32: 4, f16: 2, f32: 4, bf16: 2 };
+const GPU_GROUP = 128;
+
+function align(b: number, a: number): number {
+  return Math.ceil(b / a) * a;
+}
+
+/**
+ * A communicator over the ranks of a process group, one GPU per rank.
+ *
+ * @example
+ * ```ts
+ * const pg = await initProcessGroup();
+ * const comm = await Communicator.create(pg);
+ * const x = comm.alloc(8192 * 2), y = comm.alloc(8192 * 2);
+ * comm.upload(x, bf16Bits);
+ * await comm.quantizedAllReduce(x, y, 8192, 'bf16', { algorithm: 'fused-int8' });
+ * comm.synchronize();
+ * comm.close();
+ * pg.close();
+ * ```
+ */
+export class Communicator {
+  readonly rank: number;
+  readonly world: number;
+  readonly device: number;
+  readonly stream: bigint;
+  readonly ncclVersion: number;
+  readonly multiProcessorCount: number;
+  readonly timeoutMs: number;
+  /** True when the fused IPC kernel is set up. */
+  readonly fusedAvailable: boolean;
+  readonly maxFusedBytes: number;
+  private readonly b: CommBinding;
+  private readonly pg: ProcessGroup;
+  private readonly smallBytes: number;
+  private readonly oneShotMaxBytes: number;
+  private comm: bigint;
+  private readonly owned = new Set<bigint>();
+  private readonly opened = new Set<bigint>();
+  private ipcBase = 0n;
+  private dataPtrs: bigint[] = [];
+  private sigPtrs: bigint[] = [];
+  private epoch = 1;
+  private scratch:
+    | { bytes: number; send: bigint; recv: bigint; reduced: bigint; gathered: bigint }
+    | undefined;
+  private readonly checked = new Set<string>();
+  private closed = false;
+
+  private constructor(init: {
+    b: CommBinding;
+    pg: ProcessGroup;
+    device: number;
+    stream: bigint;
+    comm: bigint;
+    ncclVersion: number;
+    sms: number;
+    timeoutMs: number;
+    opts: CommunicatorOptions;
+  }) {
+    this.b = init.b;
+    this.pg = init.pg;
+    this.rank = init.pg.rank;
+    this.world = init.pg.world;
+    this.device = init.device;
+    this.stream = init.stream;
+    this.comm = init.comm;
+    this.ncclVersion = init.ncclVersion;
+    this.multiProcessorCount = init.sms;
+    this.timeoutMs = init.timeoutMs;
+    this.maxFusedBytes = init.opts.maxFusedBytes ?? 128 * 1024 * 1024;
+    this.smallBytes = init.opts.smallBytes ?? 512 * 1024;
+    this.oneShotMaxBytes = init.opts.oneShotMaxBytes ?? 512 * 1024;
+    this.fusedAvailable = false;
+  }
+
+  /**
+   * Creates the communicator on every rank: selects the device, loads NCCL, shares the NCCL unique id through
+   * the rendezvous, and (single host) registers the fused kernel's IPC buffers with every peer.
+   *
+   * @example
+   * ```ts
+   * const comm = await Communicator.create(await initProcessGroup(), { maxFusedBytes: 64 << 20 });
+   * ```
+   */
+  static async create(pg: ProcessGroup, opts: CommunicatorOptions = {}): Promise<Communicator> {
+    const b = opts.binding ?? loadCommNative();
+    const device = opts.device ?? pg.localRank;
+    const timeoutMs = opts.timeoutMs ?? pg.timeoutMs;
+    const count = b.deviceCount();
+    if (count.count === 0) {
+      throw new QError(
+        'E_NO_DEVICE',
+        `Expected a CUDA device for rank ${pg.rank} but received none${count.error ? ` (${count.error})` : ''}`,
+      );
+    }
+    if (device < 0 || device >= count.count) {
+      throw new QError(
+        'E_NO_DEVICE',
+        `Expected a device index in [0, ${count.count}) for rank ${pg.rank} but received ${device} (set CUDA_VISIBLE_DEVICES or options.device)`,
+      );
+    }
+    b.setDevice(device);
+    const info = b.deviceInfo(device);
+    const tried: string[] = [];
+    let ncclVersion = 0;
+    for (const path of opts.ncclLib ? [opts.ncclLib] : ncclCandidates()) {
+      try {
+        ncclVersion = b.ncclLoad(path);
+        break;
+      } catch (e) {
+        tried.push(`  - ${path}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+    if (ncclVersion === 0) {
+      throw new QError(
+        'E_NCCL',
+        `Expected libnccl.so.2 (NCCL >= 2.7) but none loaded. Tried:\n${tried.join('\n')}\nPossible solutions:\n  - Set Q_NCCL_LIB to the path of libnccl.so.2 (e.g. from the nvidia-nccl-cu12/cu13 Python wheel).\n  - Install NCCL (libnccl2).`,
+      );
+    }
+    const stream = b.streamCreate();
+    // Every rank must pass this exchange before any of them blocks inside ncclCommInitRank, which has no timeout.
+    const id = await pg.broadcastBytes('nccl-id', pg.rank === 0 ? b.ncclGetUniqueId() : undefined);
+    let comm = 0n;
+    try {
+      comm = b.ncclCommInitRank(pg.world, id, pg.rank);
+    } catch (e) {
+      b.streamDestroy(stream);
+      throw e;
+    }
+    const c = new Communicator({
+      b,
+      pg,
+      device,
+      stream,
+      comm,
+      ncclVersion,
+      sms: info.multiProcessorCount,
+      timeoutMs,
+      opts,
+    });
+    try {
+      const wantFused = opts.fused ?? pg.singleHost;
+      const constants = b.arConstants();
+      // Every rank must decide the same, so the decision itself is exchanged.
+      const can = wantFused && pg.singleHost && pg.world <= constants.maxRanks;
+      const all = await pg.exchange('fused-ok', new Uint8Array([can ? 1 : 0]));
+      if (all.every((v) => v[0] === 1) && pg.world > 1) await c.registerIpc(constants);
+    } catch (e) {
+      c.close();
+      throw e;
+    }
+    return c;
+  }
+
+  private async registerIpc(constants: { signalRegion: number; signalBytes: number }): Promise<void> {
+    const w = this.world;
+    // Largest record set: unquantized payload split in W chunks of C elements, W records plus one reduced record.
+    const elems = Math.ceil(this.maxFusedBytes / 2);
+    const chunk = align(Math.ceil(elems / w), GPU_GROUP);
+    const dataBytes = (w + 1) * align(chunk * 2, 16);
+    const total = constants.signalRegion + dataBytes;
+    this.ipcBase = this.b.malloc(total);
+    this.owned.add(this.ipcBase);
+    this.b.memset(this.ipcBase, 0, constants.signalRegion);
+    const handles = await this.pg.exchange('ipc-handles', this.b.ipcGetHandle(this.ipcBase));
+    const bases = handles.map((h, r) => {
+      if (r === this.rank) return this.ipcBase;
+      const p = this.b.ipcOpenHandle(h);
+      this.opened.add(p);
+      return p;
+    });
+    this.sigPtrs = bases;
+    this.dataPtrs = bases.map((p) => p + BigInt(constants.signalRegion));
+    // No rank may launch the fused kernel before every peer has mapped every buffer and zeroed its flags.
+    this.b.streamSynchronize(this.stream);
+    await this.pg.barrier('ipc-registered');
+    (this as { fusedAvailable: boolean }).fusedAvailable = true;
+  }
+
+  /** Live allocations and opened IPC mappings (both 0 after close). */
+  resources(): { allocations: number; ipcHandles: number } {
+    return { allocations: this.owned.size, ipcHandles: this.opened.size };
+  }
+
+  private live(): void {
+    if (this.closed)
+      throw new QError(
+        'E_DISPOSED',
+        `Expected an open communicator on rank ${this.rank} but received a closed one`,
+      );
+  }
+
+  /**
+   * Allocates device memory that `close()` frees.
+   *
+   * @example
+   * ```ts
+   * const buf = comm.alloc(1 << 20);
+   * buf.free();
+   * ```
+   */
+  alloc(bytes: number): OwnedDeviceBuffer {
+    this.live();
+    if (!Number.isInteger(bytes) || bytes < 1)
+      throw new QError('E_ARG', `Expected a positive byte count for alloc but received ${bytes}`);
+    const ptr = this.b.malloc(bytes);
+    this.owned.add(ptr);
+    return {
+      ptr,
+      byteLength: bytes,
+      free: () => {
+        if (this.owned.delete(ptr)) this.b.free(ptr);
+      },
+    };
+  }
+
+  /** Copies host bytes to the start of `dst` (synchronous). */
+  upload(dst: DeviceBuffer, src: ArrayBufferView): void {
+    this.live();
+    if (src.byteLength > dst.byteLength)
+      throw new QError(
+        'E_SHAPE',
+        `Expected at most ${dst.byteLength} bytes for upload but received ${src.byteLength}`,
+      );
+    this.b.copyHtoD(dst.ptr, src);
+  }
+
+  /** Copies the start of `src` into host memory after the communicator's stream finished. */
+  download(src: DeviceBuffer, dst: ArrayBufferView): void {
+    this.live();
+    if (dst.byteLength > src.byteLength)
+      throw new QError(
+        'E_SHAPE',
+        `Expected at most ${src.byteLength} bytes for download but received ${dst.byteLength}`,
+      );
+    this.synchronize();
+    this.b.copyDtoH(src.ptr, dst);
+  }
+
+  /** Waits for the stream; a collective that does not finish within the timeout aborts NCCL and throws E_TIMEOUT. */
+  synchronize(): void {
+    this.live();
+    try {
+      this.b.syncWatch(this.stream, this.comm, this.timeoutMs);
+    } catch (e) {
+      const q = toQError(e, `rank ${this.rank} synchronize`);
+      // syncWatch aborted the NCCL communicator (which frees it) before throwing these.
+      if (q.code === 'E_NCCL' || q.code === 'E_TIMEOUT') this.comm = 0n;
+      if (q.code === 'E_CUDA' && this.fusedAvailable) {
+        throw new QError(
+          'E_COMM',
+          `${q.message} (the fused kernel traps when a peer does not reach its flag barrier within ${this.timeoutMs} ms)`,
+          { cause: q },
+        );
+      }
+      throw q;
+    }
+  }
+
+  private need(buf: DeviceBuffer, bytes: number, name: string): void {
+    if (typeof buf?.ptr !== 'bigint' || buf.ptr === 0n)
+      throw new QError(
+        'E_ARG',
+        `Expected a device buffer with a bigint ptr for ${name} but received ${String(buf?.ptr)}`,
+      );
+    if (buf.byteLength < bytes)
+      throw new QError(
+        'E_SHAPE',
+        `Expected at least ${bytes} bytes for ${name} but received ${buf.byteLength}`,
+      );
+  }
+
+  private count(n: number, name: string): void {
+    if (!Number.isInteger(n) || n < 1)
+      throw new QError('E_ARG', `Expected a positive element count for ${name} but received ${n}`);
+  }
+
+  /** Checks once per new (operation, count, dtype) that every rank passed the same: E_COMM otherwise. */
+  private async sameOnAllRanks(signature: string): Promise<void> {
+    if (this.checked.has(signature)) return;
+    await this.pg.checkSame('collective (operation count dtype)', signature);
+    this.checked.add(signature);
+  }
+
+  /**
+   * NCCL all-reduce (sum) of `count` elements; `recv` may be `send`.
+   *
+   * @example
+   * ```ts
+   * await comm.allReduce(x, x, 4096, 'f32');
+   * ```
+   */
+  async allReduce(
+    send: DeviceBuffer,
+    recv: DeviceBuffer,
+    count: number,
+    dtype: CollectiveDType,
+  ): Promise<void> {
+    this.live();
+    this.count(count, 'allReduce count');
+    this.need(send, count * DTYPE_BYTES[dtype], 'allReduce send');
+    this.need(recv, count * DTYPE_BYTES[dtype], 'allReduce recv');
+    await this.sameOnAllRanks(`allReduce ${count} ${dtype}`);
+    this.b.ncclAllReduce(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.stream);
+  }
+
+  /**
+   * NCCL all-gather: `count` elements from every rank, concatenated in rank order into `recv`.
+   *
+   * @example
+   * ```ts
+   * await comm.allGather(mine, all, 1024, 'bf16');
+   * ```
+   */
+  async allGather(
+    send: DeviceBuffer,
+    recv: DeviceBuffer,
+    count: number,
+    dtype: CollectiveDType,
+  ): Promise<void> {
+    this.live();
+    this.count(count, 'allGather count');
+    this.need(send, count * DTYPE_BYTES[dtype], 'allGather send');
+    this.need(recv, count * this.world * DTYPE_BYTES[dtype], 'allGather recv');
+    await this.sameOnAllRanks(`allGather ${count} ${dtype}`);
+    this.b.ncclAllGather(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], this.comm, this.stream);
+  }
+
+  /**
+   * NCCL reduce-scatter (sum): `send` holds world × `count` elements, `recv` gets this rank's reduced block.
+   *
+   * @example
+   * ```ts
+   * await comm.reduceScatter(all, mine, 1024, 'f32');
+   * ```
+   */
+  async reduceScatter(
+    send: DeviceBuffer,
+    recv: DeviceBuffer,
+    count: number,
+    dtype: CollectiveDType,
+  ): Promise<void> {
+    this.live();
+    this.count(count, 'reduceScatter count');
+    this.need(send, count * this.world * DTYPE_BYTES[dtype], 'reduceScatter send');
+    this.need(recv, count * DTYPE_BYTES[dtype], 'reduceScatter recv');
+    await this.sameOnAllRanks(`reduceScatter ${count} ${dtype}`);
+    this.b.ncclReduceScatter(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.stream);
+  }
+
+  /**
+   * All-to-all through grouped NCCL send/recv: block p (`count` elements) of `send` goes to rank p, rank p's block
+   * for this rank lands in block p of `recv`.
+   *
+   * @example
+   * ```ts
+   * await comm.allToAll(send, recv, 256, 'i8');
+   * ```
+   */
+  async allToAll(
+    send: DeviceBuffer,
+    recv: DeviceBuffer,
+    count: number,
+    dtype: CollectiveDType,
+  ): Promise<void> {
+    this.live();
+    this.count(count, 'allToAll count');
+    const bytes = count * DTYPE_BYTES[dtype];
+    this.need(send, bytes * this.world, 'allToAll send');
+    this.need(recv, bytes * this.world, 'allToAll recv');
+    await this.sameOnAllRanks(`allToAll ${count} ${dtype}`);
+    this.b.ncclAllToAll(send.ptr, recv.ptr, bytes, this.world, this.comm, this.stream);
+  }
+
+  /**
+   * NCCL broadcast of `count` elements from `root` (in place).
+   *
+   * @example
+   * ```ts
+   * await comm.broadcast(weights, n, 'bf16', 0);
+   * ```
+   */
+  async broadcast(buf: DeviceBuffer, count: number, dtype: CollectiveDType, root = 0): Promise<void> {
+    this.live();
+    this.count(count, 'broadcast count');
+    if (!Number.isInteger(root) || root < 0 || root >= this.world)
+      throw new QError('E_ARG', `Expected a root in [0, ${this.world}) but received ${root}`);
+    this.need(buf, count * DTYPE_BYTES[dtype], 'broadcast buffer');
+    await this.sameOnAllRanks(`broadcast ${count} ${dtype} ${root}`);
+    this.b.ncclBroadcast(buf.ptr, buf.ptr, count, NCCL_DTYPE[dtype], root, this.comm, this.stream);
+  }
+
+  /**
+   * Waits until every rank's GPU work queued so far is done (an NCCL all-reduce of one int, then a synchronize).
+   *
+   * @example
+   * ```ts
+   * await comm.barrier();
+   * ```
+   */
+  async barrier(): Promise<void> {
+    this.live();
+    const s = this.ensureScratch(16);
+    this.b.ncclAllReduce(s.reduced, s.reduced, 1, NCCL_DTYPE.i32, 0, this.comm, this.stream);
+    this.synchronize();
+  }
+
+  /**
+   * The algorithm 'auto' runs for a message: with the fused kernel (one host, n % 8 == 0, f16/bf16, within
+   * maxFusedBytes): unquantized one-shot up to smallBytes (latency-bound: fewer bytes gain nothing), fused int8
+   * above (or the wire format asked for). Across hosts: NCCL up to smallBytes, int8 over NCCL above.
+   *
+   * @example
+   * ```ts
+   * comm.chooseAlgorithm(8192 * 8192, 'bf16') // 'fused-int8' on one host
+   * ```
+   */
+  chooseAlgorithm(
+    count: number,
+    dtype: PayloadDType,
+    wire?: QuantOptions['wire'],
+  ): Exclude<AllReduceAlgorithm, 'auto'> {
+    const bytes = count * (dtype === 'f32' ? 4 : 2);
+    const fusedOk = this.fusedAvailable && dtype !== 'f32' && count % 8 === 0 && bytes <= this.maxFusedBytes;
+    const quantOk = dtype !== 'f32' && count % 8 === 0;
+    const w = wire ?? (bytes <= this.smallBytes ? 'none' : 'int8');
+    if (w === 'none' || !quantOk) return fusedOk ? 'fused' : 'nccl';
+    if (fusedOk) return w === 'int4' ? 'fused-int4' : 'fused-int8';
+    return w === 'int4' ? 'nccl-int4' : 'nccl-int8';
+  }
+
+  private ensureScratch(bytes: number) {
+    if (this.scratch && this.scratch.bytes >= bytes) return this.scratch;
+    if (this.scratch) {
+      this.synchronize();
+      for (const p of [this.scratch.send, this.scratch.recv, this.scratch.reduced, this.scratch.gathered]) {
+        this.owned.delete(p);
+        this.b.free(p);
+      }
+      this.scratch = undefined;
+    }
+    const size = align(Math.max(bytes, 4096), 4096);
+    const a = () => {
+      const p = this.b.malloc(size);
+      this.owned.add(p);
+      return p;
+    };
+    this.scratch = { bytes: size, send: a(), recv: a(), reduced: a(), gathered: a() };
+    return this.scratch;
+  }
+
+  private layout(count: number, dtype: PayloadDType, bits: 0 | 4 | 8, symmetric: boolean): NativeArLayout {
+    const d = dtype === 'f16' ? 0 : 1;
+    if (bits === 0) {
+      const chunk = align(Math.ceil(count / this.world), GPU_GROUP);
+      const rb = align(chunk * 2, 16);
+      return {
+        n: count,
+        world: this.world,
+        rank: this.rank,
+        chunkElems: chunk,
+        recordBytes: rb,
+        scalesOffset: rb,
+        zerosOffset: rb,
+        groupSize: GPU_GROUP,
+        bits: 0,
+        symmetric: true,
+        dtype: d,
+      };
+    }
+    const l = wireLayout(
+      count,
+      this.world,
+      schemeOf({ wire: bits === 8 ? 'int8' : 'int4', symmetric, groupSize: GPU_GROUP }),
+    );
+    return {
+      n: count,
+      world: this.world,
+      rank: this.rank,
+      chunkElems: l.chunkElems,
+      recordBytes: l.recordBytes,
+      scalesOffset: l.scalesOffset,
+      zerosOffset: l.zerosOffset,
+      groupSize: GPU_GROUP,
+      bits,
+      symmetric,
+      dtype: d,
+    };
+  }
+
+  /**
+   * The all-reduce (sum) of `count` f16/bf16 elements from `input` into `output` on every rank, by the chosen
+   * algorithm; quantized forms follow `allReduceReference` bit for bit. Enqueues on `stream`; call
+   * `synchronize()` (or `download`) before reading. Returns the algorithm that ran.
+   *
+   * @example
+   * ```ts
+   * const used = await comm.quantizedAllReduce(x, y, n, 'bf16'); // e.g. 'fused-int8'
+   * ```
+   */
+  async quantizedAllReduce(
+    input: DeviceBuffer,
+    output: DeviceBuffer,
+    count: number,
+    dtype: PayloadDType,
+    opts: QuantizedAllReduceOptions = {},
+  ): Promise<Exclude<AllReduceAlgorithm, 'auto'>> {
+    this.live();
+    this.count(count, 'quantizedAllReduce count');
+    const esize = dtype === 'f32' ? 4 : 2;
+    this.need(input, count * esize, 'quantizedAllReduce input');
+    this.need(output, count * esize, 'quantizedAllReduce output');
+    const algo =
+      !opts.algorithm || opts.algorithm === 'auto'
+        ? this.chooseAlgorithm(count, dtype, opts.wire)
+        : opts.algorithm;
+    const symmetric = opts.symmetric ?? false;
+    await this.sameOnAllRanks(`quantizedAllReduce ${count} ${dtype} ${algo} ${symmetric}`);
+    if (algo === 'nccl') {
+      this.b.ncclAllReduce(input.ptr, output.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.stream);
+      return algo;
+    }
+    if (dtype === 'f32')
+      throw new QError('E_DTYPE', `Expected f16 or bf16 for ${algo} but received f32 (use algorithm 'nccl')`);
+    if (count % 8 !== 0)
+      throw new QError('E_SHAPE', `Expected a multiple of 8 elements for ${algo} but received ${count}`);
+    const bits = algo.endsWith('int8') ? 8 : algo.endsWith('int4') ? 4 : 0;
+    const L = this.layout(count, dtype, bits, symmetric);
+    if (algo.startsWith('fused')) {
+      if (!this.fusedAvailable) {
+        throw new QError(
+          'E_UNSUPPORTED',
+          `Expected the fused kernel (one host, ≤ 8 ranks, IPC registered) for ${algo} but it is not set up on rank ${this.rank}`,
+        );
+      }
+      const need = (this.world + 1) * L.recordBytes;
+      const have =
+        (this.world + 1) *
+        align(align(Math.ceil(Math.ceil(this.maxFusedBytes / 2) / this.world), GPU_GROUP) * 2, 16);
+      if (need > have)
+        throw new QError(
+          'E_SHAPE',
+          `Expected at most ${this.maxFusedBytes} bytes for ${algo} (maxFusedBytes) but received ${count * esize}`,
+        );
+      const oneShot = opts.oneShot ?? count * esize <= this.oneShotMaxBytes;
+      this.b.arFused(
+        L,
+        input.ptr,
+        output.ptr,
+        this.dataPtrs,
+        this.sigPtrs,
+        this.epoch,
+        oneShot,
+        this.multiProcessorCount,
+        this.timeoutMs,
+        this.stream,
+      );
+      this.epoch = (this.epoch + 1) >>> 0 || 1;
+      return algo;
+    }
+    const s = this.ensureScratch(this.world * L.recordBytes);
+    this.b.arQuantize(L, input.ptr, s.send, this.multiProcessorCount, this.stream);
+    this.b.ncclAllToAll(s.send, s.recv, L.recordBytes, this.world, this.comm, this.stream);
+    this.b.arReduce(L, s.recv, s.reduced, this.multiProcessorCount, this.stream);
+    this.b.ncclAllGather(s.reduced, s.gathered, L.recordBytes, NCCL_DTYPE.u8, this.comm, this.stream);
+    this.b.arDequant(L, s.gathered, output.ptr, this.multiProcessorCount, this.stream);
+    return algo;
+  }
+
+  /** Records a CUDA event on the stream (for timing). */
+  recordEvent(): bigint {
+    const e = this.b.eventCreate();
+    this.b.eventRecord(e, this.stream);
+    return e;
+  }
+
+  /** Milliseconds between two recorded events; destroys both. */
+  elapsedMs(start: bigint, end: bigint): number {
+    const ms = this.b.eventElapsedMs(start, end);
+    this.b.eventDestroy(start);
+    this.b.eventDestroy(end);
+    return ms;
+  }
+
+  /**
+   * Releases everything: the NCCL communicator, IPC mappings, every buffer allocated here, the stream. Safe to
+   * call after an error and more than once; errors while releasing are collected, not thrown midway.
+   *
+   * @example
+   * ```ts
+   * try { await comm.quantizedAllReduce(x, y, n, 'bf16'); } finally { comm.close(); }
+   * ```
+   */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const errors: string[] = [];
+    const attempt = (what: string, f: () => void) => {
+      try {
+        f();
+      } catch (e) {
+        errors.push(`${what}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    };
+    attempt('stream synchronize', () => this.b.streamSynchronize(this.stream));
+    for (const p of this.opened) attempt('cudaIpcCloseMemHandle', () => this.b.ipcCloseHandle(p));
+    this.opened.clear();
+    if (this.comm !== 0n) attempt('ncclCommDestroy', () => this.b.ncclCommDestroy(this.comm));
+    this.comm = 0n;
+    for (const p of this.owned) attempt('cudaFree', () => this.b.free(p));
+    this.owned.clear();
+    this.scratch = undefined;
+    attempt('cudaStreamDestroy', () => this.b.streamDestroy(this.stream));
+    (this as { fusedAvailable: boolean }).fusedAvailable = false;
+    if (errors.length > 0 && process.env.Q_COMM_DEBUG)
+      console.warn(`Communicator.close on rank ${this.rank}: ${errors.join('; ')}`);
+  }
+}
