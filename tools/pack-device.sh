@@ -20,7 +20,12 @@ if [ ! -s .device/deps.tar.xz ] || [ "$(cat .device/deps.list 2>/dev/null)" != "
   echo "$deps" > .device/deps.list
   rm -rf "$tmp"
 fi
-node_modules/.bin/turbo run build build:native --output-logs=errors-only
+# Q_PACK_FILTER narrows the build (e.g. '@q/kernels-cuda...' for one package and its dependencies); a package
+# that fails to build is reported and left out, so one broken package does not block the others' device runs.
+filter=()
+[ -n "${Q_PACK_FILTER:-}" ] && filter=(--filter="$Q_PACK_FILTER")
+node_modules/.bin/turbo run build build:native "${filter[@]}" --continue --output-logs=errors-only || \
+  echo "pack-device: some builds failed (see above); packing what was built"
 rm -rf .device/dist .device/native
 for p in packages/*/; do
   n=$(basename "$p")

@@ -1,1 +1,9 @@
+export type { NativeBinding, NativeDeviceProperties } from './binding';
+export * from './bench';
+export * from './device';
+export * from './native';
+export * from './ops';
+export * from './pack';
+
+/** The package name, for messages. */
 export const PACKAGE = '@q/kernels-cuda';

@@ -1,0 +1,28 @@
+#pragma once
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+enum { Q_MODE_PER_CHANNEL = 0, Q_MODE_GROUP_FLOAT = 1, Q_MODE_GROUP_INT = 2 };
+enum { Q_OUT_F16 = 0, Q_OUT_BF16 = 1, Q_OUT_I32 = 2 };
+
+struct W4A8Args {
+  const int8_t* a;        // int8 [M, lda] activations, K-contiguous
+  int lda;                // ≥ K, multiple of 16
+  const float* aScale;    // f32 [M] (aScaleStride 1) or [1] (aScaleStride 0)
+  int aScaleStride;
+  const void* w;          // packed weights, see w4a8_mma.cu (16-byte aligned)
+  const float* wScale;    // f32 [N, G]: per-channel scales (G = 1) or group scales
+  const int32_t* qScale;  // i32 [N, G] Integer Scale factors (group-int only)
+  const float* unit;      // f32 [N] Integer Scale unit (group-int only)
+  const float* bias;      // f32 [N] or null
+  const void* residual;   // [M, N] in the output dtype, or null
+  void* out;              // fp16/bf16/int32 [M, N]
+  int M, N, K;            // K = kPadded, multiple of 16
+  int groupSize, G;       // G = K / groupSize (1 for per-channel)
+  int kTiles;             // ceil(K / 64)
+  int mode, outType;
+  int variant;            // 0 auto; otherwise a kernel variant for benchmarks (see w4a8_mma.cu)
+  void* stream;
+};
+
+extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* a);

@@ -1,0 +1,261 @@
+// W4A8 GEMM: out[m, n] = epilogue(Σ_k a[m, k] · w[n, k]) with int8 activations a and int4 weights w, on the
+// int8 tensor cores through mma.sync.m16n8k32 (sm_80 and later; on sm_90a this is the decode path).
+//
+// We compute C^T = W · A^T: the weights are mma operand A (16 output channels per fragment) and the tokens
+// are operand B (8 tokens per fragment). At decode (M ≤ 16) a token tile of 8 wastes little, while the other
+// orientation would waste 15 of 16 rows.
+//
+// int4 → int8 without sign extension (FastGEMM): each packed byte holds two signed nibbles; for a 32-bit word
+// x, (x << 4) & 0xF0F0F0F0 holds the low nibbles and x & 0xF0F0F0F0 the high nibbles, each as an int8 lane
+// equal to 16·w. The int32 accumulator is therefore 16·P, exactly divisible by 16; it is shifted back (>> 4)
+// before any scale is applied, so the int32 bound that @q/quant checks for Integer Scale holds unchanged.
+//
+// Packed weight layout (written by packForGemm in src/pack.ts): tiles of 16 output channels × 64 k, ordered
+// [N/16][kTiles][lane 0..31][16 bytes]. Lane l = 4·g + t owns rows n0+g and n0+g+8 and k = k0+16t … k0+16t+15;
+// byte i of its 16 holds w[n0+g, k0+16t+i] in the low nibble and w[n0+g+8, k0+16t+i] in the high nibble.
+// So one 16-byte load gives a lane its A fragments for two k32 mma steps, and the activations it pairs them
+// with are the 16 contiguous bytes a[m, k0+16t … +15] (one 16-byte load per token tile). The k order inside
+// an mma step is permuted the same way on both operands, which leaves the dot product unchanged.
+//
+// Constraints: N % 16 == 0; K % 16 == 0 (K is the zero-padded kPadded); lda % 16 == 0; group modes need
+// groupSize % 64 == 0. Pointers 16-byte aligned.
+//
+// Work split: a block of 8 warps owns 16 output channels × (8·MT) tokens; its warps split K (round-robin
+// over whole groups, so group scales apply inside one warp) and the partial results are summed in shared
+// memory in a fixed warp order, so results are deterministic and integer results exact.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "w4a8.h"
+
+namespace {
+
+constexpr int kWarps = 8;
+
+__device__ __forceinline__ uint4 ldgStream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ uint4 ldgAct(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ void mma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                    uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t lo4(uint32_t x) { return (x << 4) & 0xF0F0F0F0u; }
+__device__ __forceinline__ uint32_t hi4(uint32_t x) { return x & 0xF0F0F0F0u; }
+
+// One 16×64 weight tile against MT token tiles: two k32 mma steps each.
+template <int MT>
+__device__ __forceinline__ void tileMma(int (&c)[MT][4], const uint4& w, const uint4 (&a)[MT]) {
+  const uint32_t w0 = w.x, w1 = w.y, w2 = w.z, w3 = w.w;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    mma(c[mt], lo4(w0), hi4(w0), lo4(w1), hi4(w1), a[mt].x, a[mt].y);
+    mma(c[mt], lo4(w2), hi4(w2), lo4(w3), hi4(w3), a[mt].z, a[mt].w);
+  }
+}
+
+template <int MODE>
+struct Acc;  // per-thread accumulator kind after the group epilogue
+template <>
+struct Acc<Q_MODE_PER_CHANNEL> {
+  typedef int T;
+};
+template <>
+struct Acc<Q_MODE_GROUP_FLOAT> {
+  typedef float T;
+};
+template <>
+struct Acc<Q_MODE_GROUP_INT> {
+  typedef int T;
+};
+
+__device__ __forceinline__ void storeOut(const W4A8Args& p, int m, int n, float v, int iv) {
+  const size_t idx = static_cast<size_t>(m) * p.N + n;
+  if (p.outType == Q_OUT_I32) {
+    static_cast<int32_t*>(p.out)[idx] = iv;
+    return;
+  }
+  if (p.bias) v += p.bias[n];
+  if (p.outType == Q_OUT_F16) {
+    if (p.residual) v += __half2float(static_cast<const __half*>(p.residual)[idx]);
+    static_cast<__half*>(p.out)[idx] = __float2half_rn(v);
+  } else {
+    if (p.residual) v += __bfloat162float(static_cast<const __nv_bfloat16*>(p.residual)[idx]);
+    static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
+  }
+}
+
+template <int MT, int MODE, int U>
+__global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
+  typedef typename Acc<MODE>::T AccT;
+  __shared__ AccT red[kWarps][MT * 4][32];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int n0 = blockIdx.x * 16;
+  const int m0 = blockIdx.y * (8 * MT);
+
+  const int8_t* arow[MT];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    int m = m0 + mt * 8 + g;
+    m = m < p.M ? m : p.M - 1;  // rows past M load a valid row; their outputs are never stored
+    arow[mt] = p.a + static_cast<size_t>(m) * p.lda + t * 16;
+  }
+  const uint4* wt = static_cast<const uint4*>(p.w) + static_cast<size_t>(blockIdx.x) * p.kTiles * 32 + lane;
+
+  // Units distributed round-robin over warps: k tiles (per-channel) or whole groups.
+  const int tpg = MODE == Q_MODE_PER_CHANNEL ? 1 : p.groupSize / 64;
+  const int nUnits = MODE == Q_MODE_PER_CHANNEL ? p.kTiles : p.G;
+  const int myUnits = warp < nUnits ? (nUnits - warp + kWarps - 1) / kWarps : 0;
+  const int myTiles = myUnits * tpg;
+
+  int c[MT][4];
+  AccT acc[MT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      c[mt][r] = 0;
+      acc[mt][r] = 0;
+    }
+
+  for (int i0 = 0; i0 < myTiles; i0 += U) {
+    uint4 wv[U];
+    uint4 av[U][MT];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u;
+      if (i < myTiles) {
+        const int unit = warp + (i / tpg) * kWarps;
+        const int kt = unit * tpg + i % tpg;
+        wv[u] = ldgStream(wt + static_cast<size_t>(kt) * 32);
+        const int k = kt * 64;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          av[u][mt] = (k + t * 16 < p.K) ? ldgAct(arow[mt] + k) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u;
+      if (i < myTiles) {
+        tileMma<MT>(c, wv[u], av[u]);
+        if (MODE != Q_MODE_PER_CHANNEL && i % tpg == tpg - 1) {
+          const int grp = warp + (i / tpg) * kWarps;
+          const size_t r0 = static_cast<size_t>(n0 + g) * p.G + grp;
+          const size_t r1 = static_cast<size_t>(n0 + g + 8) * p.G + grp;
+          if (MODE == Q_MODE_GROUP_FLOAT) {
+            const float s0 = p.wScale[r0], s1 = p.wScale[r1];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              acc[mt][0] += static_cast<float>(c[mt][0] >> 4) * s0;
+              acc[mt][1] += static_cast<float>(c[mt][1] >> 4) * s0;
+              acc[mt][2] += static_cast<float>(c[mt][2] >> 4) * s1;
+              acc[mt][3] += static_cast<float>(c[mt][3] >> 4) * s1;
+            }
+          } else {
+            const int q0 = p.qScale[r0], q1 = p.qScale[r1];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              acc[mt][0] += q0 * (c[mt][0] >> 4);
+              acc[mt][1] += q0 * (c[mt][1] >> 4);
+              acc[mt][2] += q1 * (c[mt][2] >> 4);
+              acc[mt][3] += q1 * (c[mt][3] >> 4);
+            }
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) c[mt][r] = 0;
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) red[warp][mt * 4 + r][lane] = MODE == Q_MODE_PER_CHANNEL ? c[mt][r] : acc[mt][r];
+  __syncthreads();
+
+  for (int idx = threadIdx.x; idx < MT * 4 * 32; idx += kWarps * 32) {
+    const int v = idx >> 5, ln = idx & 31;
+    AccT s = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += red[w][v][ln];
+    const int mt = v >> 2, r = v & 3;
+    const int n = n0 + (ln >> 2) + (r >= 2 ? 8 : 0);
+    const int m = m0 + mt * 8 + 2 * (ln & 3) + (r & 1);
+    if (m >= p.M) continue;
+    const float as = p.aScale[static_cast<size_t>(m) * p.aScaleStride];
+    if (MODE == Q_MODE_PER_CHANNEL) {
+      const int P = static_cast<int>(s) >> 4;
+      storeOut(p, m, n, static_cast<float>(P) * as * p.wScale[n], P);
+    } else if (MODE == Q_MODE_GROUP_FLOAT) {
+      storeOut(p, m, n, static_cast<float>(s) * as, 0);
+    } else {
+      const int acc = static_cast<int>(s);
+      storeOut(p, m, n, static_cast<float>(acc) * as * p.unit[n], acc);
+    }
+  }
+}
+
+template <int MT, int MODE>
+cudaError_t launchMma(const W4A8Args& a) {
+  constexpr int U = MT <= 2 ? 4 : (MT <= 4 ? 2 : 1);
+  dim3 grid(a.N / 16, (a.M + 8 * MT - 1) / (8 * MT));
+  w4a8MmaKernel<MT, MODE, U><<<grid, kWarps * 32, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
+  return cudaGetLastError();
+}
+
+template <int MODE>
+cudaError_t dispatchM(const W4A8Args& a, int mt) {
+  switch (mt) {
+    case 1:
+      return launchMma<1, MODE>(a);
+    case 2:
+      return launchMma<2, MODE>(a);
+    case 4:
+      return launchMma<4, MODE>(a);
+    default:
+      return launchMma<8, MODE>(a);
+  }
+}
+
+}  // namespace
+
+extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
+  if (args->M == 0 || args->N == 0) return cudaSuccess;
+  W4A8Args a = *args;
+  int mode = a.mode;
+  // The raw int32 output of group-float is Σ_g P_g, which the per-channel kernel computes.
+  if (mode == Q_MODE_GROUP_FLOAT && a.outType == Q_OUT_I32) mode = Q_MODE_PER_CHANNEL;
+  int mt = a.M <= 8 ? 1 : (a.M <= 16 ? 2 : (a.M <= 32 ? 4 : 8));
+  if (a.variant >= 1 && a.variant <= 8) mt = a.variant;
+  switch (mode) {
+    case Q_MODE_PER_CHANNEL:
+      return dispatchM<Q_MODE_PER_CHANNEL>(a, mt);
+    case Q_MODE_GROUP_FLOAT:
+      return dispatchM<Q_MODE_GROUP_FLOAT>(a, mt);
+    default:
+      return dispatchM<Q_MODE_GROUP_INT>(a, mt);
+  }
+}

@@ -1,0 +1,371 @@
+/**
+ * `benchGemm`: the W4A8 GEMM in each scale mode against cuBLAS bf16 through the same addon, on Llama-2 7B and
+ * 70B layer shapes. Timing follows the usual rules: warm-up, CUDA events around a batch of launches, the
+ * median of several batches, and weights/activations rotated among enough copies to exceed twice the L2, so
+ * each launch reads from device memory as it would in a model.
+ */
+import { randomFillSync } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { f32ToBf16Bits, QError } from '@q/core';
+import type { GemmScaleMode } from '@q/quant';
+import { DeviceTensor, deviceProperties, Event, Stream, synchronize } from './device';
+import { DeviceGemmWeights, gemmHalf, gemmW4A8 } from './ops';
+
+/** One layer shape: the GEMM is [M, K] × [K, N]. */
+export interface GemmShape {
+  model: string;
+  layer: string;
+  k: number;
+  n: number;
+}
+
+/** The shapes of the benchmark. */
+export const BENCH_SHAPES: readonly GemmShape[] = [
+  { model: 'llama2-7b', layer: 'qkv', k: 4096, n: 12288 },
+  { model: 'llama2-7b', layer: 'o', k: 4096, n: 4096 },
+  { model: 'llama2-7b', layer: 'gate+up', k: 4096, n: 22016 },
+  { model: 'llama2-7b', layer: 'down', k: 11008, n: 4096 },
+  { model: 'llama2-70b', layer: 'qkv', k: 8192, n: 10240 },
+  { model: 'llama2-70b', layer: 'gate+up', k: 8192, n: 57344 },
+  { model: 'llama2-70b', layer: 'down', k: 28672, n: 8192 },
+];
+
+export const BENCH_MS: readonly number[] = [1, 16, 32, 64, 128, 256, 1024, 2048, 4096, 8192];
+const MODES: readonly GemmScaleMode[] = ['per-channel', 'group-float', 'group-int'];
+
+/** Options of `benchGemm`. */
+export interface BenchGemmOptions {
+  device?: number;
+  shapes?: readonly GemmShape[];
+  ms?: readonly number[];
+  /** Group size of the group modes (default 128). */
+  groupSize?: number;
+  /** Batches timed per point; the median is reported (default 7). */
+  trials?: number;
+  /** Target milliseconds per batch (default 10). */
+  batchMs?: number;
+  /** Write the JSON result here (atomically). */
+  json?: string;
+  /** Print the table (default true). */
+  print?: boolean;
+  /** Forces a W4A8 kernel variant (see gemmW4A8). */
+  variant?: number;
+}
+
+/** One measured point. */
+export interface BenchGemmRow {
+  model: string;
+  layer: string;
+  m: number;
+  k: number;
+  n: number;
+  /** Median µs per GEMM. */
+  cublasBf16Us: number;
+  w4a8Us: Record<GemmScaleMode, number>;
+  /** cuBLAS time / W4A8 time. */
+  speedup: Record<GemmScaleMode, number>;
+  /** Bytes the W4A8 GEMM must move (int4 weights, int8 activations, bf16 output, scales) / time. */
+  w4a8TBps: Record<GemmScaleMode, number>;
+  /** 2·M·N·K / time, in tera-operations per second. */
+  w4a8Tops: Record<GemmScaleMode, number>;
+  cublasTflops: number;
+}
+
+export interface BenchGemmResult {
+  gpu: string;
+  computeCapability: string;
+  date: string;
+  groupSize: number;
+  rows: BenchGemmRow[];
+  summary: {
+    decodeMinSpeedup: Record<GemmScaleMode, number>;
+    prefillMinSpeedup: Record<GemmScaleMode, number>;
+    /** max over prefill points of group-int time / per-channel time. */
+    prefillGroupIntOverPerChannel: number;
+  };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}
+
+function randomBf16(count: number): Uint16Array {
+  const bytes = new Uint8Array(count);
+  randomFillSync(bytes);
+  const out = new Uint16Array(count);
+  // Values in [-1, 1) with varied exponents: random data, never zeros (tensor cores run faster on zeros).
+  for (let i = 0; i < count; i++) out[i] = f32ToBf16Bits(((bytes[i] as number) - 127.5) / 128);
+  return out;
+}
+
+function fillDevice(t: DeviceTensor, source: DeviceTensor): void {
+  // Repeats a random source block over t (device-side copies: cheap even for GB tensors).
+  const chunk = source.byteLength;
+  for (let off = 0; off < t.byteLength; off += chunk) {
+    const len = Math.min(chunk, t.byteLength - off);
+    const dst = DeviceTensor.wrap(t.ptr + BigInt(off), 'u8', [len], { device: t.device });
+    const src = DeviceTensor.wrap(source.ptr, 'u8', [len], { device: t.device });
+    dst.copyFrom(src);
+  }
+}
+
+/** Times `launch(i)` (i rotates the inputs) and returns the median µs per launch. */
+function timeIt(launch: (i: number) => void, stream: Stream, trials: number, batchMs: number): number {
+  const a = Event.create(stream.device);
+  const b = Event.create(stream.device);
+  try {
+    launch(0);
+    a.record(stream);
+    for (let i = 0; i < 3; i++) launch(i + 1);
+    b.record(stream);
+    b.synchronize();
+    const est = Math.max(Event.elapsedMs(a, b) / 3, 1e-3);
+    const reps = Math.max(1, Math.min(500, Math.round(batchMs / est)));
+    const samples: number[] = [];
+    let i = 0;
+    for (let t = 0; t < trials; t++) {
+      a.record(stream);
+      for (let r = 0; r < reps; r++) launch(i++);
+      b.record(stream);
+      b.synchronize();
+      samples.push((Event.elapsedMs(a, b) * 1000) / reps);
+    }
+    return median(samples);
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+}
+
+function fmt(x: number, d = 1): string {
+  return Number.isFinite(x) ? x.toFixed(d) : '-';
+}
+
+function writeAtomic(path: string, text: string): void {
+  const tmp = join(dirname(path), `.${Date.now()}.${process.pid}.tmp`);
+  const fd = openSync(tmp, 'w');
+  try {
+    writeSync(fd, text);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, path);
+}
+
+/**
+ * Runs the GEMM benchmark on one GPU, prints the table and returns (and optionally writes) the JSON.
+ *
+ * @example
+ * ```ts
+ * const r = benchGemm({ json: 'gemm.json' });
+ * console.log(r.summary.decodeMinSpeedup['group-int']);
+ * ```
+ */
+export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
+  const device = options.device ?? 0;
+  const props = deviceProperties(device);
+  const shapes = options.shapes ?? BENCH_SHAPES;
+  const ms = options.ms ?? BENCH_MS;
+  const groupSize = options.groupSize ?? 128;
+  const trials = options.trials ?? 7;
+  const batchMs = options.batchMs ?? 10;
+  const print = options.print ?? true;
+  const l2 = props.l2CacheSize;
+  const stream = Stream.create(device);
+  const rows: BenchGemmRow[] = [];
+  const owned: { dispose(): void }[] = [];
+  const alloc = <D extends 'u8' | 'f32' | 'i32' | 'i8' | 'bf16'>(dtype: D, shape: number[]): DeviceTensor<D> => {
+    const t = DeviceTensor.alloc(dtype, shape, { device });
+    owned.push(t);
+    return t;
+  };
+  const randomSource = alloc('u8', [1 << 24]);
+  const rnd = new Uint8Array(1 << 24);
+  randomFillSync(rnd);
+  randomSource.upload(rnd);
+  const bf16Source = alloc('bf16', [1 << 23]);
+  bf16Source.upload(randomBf16(1 << 23));
+  synchronize(device);
+  if (print) {
+    console.log(`GEMM benchmark on ${props.name} (sm_${props.major}${props.minor}), group size ${groupSize}, median µs`);
+    console.log(
+      ['shape', 'M', 'cuBLAS bf16', 'per-channel', 'group-float', 'group-int', 'x per-ch', 'x g-float', 'x g-int', 'TB/s g-int', 'TOPS g-int'].join(' | '),
+    );
+  }
+  try {
+    for (const s of shapes) {
+      const groups = s.k / groupSize;
+      const kTiles = Math.ceil(s.k / 64);
+      const wBytes = (s.n / 16) * kTiles * 512;
+      const wCopies = Math.max(1, Math.min(32, Math.ceil((2 * l2) / wBytes)));
+      const hCopies = Math.max(1, Math.min(16, Math.ceil((2 * l2) / (s.n * s.k * 2))));
+      const weightSets: { pc: DeviceGemmWeights; grp: DeviceGemmWeights }[] = [];
+      const scaleSrc = new Float32Array(s.n * groups).map(() => 0.001 + Math.random() * 0.01);
+      const qSrc = new Int32Array(s.n * groups).map(() => 1 + Math.floor(Math.random() * 1024));
+      const unitSrc = new Float32Array(s.n).map(() => 1e-5 + Math.random() * 1e-5);
+      const pcScales = alloc('f32', [s.n, 1]);
+      pcScales.upload(scaleSrc.subarray(0, s.n));
+      const gScales = alloc('f32', [s.n, groups]);
+      gScales.upload(scaleSrc);
+      const qScale = alloc('i32', [s.n, groups]);
+      qScale.upload(qSrc);
+      const unit = alloc('f32', [s.n]);
+      unit.upload(unitSrc);
+      for (let c = 0; c < wCopies; c++) {
+        const packed = alloc('u8', [wBytes]);
+        fillDevice(packed, randomSource);
+        const common = { n: s.n, k: s.k, kPadded: s.k, device, packed };
+        weightSets.push({
+          pc: new DeviceGemmWeights({ ...common, groupSize: s.k, groups: 1, scales: pcScales }),
+          grp: new DeviceGemmWeights({ ...common, groupSize, groups, scales: gScales, intQ: qScale, unit }),
+        });
+      }
+      const hWeights: DeviceTensor[] = [];
+      for (let c = 0; c < hCopies; c++) {
+        const w = alloc('bf16', [s.n, s.k]);
+        fillDevice(w, bf16Source);
+        hWeights.push(w);
+      }
+      for (const m of ms) {
+        const aCopies = Math.max(1, Math.min(8, Math.ceil((2 * l2) / (m * s.k * 2))));
+        const acts: DeviceTensor[] = [];
+        const qacts: DeviceTensor[] = [];
+        const tmp: DeviceTensor[] = [];
+        for (let c = 0; c < aCopies; c++) {
+          const x = DeviceTensor.alloc('bf16', [m, s.k], { device });
+          fillDevice(x, bf16Source);
+          const q = DeviceTensor.alloc('i8', [m, s.k], { device });
+          fillDevice(q, randomSource);
+          acts.push(x);
+          qacts.push(q);
+          tmp.push(x, q);
+        }
+        const aScale = DeviceTensor.alloc('f32', [m], { device });
+        aScale.upload(new Float32Array(m).map(() => 0.01 + Math.random() * 0.01));
+        const out = DeviceTensor.alloc('bf16', [m, s.n], { device });
+        tmp.push(aScale, out);
+        synchronize(device);
+        try {
+          const cub = timeIt(
+            (i) =>
+              gemmHalf({
+                a: acts[i % acts.length] as DeviceTensor,
+                w: hWeights[i % hWeights.length] as DeviceTensor,
+                out,
+                stream,
+              }),
+            stream,
+            trials,
+            batchMs,
+          );
+          const w4 = {} as Record<GemmScaleMode, number>;
+          for (const mode of MODES) {
+            w4[mode] = timeIt(
+              (i) => {
+                const ws = weightSets[i % weightSets.length] as { pc: DeviceGemmWeights; grp: DeviceGemmWeights };
+                gemmW4A8({
+                  a: qacts[i % qacts.length] as DeviceTensor,
+                  aScale,
+                  weights: mode === 'per-channel' ? ws.pc : ws.grp,
+                  mode,
+                  out,
+                  stream,
+                  ...(options.variant ? { variant: options.variant } : {}),
+                });
+              },
+              stream,
+              trials,
+              batchMs,
+            );
+          }
+          const ops = 2 * m * s.n * s.k;
+          const bytes = (mode: GemmScaleMode): number =>
+            (s.n * s.k) / 2 + m * s.k + m * s.n * 2 + m * 4 + (mode === 'per-channel' ? s.n * 4 : s.n * groups * 4);
+          const rec = <T>(f: (mode: GemmScaleMode) => T): Record<GemmScaleMode, T> =>
+            Object.fromEntries(MODES.map((mo) => [mo, f(mo)])) as Record<GemmScaleMode, T>;
+          const row: BenchGemmRow = {
+            model: s.model,
+            layer: s.layer,
+            m,
+            k: s.k,
+            n: s.n,
+            cublasBf16Us: cub,
+            w4a8Us: w4,
+            speedup: rec((mo) => cub / w4[mo]),
+            w4a8TBps: rec((mo) => bytes(mo) / (w4[mo] * 1e-6) / 1e12),
+            w4a8Tops: rec((mo) => ops / (w4[mo] * 1e-6) / 1e12),
+            cublasTflops: ops / (cub * 1e-6) / 1e12,
+          };
+          rows.push(row);
+          if (print) {
+            console.log(
+              [
+                `${s.model} ${s.layer} ${s.k}x${s.n}`,
+                m,
+                fmt(cub),
+                fmt(w4['per-channel']),
+                fmt(w4['group-float']),
+                fmt(w4['group-int']),
+                fmt(row.speedup['per-channel'], 2),
+                fmt(row.speedup['group-float'], 2),
+                fmt(row.speedup['group-int'], 2),
+                fmt(row.w4a8TBps['group-int'], 2),
+                fmt(row.w4a8Tops['group-int'], 0),
+              ].join(' | '),
+            );
+          }
+        } finally {
+          for (const t of tmp) t.dispose();
+        }
+      }
+      for (const w of hWeights) w.dispose();
+      for (const ws of weightSets) ws.pc.packed.dispose();
+      for (const t of [pcScales, gScales, qScale, unit]) t.dispose();
+    }
+  } finally {
+    for (const t of owned) t.dispose();
+    stream.dispose();
+  }
+  const minOf = (sel: (r: BenchGemmRow) => boolean, mode: GemmScaleMode): number => {
+    const xs = rows.filter(sel).map((r) => r.speedup[mode]);
+    return xs.length ? Math.min(...xs) : Number.NaN;
+  };
+  const rec = (sel: (r: BenchGemmRow) => boolean): Record<GemmScaleMode, number> =>
+    Object.fromEntries(MODES.map((mo) => [mo, minOf(sel, mo)])) as Record<GemmScaleMode, number>;
+  const prefill = rows.filter((r) => r.m >= 2048);
+  const result: BenchGemmResult = {
+    gpu: props.name,
+    computeCapability: `${props.major}.${props.minor}`,
+    date: new Date().toISOString(),
+    groupSize,
+    rows,
+    summary: {
+      decodeMinSpeedup: rec((r) => r.m <= 16),
+      prefillMinSpeedup: rec((r) => r.m >= 2048),
+      prefillGroupIntOverPerChannel: prefill.length
+        ? Math.max(...prefill.map((r) => r.w4a8Us['group-int'] / r.w4a8Us['per-channel']))
+        : Number.NaN,
+    },
+  };
+  if (print) {
+    const sm = result.summary;
+    console.log(
+      `decode (M ≤ 16) min speedup vs cuBLAS bf16: per-channel ${fmt(sm.decodeMinSpeedup['per-channel'], 2)}x, group-float ${fmt(sm.decodeMinSpeedup['group-float'], 2)}x, group-int ${fmt(sm.decodeMinSpeedup['group-int'], 2)}x (target ≥ 3.0x)`,
+    );
+    console.log(
+      `prefill (M ≥ 2048) min speedup: per-channel ${fmt(sm.prefillMinSpeedup['per-channel'], 2)}x, group-float ${fmt(sm.prefillMinSpeedup['group-float'], 2)}x, group-int ${fmt(sm.prefillMinSpeedup['group-int'], 2)}x (target ≥ 1.3x); group-int/per-channel time ≤ ${fmt(sm.prefillGroupIntOverPerChannel, 2)} (target ≤ 1.10)`,
+    );
+  }
+  if (options.json !== undefined) {
+    try {
+      writeAtomic(options.json, `${JSON.stringify(result, null, 2)}\n`);
+    } catch (e) {
+      throw new QError('E_IO', `benchGemm: could not write ${options.json}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+  }
+  return result;
+}

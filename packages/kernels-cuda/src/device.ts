@@ -1,0 +1,490 @@
+/**
+ * Devices, device memory, streams, events and pinned host buffers. Every handle has one owner with an
+ * explicit `dispose()` (and `Symbol.dispose`, for `using`); a FinalizationRegistry frees what a program
+ * forgets. Everything that needs a GPU checks for one first and throws `E_NO_DEVICE` naming the numbers.
+ */
+import {
+  allocStorage,
+  byteLength as dtypeByteLength,
+  type DType,
+  describeValue,
+  numel,
+  QError,
+  type Shape,
+  type TypedArrayOf,
+} from '@q/core';
+import type { NativeBinding, NativeDeviceProperties } from './binding';
+import { loadNative } from './native';
+
+/** Runs a native call and turns the error it throws (with a q code in `code`) into a QError. */
+export function callNative<T>(what: string, fn: (b: NativeBinding) => T): T {
+  const b = loadNative();
+  try {
+    return fn(b);
+  } catch (e) {
+    if (e instanceof QError) throw e;
+    const code = (e as { code?: unknown }).code;
+    const msg = e instanceof Error ? e.message : String(e);
+    const known = typeof code === 'string' && /^E_[A-Z_]+$/.test(code) ? code : 'E_CUDA';
+    throw new QError(known as QError['code'], `${what}: ${msg}`, { cause: e });
+  }
+}
+
+let countCache: number | undefined;
+
+/**
+ * Number of CUDA devices; 0 when there is no driver or no device (never throws for that, only when the
+ * addon is missing).
+ *
+ * @example
+ * ```ts
+ * if (deviceCount() > 0) console.log(deviceProperties(0).name);
+ * ```
+ */
+export function deviceCount(): number {
+  if (countCache === undefined) {
+    const c = callNative('deviceCount', (b) => b.deviceCount());
+    countCache = c.error === undefined ? c.count : 0;
+  }
+  return countCache;
+}
+
+/** Throws E_NO_DEVICE unless `device` names an existing device; returns it. */
+export function checkDevice(device: number, what = 'device'): number {
+  if (!Number.isInteger(device) || device < 0) {
+    throw new QError('E_NO_DEVICE', `Expected a device index (a non-negative integer) for ${what} but received ${describeValue(device)}`);
+  }
+  const b = loadNative();
+  const c = b.deviceCount();
+  if (c.error !== undefined) {
+    throw new QError('E_NO_DEVICE', `Expected a usable CUDA driver for ${what} ${device} but the driver reported ${c.error}`);
+  }
+  if (device >= c.count) {
+    throw new QError(
+      'E_NO_DEVICE',
+      `Expected a device index in [0, ${c.count}) for ${what} but received ${device} (${c.count} CUDA device(s) present)`,
+    );
+  }
+  return device;
+}
+
+/** Makes `device` current for this thread after checking it exists. */
+export function useDevice(device: number): void {
+  checkDevice(device);
+  callNative('cudaSetDevice', (b) => b.setDevice(device));
+}
+
+/**
+ * Properties of one device (name, compute capability, multiprocessors, memory, L2).
+ *
+ * @example
+ * ```ts
+ * const p = deviceProperties(0); // { name: 'NVIDIA H100 80GB HBM3', major: 9, minor: 0, ... }
+ * ```
+ */
+export function deviceProperties(device = 0): NativeDeviceProperties {
+  checkDevice(device);
+  return callNative('deviceProperties', (b) => b.deviceProperties(device));
+}
+
+/**
+ * Free and total device memory in bytes of the given device.
+ *
+ * @example
+ * ```ts
+ * const { free } = memoryInfo(0);
+ * ```
+ */
+export function memoryInfo(device = 0): { free: number; total: number } {
+  useDevice(device);
+  return callNative('cudaMemGetInfo', (b) => b.memGetInfo());
+}
+
+/**
+ * Waits for all work on the device.
+ *
+ * @example
+ * ```ts
+ * synchronize(0);
+ * ```
+ */
+export function synchronize(device = 0): void {
+  useDevice(device);
+  callNative('cudaDeviceSynchronize', (b) => b.deviceSynchronize());
+}
+
+function disposedError(what: string): QError {
+  return new QError('E_DISPOSED', `Expected a live ${what} but it was used after dispose()`);
+}
+
+/** A CUDA stream on one device. `Stream.default(device)` is the legacy default stream (handle 0n). */
+export class Stream {
+  readonly device: number;
+  #handle: bigint | undefined;
+  readonly #owned: boolean;
+  private static readonly registry = new FinalizationRegistry<{ handle: bigint; device: number }>((h) => {
+    try {
+      loadNative().setDevice(h.device);
+      loadNative().streamDestroy(h.handle);
+    } catch {
+      // Best effort: the process may be shutting down.
+    }
+  });
+
+  private constructor(device: number, handle: bigint, owned: boolean) {
+    this.device = device;
+    this.#handle = handle;
+    this.#owned = owned;
+    if (owned) Stream.registry.register(this, { handle, device }, this);
+  }
+
+  /**
+   * A new non-blocking stream on `device`.
+   *
+   * @example
+   * ```ts
+   * const s = Stream.create(0); // ... s.synchronize(); s.dispose();
+   * ```
+   */
+  static create(device = 0): Stream {
+    useDevice(device);
+    return new Stream(device, callNative('cudaStreamCreate', (b) => b.streamCreate()), true);
+  }
+
+  /** The default stream of `device` (never destroyed). */
+  static default(device = 0): Stream {
+    return new Stream(device, 0n, false);
+  }
+
+  get handle(): bigint {
+    if (this.#handle === undefined) throw disposedError('stream');
+    return this.#handle;
+  }
+
+  /** Blocks until all work queued on the stream is done. */
+  synchronize(): void {
+    const h = this.handle;
+    useDevice(this.device);
+    callNative('cudaStreamSynchronize', (b) => b.streamSynchronize(h));
+  }
+
+  dispose(): void {
+    const h = this.#handle;
+    if (h === undefined) return;
+    this.#handle = undefined;
+    if (!this.#owned) return;
+    Stream.registry.unregister(this);
+    useDevice(this.device);
+    callNative('cudaStreamDestroy', (b) => b.streamDestroy(h));
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+function streamHandle(stream: Stream | undefined): bigint {
+  return stream === undefined ? 0n : stream.handle;
+}
+
+/** A CUDA event, for ordering and for timing (`Event.elapsedMs(start, end)`). */
+export class Event {
+  readonly device: number;
+  #handle: bigint | undefined;
+  private static readonly registry = new FinalizationRegistry<{ handle: bigint; device: number }>((h) => {
+    try {
+      loadNative().setDevice(h.device);
+      loadNative().eventDestroy(h.handle);
+    } catch {
+      // Best effort.
+    }
+  });
+
+  private constructor(device: number, handle: bigint) {
+    this.device = device;
+    this.#handle = handle;
+    Event.registry.register(this, { handle, device }, this);
+  }
+
+  /**
+   * A new event on `device`.
+   *
+   * @example
+   * ```ts
+   * const a = Event.create(0), b = Event.create(0);
+   * a.record(); launch(); b.record(); b.synchronize(); Event.elapsedMs(a, b);
+   * ```
+   */
+  static create(device = 0): Event {
+    useDevice(device);
+    return new Event(device, callNative('cudaEventCreate', (b) => b.eventCreate()));
+  }
+
+  get handle(): bigint {
+    if (this.#handle === undefined) throw disposedError('event');
+    return this.#handle;
+  }
+
+  record(stream?: Stream): void {
+    const h = this.handle;
+    callNative('cudaEventRecord', (b) => b.eventRecord(h, streamHandle(stream)));
+  }
+
+  synchronize(): void {
+    const h = this.handle;
+    callNative('cudaEventSynchronize', (b) => b.eventSynchronize(h));
+  }
+
+  /** Milliseconds between two recorded events (both must have completed). */
+  static elapsedMs(start: Event, end: Event): number {
+    const s = start.handle;
+    const e = end.handle;
+    return callNative('cudaEventElapsedTime', (b) => b.eventElapsedTime(s, e));
+  }
+
+  dispose(): void {
+    const h = this.#handle;
+    if (h === undefined) return;
+    this.#handle = undefined;
+    Event.registry.unregister(this);
+    callNative('cudaEventDestroy', (b) => b.eventDestroy(h));
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * Page-locked host memory: copies from and to it run truly asynchronously. `bytes` is a view of it; keep the
+ * buffer alive until the stream that copies it has synchronized.
+ */
+export class PinnedBuffer {
+  #buffer: ArrayBuffer | undefined;
+  readonly byteLength: number;
+
+  private constructor(buffer: ArrayBuffer) {
+    this.#buffer = buffer;
+    this.byteLength = buffer.byteLength;
+  }
+
+  /**
+   * Allocates `bytes` of pinned host memory (freed by `dispose()` or, as a safety net, by the GC).
+   *
+   * @example
+   * ```ts
+   * const h = PinnedBuffer.alloc(1 << 20); new Float32Array(h.buffer).fill(1); h.dispose();
+   * ```
+   */
+  static alloc(bytes: number, device = 0): PinnedBuffer {
+    if (!Number.isInteger(bytes) || bytes < 0) throw new QError('E_ARG', `Expected a byte count for bytes but received ${describeValue(bytes)}`);
+    useDevice(device);
+    return new PinnedBuffer(callNative('cudaHostAlloc', (b) => b.hostAlloc(BigInt(bytes))));
+  }
+
+  get buffer(): ArrayBuffer {
+    if (this.#buffer === undefined) throw disposedError('pinned buffer');
+    return this.#buffer;
+  }
+
+  dispose(): void {
+    const b = this.#buffer;
+    if (b === undefined) return;
+    this.#buffer = undefined;
+    callNative('cudaFreeHost', (n) => n.hostFree(b));
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** Options of `DeviceTensor.alloc`. */
+export interface DeviceTensorOptions {
+  device?: number;
+}
+
+interface Allocation {
+  ptr: bigint;
+  device: number;
+}
+
+const tensorRegistry = new FinalizationRegistry<Allocation>((a) => {
+  try {
+    loadNative().setDevice(a.device);
+    loadNative().free(a.ptr);
+  } catch {
+    // Best effort: the context may already be gone at exit.
+  }
+});
+
+/**
+ * A tensor in device memory that owns its allocation. `ptr` is the raw device address (a BigInt) so another
+ * addon can use it; after `dispose()` every use throws `E_DISPOSED`.
+ */
+export class DeviceTensor<D extends DType = DType> {
+  readonly dtype: D;
+  readonly shape: Shape;
+  readonly device: number;
+  readonly byteLength: number;
+  #ptr: bigint | undefined;
+  readonly #owned: boolean;
+
+  private constructor(dtype: D, shape: Shape, device: number, ptr: bigint, owned: boolean) {
+    this.dtype = dtype;
+    this.shape = Object.freeze([...shape]);
+    this.device = device;
+    this.byteLength = dtypeByteLength(dtype, numel(shape));
+    this.#ptr = ptr;
+    this.#owned = owned;
+    if (owned) tensorRegistry.register(this, { ptr, device }, this);
+  }
+
+  /**
+   * Allocates an uninitialised tensor on `device`.
+   *
+   * @example
+   * ```ts
+   * const t = DeviceTensor.alloc('i8', [16, 4096]); // ... t.dispose();
+   * ```
+   */
+  static alloc<D extends DType>(dtype: D, shape: Shape, options: DeviceTensorOptions = {}): DeviceTensor<D> {
+    for (const d of shape) {
+      if (!Number.isInteger(d) || d < 0) {
+        throw new QError('E_SHAPE', `Expected non-negative integer dimensions for shape but received [${shape.join(', ')}]`);
+      }
+    }
+    const device = options.device ?? 0;
+    useDevice(device);
+    const bytes = dtypeByteLength(dtype, numel(shape));
+    const ptr = callNative('cudaMalloc', (b) => b.malloc(BigInt(bytes)));
+    return new DeviceTensor(dtype, shape, device, ptr, true);
+  }
+
+  /**
+   * A tensor over memory someone else owns (another addon's buffer); `dispose()` then frees nothing.
+   *
+   * @example
+   * ```ts
+   * const view = DeviceTensor.wrap(ptr, 'f16', [8, 4096], { device: 0 });
+   * ```
+   */
+  static wrap<D extends DType>(ptr: bigint, dtype: D, shape: Shape, options: DeviceTensorOptions = {}): DeviceTensor<D> {
+    return new DeviceTensor(dtype, shape, options.device ?? 0, ptr, false);
+  }
+
+  /**
+   * Allocates and uploads host data (synchronously complete when it returns).
+   *
+   * @example
+   * ```ts
+   * const w = DeviceTensor.fromHost('f16', [4096, 4096], halfBits);
+   * ```
+   */
+  static fromHost<D extends DType>(
+    dtype: D,
+    shape: Shape,
+    data: ArrayBufferView,
+    options: DeviceTensorOptions = {},
+  ): DeviceTensor<D> {
+    const t = DeviceTensor.alloc(dtype, shape, options);
+    try {
+      t.upload(data);
+      synchronize(t.device);
+    } catch (e) {
+      t.dispose();
+      throw e;
+    }
+    return t;
+  }
+
+  get ptr(): bigint {
+    if (this.#ptr === undefined) throw disposedError(`device tensor [${this.shape.join(', ')}] ${this.dtype}`);
+    return this.#ptr;
+  }
+
+  get disposed(): boolean {
+    return this.#ptr === undefined;
+  }
+
+  get size(): number {
+    return numel(this.shape);
+  }
+
+  private checkHost(data: ArrayBufferView, what: string): void {
+    if (data.byteLength !== this.byteLength) {
+      throw new QError(
+        'E_SHAPE',
+        `Expected ${this.byteLength} bytes for ${what} of ${this.dtype} tensor [${this.shape.join(', ')}] but received ${data.byteLength}`,
+      );
+    }
+  }
+
+  /** Queues a copy from host memory (asynchronous only when `data` lives in a PinnedBuffer). */
+  upload(data: ArrayBufferView, stream?: Stream): void {
+    const p = this.ptr;
+    this.checkHost(data, 'upload');
+    useDevice(this.device);
+    callNative('upload', (b) => b.memcpyHtoD(p, data, streamHandle(stream)));
+  }
+
+  /** Queues a copy into host memory; synchronize the stream before reading `out`. */
+  downloadInto(out: ArrayBufferView, stream?: Stream): void {
+    const p = this.ptr;
+    this.checkHost(out, 'download');
+    useDevice(this.device);
+    callNative('download', (b) => b.memcpyDtoH(out, p, streamHandle(stream)));
+  }
+
+  /**
+   * Copies the whole tensor to a new host array and waits for it.
+   *
+   * @example
+   * ```ts
+   * const host = t.download(); // Int8Array for an i8 tensor
+   * ```
+   */
+  download(stream?: Stream): TypedArrayOf<D> {
+    const out = allocStorage(this.dtype, this.size);
+    this.downloadInto(out, stream);
+    if (stream) stream.synchronize();
+    else synchronize(this.device);
+    return out;
+  }
+
+  /** Copies `src` (same byte length) into this tensor on the device. */
+  copyFrom(src: DeviceTensor, stream?: Stream): void {
+    const p = this.ptr;
+    const s = src.ptr;
+    if (src.byteLength !== this.byteLength) {
+      throw new QError('E_SHAPE', `Expected ${this.byteLength} bytes for copyFrom source but received ${src.byteLength}`);
+    }
+    useDevice(this.device);
+    callNative('copyFrom', (b) => b.memcpyDtoD(p, s, BigInt(this.byteLength), streamHandle(stream)));
+  }
+
+  /** Sets every byte to `value` (tests poison outputs with 0xFF before a kernel). */
+  fillBytes(value: number, stream?: Stream): void {
+    const p = this.ptr;
+    useDevice(this.device);
+    callNative('fillBytes', (b) => b.memset(p, value & 0xff, BigInt(this.byteLength), streamHandle(stream)));
+  }
+
+  dispose(): void {
+    const p = this.#ptr;
+    if (p === undefined) return;
+    this.#ptr = undefined;
+    if (!this.#owned) return;
+    tensorRegistry.unregister(this);
+    callNative('cudaFree', (b) => {
+      b.setDevice(this.device);
+      b.free(p);
+    });
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export { streamHandle };

@@ -1,0 +1,406 @@
+/**
+ * The kernels as typed functions. Every argument is validated here, in TypeScript, before any native call,
+ * so that a bad call throws a QError naming the numbers (and is testable without a GPU); the native side
+ * only re-checks what would corrupt memory.
+ */
+import { type DType, QError } from '@q/core';
+import type { GemmScaleMode } from '@q/quant';
+import { callNative, DeviceTensor, type Stream, streamHandle, useDevice } from './device';
+import type { PackedGemmWeights } from './pack';
+
+function shapeText(t: DeviceTensor): string {
+  return `[${t.shape.join(', ')}]`;
+}
+
+function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
+  if (!allowed.includes(t.dtype)) {
+    throw new QError('E_DTYPE', `${op}: Expected dtype ${allowed.join(' or ')} for ${name} but received ${t.dtype}`);
+  }
+}
+
+function needShape(op: string, name: string, t: DeviceTensor, shape: readonly number[], hint = ''): void {
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new QError('E_SHAPE', `${op}: Expected shape [${shape.join(', ')}]${hint} for ${name} but received ${shapeText(t)}`);
+  }
+}
+
+function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
+  if (t.shape.length !== 2) {
+    throw new QError('E_SHAPE', `${op}: Expected a 2-D tensor [rows, cols] for ${name} but received ${shapeText(t)}`);
+  }
+  return [t.shape[0] as number, t.shape[1] as number];
+}
+
+function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
+  const p = t.ptr;
+  if (p % BigInt(bytes) !== 0n) {
+    throw new QError('E_ARG', `${op}: Expected a ${bytes}-byte aligned device pointer for ${name} but received 0x${p.toString(16)}`);
+  }
+  return p;
+}
+
+function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
+  let device: number | undefined;
+  let first = '';
+  for (const [name, t] of Object.entries(tensors)) {
+    if (t === undefined) continue;
+    if (device === undefined) {
+      device = t.device;
+      first = name;
+    } else if (t.device !== device) {
+      throw new QError('E_ARG', `${op}: Expected ${name} on device ${device} (where ${first} is) but received device ${t.device}`);
+    }
+  }
+  return device ?? 0;
+}
+
+const HALF: readonly DType[] = ['f16', 'bf16'];
+
+/** Options of `quantizeAct`. */
+export interface QuantizeActOptions {
+  /** fp16/bf16 [M, K]. */
+  x: DeviceTensor;
+  /** int8 [M, ldq], ldq ≥ K; columns K..ldq-1 are written as 0 (the GEMM's zero padding). */
+  out: DeviceTensor;
+  /** 'dynamic' (per token, scales written to `scales`) or 'static' (per tensor, `staticScale`). */
+  mode: 'dynamic' | 'static';
+  /** f32 [M], required for 'dynamic'. */
+  scales?: DeviceTensor;
+  /** The calibrated f32 scale for 'static' (> 0). */
+  staticScale?: number;
+  stream?: Stream;
+}
+
+/** Options of `rmsNormQuantize`: `quantizeAct` plus the norm. */
+export interface RmsNormQuantizeOptions extends QuantizeActOptions {
+  /** RMSNorm gain [K] in the dtype of x, with the LAE division already folded in. */
+  gain: DeviceTensor;
+  /** RMSNorm epsilon (default 1e-5). */
+  eps?: number;
+}
+
+function actQuant(op: string, o: QuantizeActOptions, gain?: DeviceTensor, eps = 1e-5): void {
+  needDtype(op, 'x', o.x, HALF);
+  needDtype(op, 'out', o.out, ['i8']);
+  const [m, k] = needRank2(op, 'x', o.x);
+  const [mo, ldq] = needRank2(op, 'out', o.out);
+  if (mo !== m || ldq < k) {
+    throw new QError('E_SHAPE', `${op}: Expected out of shape [${m}, ≥${k}] for x ${shapeText(o.x)} but received ${shapeText(o.out)}`);
+  }
+  let staticScale = 0;
+  if (o.mode === 'static') {
+    const s = o.staticScale;
+    if (typeof s !== 'number' || !Number.isFinite(s) || !(Math.fround(s) > 0)) {
+      throw new QError('E_ARG', `${op}: Expected a positive finite staticScale for mode 'static' but received ${String(s)}`);
+    }
+    staticScale = Math.fround(s);
+  } else if (o.mode === 'dynamic') {
+    if (o.scales === undefined) throw new QError('E_ARG', `${op}: Expected scales (f32 [${m}]) for mode 'dynamic' but received undefined`);
+    needDtype(op, 'scales', o.scales, ['f32']);
+    needShape(op, 'scales', o.scales, [m]);
+  } else {
+    throw new QError('E_ARG', `${op}: Expected mode 'dynamic' or 'static' but received ${String(o.mode)}`);
+  }
+  if (gain !== undefined) {
+    if (gain.dtype !== o.x.dtype) throw new QError('E_DTYPE', `${op}: Expected dtype ${o.x.dtype} (that of x) for gain but received ${gain.dtype}`);
+    needShape(op, 'gain', gain, [k]);
+    if (!(eps >= 0) || !Number.isFinite(eps)) throw new QError('E_ARG', `${op}: Expected a finite eps ≥ 0 but received ${eps}`);
+  }
+  const device = sameDevice(op, { x: o.x, out: o.out, scales: o.mode === 'dynamic' ? o.scales : undefined, gain });
+  const args = {
+    x: needAligned(op, 'x', o.x, 2),
+    gain: gain === undefined ? 0n : gain.ptr,
+    eps,
+    staticScale,
+    q: o.out.ptr,
+    scales: o.mode === 'dynamic' && o.scales ? o.scales.ptr : 0n,
+    m,
+    k,
+    ldq,
+    dtype: o.x.dtype === 'bf16' ? 1 : 0,
+    stream: streamHandle(o.stream),
+  };
+  useDevice(device);
+  callNative(op, (b) => b.actQuant(args));
+}
+
+/**
+ * fp16/bf16 → int8 activation quantization, bit-identical to `@q/quant` (per-token dynamic or per-tensor
+ * static). Asynchronous on `stream`.
+ *
+ * @example
+ * ```ts
+ * quantizeAct({ x, out: q, scales, mode: 'dynamic' });
+ * ```
+ */
+export function quantizeAct(o: QuantizeActOptions): void {
+  actQuant('quantizeAct', o);
+}
+
+/**
+ * Fused RMSNorm + int8 quantization (`y = x / rms(x) · gain`, then as `quantizeAct`). Matches a float64
+ * reference to ±1 code.
+ *
+ * @example
+ * ```ts
+ * rmsNormQuantize({ x, gain, eps: 1e-5, out: q, scales, mode: 'dynamic' });
+ * ```
+ */
+export function rmsNormQuantize(o: RmsNormQuantizeOptions): void {
+  actQuant('rmsNormQuantize', o, o.gain, o.eps ?? 1e-5);
+}
+
+/** W4A8 weights on the device, from `uploadGemmWeights`. */
+export class DeviceGemmWeights {
+  readonly n: number;
+  readonly k: number;
+  readonly kPadded: number;
+  readonly groupSize: number;
+  readonly groups: number;
+  readonly device: number;
+  readonly packed: DeviceTensor<'u8'>;
+  readonly scales: DeviceTensor<'f32'>;
+  readonly intQ: DeviceTensor<'i32'> | undefined;
+  readonly unit: DeviceTensor<'f32'> | undefined;
+
+  constructor(p: {
+    n: number;
+    k: number;
+    kPadded: number;
+    groupSize: number;
+    groups: number;
+    device: number;
+    packed: DeviceTensor<'u8'>;
+    scales: DeviceTensor<'f32'>;
+    intQ?: DeviceTensor<'i32'>;
+    unit?: DeviceTensor<'f32'>;
+  }) {
+    this.n = p.n;
+    this.k = p.k;
+    this.kPadded = p.kPadded;
+    this.groupSize = p.groupSize;
+    this.groups = p.groups;
+    this.device = p.device;
+    this.packed = p.packed;
+    this.scales = p.scales;
+    this.intQ = p.intQ;
+    this.unit = p.unit;
+  }
+
+  dispose(): void {
+    this.packed.dispose();
+    this.scales.dispose();
+    this.intQ?.dispose();
+    this.unit?.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * Copies packed weights (from `packForGemm`) to a device.
+ *
+ * @example
+ * ```ts
+ * const w = uploadGemmWeights(packForGemm(int4), { device: 0 });
+ * ```
+ */
+export function uploadGemmWeights(p: PackedGemmWeights, options: { device?: number } = {}): DeviceGemmWeights {
+  const device = options.device ?? 0;
+  const made: DeviceTensor[] = [];
+  try {
+    const packed = DeviceTensor.fromHost('u8', [p.packed.length], p.packed, { device });
+    made.push(packed);
+    const scales = DeviceTensor.fromHost('f32', [p.n, p.groups], p.scales, { device });
+    made.push(scales);
+    let intQ: DeviceTensor<'i32'> | undefined;
+    let unit: DeviceTensor<'f32'> | undefined;
+    if (p.intScale) {
+      intQ = DeviceTensor.fromHost('i32', [p.n, p.groups], p.intScale.q, { device });
+      made.push(intQ);
+      unit = DeviceTensor.fromHost('f32', [p.n], p.intScale.unit, { device });
+      made.push(unit);
+    }
+    return new DeviceGemmWeights({
+      n: p.n,
+      k: p.k,
+      kPadded: p.kPadded,
+      groupSize: p.groupSize,
+      groups: p.groups,
+      device,
+      packed,
+      scales,
+      ...(intQ ? { intQ } : {}),
+      ...(unit ? { unit } : {}),
+    });
+  } catch (e) {
+    for (const t of made) t.dispose();
+    throw e;
+  }
+}
+
+/** Options of `gemmW4A8`. */
+export interface GemmW4A8Options {
+  /** int8 activations [M, K], K = weights.kPadded (zero-padded columns past the layer's k). */
+  a: DeviceTensor;
+  /** f32 activation scales [M] (per token) or [1] (per tensor). */
+  aScale: DeviceTensor;
+  weights: DeviceGemmWeights;
+  mode: GemmScaleMode;
+  /** f16/bf16 [M, N] (scaled output) or i32 [M, N] (the raw integer accumulators, for exact checks). */
+  out: DeviceTensor;
+  /** f32 [N], added after scaling. */
+  bias?: DeviceTensor;
+  /** [M, N] in the dtype of out, added last (the residual connection). */
+  residual?: DeviceTensor;
+  stream?: Stream;
+  /** Forces a kernel variant (benchmarks only): 1, 2, 4 or 8 token tiles of 8 per block. */
+  variant?: number;
+}
+
+const MODES: Record<GemmScaleMode, number> = { 'per-channel': 0, 'group-float': 1, 'group-int': 2 };
+
+/**
+ * The W4A8 GEMM `out[m, n] = Σ_k a[m, k] · w[n, k]` with the scale mode's epilogue (see @q/quant types.ts):
+ * per-channel (FastGEMM), group-float, or group-int (Integer Scale, int32 accumulation across groups).
+ * With an i32 `out` it writes the integer accumulators: Σ_g P_g (per-channel, group-float) or Σ_g q·P_g
+ * (group-int). Asynchronous on `stream`.
+ *
+ * @example
+ * ```ts
+ * gemmW4A8({ a: q, aScale: scales, weights: w, mode: 'group-int', out: y, residual: h });
+ * ```
+ */
+export function gemmW4A8(o: GemmW4A8Options): void {
+  const op = 'gemmW4A8';
+  const w = o.weights;
+  const mode = MODES[o.mode];
+  if (mode === undefined) {
+    throw new QError('E_ARG', `${op}: Expected mode per-channel, group-float or group-int but received ${String(o.mode)}`);
+  }
+  needDtype(op, 'a', o.a, ['i8']);
+  const [m, k] = needRank2(op, 'a', o.a);
+  if (o.mode !== 'per-channel' && k % w.groupSize !== 0) {
+    throw new QError('E_SHAPE', `${op}: k=${k} is not a multiple of groupSize=${w.groupSize}`);
+  }
+  if (k !== w.kPadded) {
+    throw new QError('E_SHAPE', `${op}: Expected a of shape [${m}, ${w.kPadded}] (k = the weights' kPadded) but received ${shapeText(o.a)}`);
+  }
+  if (o.mode === 'per-channel' && w.groups !== 1) {
+    throw new QError('E_ARG', `${op}: Expected per-channel weights (1 group) for mode per-channel but received ${w.groups} groups of ${w.groupSize}`);
+  }
+  if (o.mode !== 'per-channel' && w.groupSize % 64 !== 0) {
+    throw new QError('E_UNSUPPORTED', `${op}: groupSize=${w.groupSize} is not a multiple of 64`);
+  }
+  if (o.mode === 'group-int' && (w.intQ === undefined || w.unit === undefined)) {
+    throw new QError('E_ARG', `${op}: Expected weights with intScale for mode group-int but received weights without it`);
+  }
+  needDtype(op, 'aScale', o.aScale, ['f32']);
+  if (!(o.aScale.shape.length === 1 && (o.aScale.shape[0] === m || o.aScale.shape[0] === 1))) {
+    throw new QError('E_SHAPE', `${op}: Expected shape [${m}] or [1] for aScale but received ${shapeText(o.aScale)}`);
+  }
+  needDtype(op, 'out', o.out, ['f16', 'bf16', 'i32']);
+  needShape(op, 'out', o.out, [m, w.n]);
+  if (o.bias !== undefined) {
+    needDtype(op, 'bias', o.bias, ['f32']);
+    needShape(op, 'bias', o.bias, [w.n]);
+  }
+  if (o.residual !== undefined) {
+    if (o.out.dtype === 'i32') throw new QError('E_ARG', `${op}: Expected no residual with an i32 out (raw accumulators)`);
+    if (o.residual.dtype !== o.out.dtype) {
+      throw new QError('E_DTYPE', `${op}: Expected dtype ${o.out.dtype} (that of out) for residual but received ${o.residual.dtype}`);
+    }
+    needShape(op, 'residual', o.residual, [m, w.n]);
+  }
+  if (o.bias !== undefined && o.out.dtype === 'i32') throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
+  const device = sameDevice(op, {
+    a: o.a,
+    aScale: o.aScale,
+    weights: w.packed,
+    out: o.out,
+    bias: o.bias,
+    residual: o.residual,
+  });
+  const args = {
+    a: needAligned(op, 'a', o.a, 16),
+    lda: k,
+    aScale: needAligned(op, 'aScale', o.aScale, 4),
+    aScaleStride: o.aScale.shape[0] === m && m !== 1 ? 1 : 0,
+    w: needAligned(op, 'weights.packed', w.packed, 16),
+    wScale: w.scales.ptr,
+    qScale: w.intQ?.ptr ?? 0n,
+    unit: w.unit?.ptr ?? 0n,
+    bias: o.bias ? needAligned(op, 'bias', o.bias, 4) : 0n,
+    residual: o.residual ? needAligned(op, 'residual', o.residual, 2) : 0n,
+    out: needAligned(op, 'out', o.out, o.out.dtype === 'i32' ? 4 : 2),
+    m,
+    n: w.n,
+    k,
+    groupSize: w.groupSize,
+    groups: w.groups,
+    mode,
+    outType: o.out.dtype === 'f16' ? 0 : o.out.dtype === 'bf16' ? 1 : 2,
+    variant: o.variant ?? 0,
+    stream: streamHandle(o.stream),
+  };
+  useDevice(device);
+  callNative(op, (b) => b.gemmW4A8(args));
+}
+
+/** Options of `gemmHalf`. */
+export interface GemmHalfOptions {
+  /** f16/bf16 [M, K]. */
+  a: DeviceTensor;
+  /** f16/bf16 [N, K] (a linear layer's weight, row-major). */
+  w: DeviceTensor;
+  /** f16/bf16 [M, N]. */
+  out: DeviceTensor;
+  stream?: Stream;
+}
+
+/**
+ * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation): the baseline of the benchmarks and the path
+ * for unquantized layers. cuBLAS is loaded on first use (Q_CUBLAS_PATH overrides where).
+ *
+ * @example
+ * ```ts
+ * gemmHalf({ a: x, w: lmHead, out: logits });
+ * ```
+ */
+export function gemmHalf(o: GemmHalfOptions): void {
+  const op = 'gemmHalf';
+  needDtype(op, 'a', o.a, HALF);
+  const [m, k] = needRank2(op, 'a', o.a);
+  if (o.w.dtype !== o.a.dtype) throw new QError('E_DTYPE', `${op}: Expected dtype ${o.a.dtype} (that of a) for w but received ${o.w.dtype}`);
+  const [n, kw] = needRank2(op, 'w', o.w);
+  if (kw !== k) throw new QError('E_SHAPE', `${op}: Expected w of shape [N, ${k}] for a ${shapeText(o.a)} but received ${shapeText(o.w)}`);
+  if (o.out.dtype !== o.a.dtype) throw new QError('E_DTYPE', `${op}: Expected dtype ${o.a.dtype} (that of a) for out but received ${o.out.dtype}`);
+  needShape(op, 'out', o.out, [m, n]);
+  const device = sameDevice(op, { a: o.a, w: o.w, out: o.out });
+  const args = {
+    a: needAligned(op, 'a', o.a, 2),
+    w: needAligned(op, 'w', o.w, 2),
+    out: needAligned(op, 'out', o.out, 2),
+    m,
+    n,
+    k,
+    dtype: o.a.dtype === 'bf16' ? 1 : 0,
+    stream: streamHandle(o.stream),
+  };
+  useDevice(device);
+  callNative(op, (b) => b.cublasGemm(args));
+}
+
+/**
+ * Which cuBLAS library was loaded, and its version.
+ *
+ * @example
+ * ```ts
+ * cublasInfo() // { path: 'libcublas.so.13', version: 130000 }
+ * ```
+ */
+export function cublasInfo(): { path: string; version: number } {
+  return callNative('cublasInfo', (b) => b.cublasInfo());
+}

@@ -1,0 +1,164 @@
+/**
+ * The W4A8 GEMM against @q/quant's golden GEMM: integer accumulators bit-exact over a shape sweep (M from 1 to
+ * 4096, K multiples of 128 and K that is not a multiple of the kernel's 64-wide tile, several N, group sizes
+ * 64 and 128, all three scale modes), outputs poisoned before every run, float outputs within one rounding of
+ * the half-precision output.
+ */
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '@q/core';
+import {
+  DeviceTensor,
+  gemmW4A8,
+  packForGemm,
+  uploadGemmWeights,
+} from '@q/kernels-cuda';
+import {
+  type GemmScaleMode,
+  gemmW4A8GoldenInt,
+  gemmW4A8Golden,
+  type Int4Weights,
+  quantizeActPerToken,
+  quantizeInt4,
+  withIntegerScale,
+} from '@q/quant';
+import { describe, expect, it } from 'vitest';
+import { freshSeed, noGpu, randn, rng } from './helpers';
+
+interface Case {
+  m: number;
+  n: number;
+  k: number;
+  groupSize: number | 'channel';
+}
+
+const M_SWEEP = [1, 3, 16, 33, 128, 1000, 4096];
+// N and K shrink as M grows so that the float64-free CPU golden stays fast.
+function nkFor(m: number): Array<[number, number]> {
+  if (m <= 33) return [[256, 4096], [144, 640], [128, 200]];
+  if (m <= 128) return [[256, 2048], [128, 200]];
+  return [[128, 512], [64, 200]];
+}
+
+const cases: Case[] = [];
+for (const m of M_SWEEP) {
+  for (const [n, k] of nkFor(m)) {
+    for (const g of [64, 128] as const) cases.push({ m, n, k, groupSize: g });
+  }
+  // Per-channel: one group of k; 1040 and 272 are not multiples of the 64-wide k tile.
+  for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272]) cases.push({ m, n: m <= 128 ? 160 : 64, k, groupSize: 'channel' });
+}
+
+function makeWeights(rand: () => number, n: number, k: number, groupSize: number | 'channel'): Int4Weights {
+  const g = randn(rand);
+  const w = new Float32Array(n * k);
+  // Rows with different magnitudes so that the per-group scales differ.
+  for (let r = 0; r < n; r++) {
+    const s = 0.01 + rand() * 0.1;
+    for (let j = 0; j < k; j++) w[r * k + j] = g() * s * (1 + 3 * Math.floor(j / 64) % 2);
+  }
+  const q = quantizeInt4(w, n, k, { groupSize });
+  return groupSize === 'channel' ? q : withIntegerScale(q);
+}
+
+function makeActs(rand: () => number, m: number, k: number, kPadded: number) {
+  const g = randn(rand);
+  const x = new Float32Array(m * k);
+  for (let i = 0; i < m; i++) {
+    const s = 0.1 + rand() * 20;
+    for (let j = 0; j < k; j++) x[i * k + j] = g() * s;
+  }
+  return quantizeActPerToken(x, m, k, { kPadded });
+}
+
+function halfToF32(dtype: 'f16' | 'bf16', bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = dtype === 'f16' ? f16BitsToF32(bits[i] as number) : bf16BitsToF32(bits[i] as number);
+  return out;
+}
+
+describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
+  const seed = freshSeed('gemmW4A8');
+  const rand = rng(seed);
+
+  for (const c of cases) {
+    const modes: GemmScaleMode[] = c.groupSize === 'channel' ? ['per-channel'] : ['group-float', 'group-int'];
+    it(`M=${c.m} N=${c.n} K=${c.k} groupSize=${c.groupSize}: ${modes.join(', ')}`, () => {
+      const w = makeWeights(rand, c.n, c.k, c.groupSize);
+      const act = makeActs(rand, c.m, c.k, w.kPadded);
+      const dw = uploadGemmWeights(packForGemm(w));
+      const a = DeviceTensor.fromHost('i8', [c.m, w.kPadded], act.q);
+      const aScale = DeviceTensor.fromHost('f32', [c.m], act.scales);
+      const outI = DeviceTensor.alloc('i32', [c.m, c.n]);
+      const outDtype = rand() < 0.5 ? 'f16' : 'bf16';
+      const outH = DeviceTensor.alloc(outDtype, [c.m, c.n]);
+      const bias = new Float32Array(c.n).map(() => rand() - 0.5);
+      const resid = new Float32Array(c.m * c.n).map(() => rand() * 2 - 1);
+      const residBits = new Uint16Array(resid.length);
+      try {
+        for (const mode of modes) {
+          const args = { a: act.q, aScales: act.scales, m: c.m, weights: w, mode };
+          // Integer part: bit-exact.
+          outI.fillBytes(0xa5);
+          gemmW4A8({ a, aScale, weights: dw, mode, out: outI });
+          const got = outI.download();
+          const gold = gemmW4A8GoldenInt(args);
+          let want = gold.values;
+          if (mode === 'group-float') {
+            want = new Int32Array(c.m * c.n);
+            for (let i = 0; i < want.length; i++) {
+              let s = 0;
+              for (let gI = 0; gI < gold.groups; gI++) s += gold.values[i * gold.groups + gI] as number;
+              want[i] = s;
+            }
+          }
+          let bad = 0;
+          let first = -1;
+          for (let i = 0; i < want.length; i++)
+            if (got[i] !== want[i]) {
+              bad++;
+              if (first < 0) first = i;
+            }
+          expect(bad, `${mode}: ${bad} of ${want.length} int32 accumulators differ; first at ${first}: got ${got[first]}, want ${want[first]}`).toBe(0);
+
+          // Float epilogue, with and without bias + residual.
+          const ref = gemmW4A8Golden(args);
+          for (const withExtras of [false, true]) {
+            outH.fillBytes(0xff);
+            let residual: DeviceTensor | undefined;
+            let biasT: DeviceTensor | undefined;
+            if (withExtras) {
+              for (let i = 0; i < resid.length; i++) residBits[i] = outDtype === 'f16' ? f32ToF16Bits(resid[i] as number) : f32ToBf16Bits(resid[i] as number);
+              residual = DeviceTensor.fromHost(outDtype, [c.m, c.n], residBits);
+              biasT = DeviceTensor.fromHost('f32', [c.n], bias);
+            }
+            gemmW4A8({ a, aScale, weights: dw, mode, out: outH, ...(biasT ? { bias: biasT } : {}), ...(residual ? { residual } : {}) });
+            const gotF = halfToF32(outDtype, outH.download() as Uint16Array);
+            residual?.dispose();
+            biasT?.dispose();
+            const residF = halfToF32(outDtype, residBits);
+            // Tolerance: one rounding to the output precision (relative 2^-10 f16, 2^-7 bf16) of the value,
+            // plus a tiny absolute term for the f32 reordering of group-float sums.
+            const rel = outDtype === 'f16' ? 2 ** -10 : 2 ** -7;
+            let rms = 0;
+            for (const v of ref) rms += v * v;
+            rms = Math.sqrt(rms / ref.length);
+            let worst = 0;
+            let worstI = 0;
+            for (let i = 0; i < ref.length; i++) {
+              const n = i % c.n;
+              const r = (ref[i] as number) + (withExtras ? (bias[n] as number) + (residF[i] as number) : 0);
+              const err = Math.abs((gotF[i] as number) - r) / (rel * Math.abs(r) + 1e-5 * rms + 1e-30);
+              if (!(err <= worst)) {
+                worst = err;
+                worstI = i;
+              }
+            }
+            expect(worst, `${mode} ${outDtype} extras=${withExtras}: worst error ratio ${worst} at ${worstI}`).toBeLessThanOrEqual(1);
+          }
+        }
+      } finally {
+        for (const t of [a, aScale, outI, outH]) t.dispose();
+        dw.dispose();
+      }
+    });
+  }
+});

@@ -1,0 +1,52 @@
+#!/usr/bin/env node
+// A small end-to-end pass over every kernel, meant to run under
+//   compute-sanitizer --tool memcheck --error-exitcode 1 node packages/kernels-cuda/test/gpu/memcheck.mjs
+// Shapes are chosen to hit the edges: M not a multiple of 8, K not a multiple of the 64-wide tile, ldq > K.
+import { DeviceTensor, gemmHalf, gemmW4A8, gpuStatus, packForGemm, quantizeAct, rmsNormQuantize, synchronize, uploadGemmWeights } from '@q/kernels-cuda';
+import { quantizeInt4, withIntegerScale } from '@q/quant';
+
+const s = gpuStatus();
+if (!s.available) {
+  console.log(`memcheck skipped: ${s.reason}`);
+  process.exit(0);
+}
+let seed = 12345;
+const rand = () => {
+  seed = (seed * 1103515245 + 12345) >>> 0;
+  return seed / 2 ** 32;
+};
+const free = [];
+const T = (t) => {
+  free.push(t);
+  return t;
+};
+for (const [m, n, k, gs] of [
+  [3, 48, 272, 'channel'],
+  [19, 32, 256, 64],
+  [70, 16, 384, 128],
+]) {
+  const w = quantizeInt4(new Float32Array(n * k).map(() => rand() - 0.5), n, k, { groupSize: gs });
+  const wi = gs === 'channel' ? w : withIntegerScale(w);
+  const dw = uploadGemmWeights(packForGemm(wi));
+  const x = T(DeviceTensor.fromHost('bf16', [m, k], new Uint16Array(m * k).map(() => 0x3f00 + Math.floor(rand() * 200))));
+  const q = T(DeviceTensor.alloc('i8', [m, wi.kPadded]));
+  const sc = T(DeviceTensor.alloc('f32', [m]));
+  quantizeAct({ x, out: q, scales: sc, mode: 'dynamic' });
+  const gain = T(DeviceTensor.fromHost('bf16', [k], new Uint16Array(k).fill(0x3f80)));
+  rmsNormQuantize({ x, gain, out: q, scales: sc, mode: 'dynamic' });
+  quantizeAct({ x, out: q, mode: 'static', staticScale: 0.01 });
+  const out = T(DeviceTensor.alloc('bf16', [m, n]));
+  const outI = T(DeviceTensor.alloc('i32', [m, n]));
+  const bias = T(DeviceTensor.fromHost('f32', [n], new Float32Array(n).fill(0.5)));
+  const modes = gs === 'channel' ? ['per-channel'] : ['group-float', 'group-int'];
+  for (const mode of modes) {
+    gemmW4A8({ a: q, aScale: sc, weights: dw, mode, out, bias, residual: out });
+    gemmW4A8({ a: q, aScale: sc, weights: dw, mode, out: outI });
+  }
+  const wh = T(DeviceTensor.fromHost('bf16', [n, k], new Uint16Array(n * k).fill(0x3c00)));
+  gemmHalf({ a: x, w: wh, out });
+  synchronize(0);
+  dw.dispose();
+}
+for (const t of free) t.dispose();
+console.log('memcheck pass: all kernels ran');
