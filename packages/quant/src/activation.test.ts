@@ -22,6 +22,16 @@ describe('rintHalfEven', () => {
       expect(Math.abs(rintHalfEven(t) % 2)).toBe(0);
     }
   });
+  it('handles magnitudes around 2^51 and 2^52, -0, NaN and infinities', () => {
+    for (const base of [2 ** 51, 2 ** 52, 2 ** 53]) {
+      for (const x of [base - 1.5, base - 0.5, base + 0.5, base + 1.5, base + 2, -base - 0.5, -base + 0.5]) {
+        if (Number.isInteger(x * 2)) expect(rintHalfEven(x)).toBe(refRint(x));
+      }
+    }
+    expect(Object.is(rintHalfEven(-0.2), 0)).toBe(true);
+    expect(rintHalfEven(Number.NaN)).toBeNaN();
+    expect(rintHalfEven(Number.POSITIVE_INFINITY)).toBe(Number.POSITIVE_INFINITY);
+  });
   it('matches the reference away from ties', () => {
     const r = mulberry32(1);
     for (let i = 0; i < 10000; i++) {

@@ -181,12 +181,14 @@ export function toIntegerScale(w: Int4Weights, options: IntegerScaleOptions = {}
 export function integerScaleWithReport(
   w: Int4Weights,
   options: IntegerScaleOptions = {},
+  /** Σ_{k∈g} |w_int[n, k]|, [n, groups], when already known (see `quantizeInt4WithStats`). */
+  absSumsKnown?: Float64Array,
 ): { intScale: IntegerScale; overflow: OverflowReport } {
   const name = options.name ?? 'weights';
   checkSymmetric(w, name);
   const check = options.overflowCheck ?? 'data';
   const groups = w.kPadded / w.groupSize;
-  const absSums = groupAbsSums(w);
+  const absSums = absSumsKnown ?? groupAbsSums(w);
   const bits = options.amplifierBits ?? DEFAULT_AMPLIFIER_BITS;
   if (bits === 'auto') {
     const minBits = options.minBits ?? 1;
@@ -242,11 +244,15 @@ export interface IntScaleErrorReport {
  * intScaleError(withIntegerScale(q)).relative // ~1e-4 at b = 10
  * ```
  */
-export function intScaleError(w: Int4Weights): IntScaleErrorReport {
+export function intScaleError(
+  w: Int4Weights,
+  /** Σ_{k∈g} w_int², [n, groups], when already known (see `quantizeInt4WithStats`). */
+  sumSquaresKnown?: Float64Array,
+): IntScaleErrorReport {
   const is = w.intScale;
   if (!is) throw new QError('E_ARG', 'Expected weights with an intScale for intScaleError but received none');
   const groups = w.kPadded / w.groupSize;
-  const vals = unpackInt4Weights(w);
+  const vals = sumSquaresKnown ? undefined : unpackInt4Weights(w);
   let num = 0;
   let den = 0;
   let maxRel = 0;
@@ -257,11 +263,13 @@ export function intScaleError(w: Int4Weights): IntScaleErrorReport {
       const s = w.scales[gi] as number;
       const si = Math.fround((is.q[gi] as number) * unit);
       if (s > 0) maxRel = Math.max(maxRel, Math.abs(si - s) / s);
-      let sq = 0;
-      const base = r * w.kPadded + g * w.groupSize;
-      for (let j = 0; j < w.groupSize; j++) {
-        const v = vals[base + j] as number;
-        sq += v * v;
+      let sq = sumSquaresKnown ? (sumSquaresKnown[gi] as number) : 0;
+      if (vals) {
+        const base = r * w.kPadded + g * w.groupSize;
+        for (let j = 0; j < w.groupSize; j++) {
+          const v = vals[base + j] as number;
+          sq += v * v;
+        }
       }
       num += (si - s) * (si - s) * sq;
       den += s * s * sq;

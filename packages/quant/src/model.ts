@@ -7,11 +7,11 @@ import { getRecipe, type Recipe, type RecipeName } from './recipes';
 import type { LayerPlan, QuantizedLinear, QuantWeights } from './types';
 import {
   assertFinite,
-  dequantizeInt4,
   dequantizeInt8,
-  quantizeInt4,
+  quantizeInt4WithStats,
   quantizeInt8,
   relativeFrobenius,
+  weightErrorFromStats,
 } from './weights';
 
 /** A quantized model: quantized linear layers plus every other tensor in f32 (norms LAE-folded). */
@@ -61,7 +61,7 @@ export function quantizeLinear(
   bias?: Float32Array,
 ): { linear: QuantizedLinear; report: LayerReport } {
   const name = plan.name;
-  assertFinite(weight, name, k);
+  // The quantizers check the weights for NaN/±Inf in their first pass.
   if (bias) {
     assertFinite(bias, `${name}.bias`);
     if (bias.length !== n)
@@ -75,31 +75,36 @@ export function quantizeLinear(
     weights = quantizeInt8(weight, n, k, { name });
     weightError = relativeFrobenius(dequantizeInt8(weights), weight);
   } else {
-    let w4 = quantizeInt4(weight, n, k, {
+    const q4 = quantizeInt4WithStats(weight, n, k, {
       groupSize: wr.groupSize,
       padK: wr.padK,
       symmetric: wr.symmetric,
       clip: wr.clip,
       name,
     });
+    let w4 = q4.weights;
     const is = recipe.integerScale;
     if (is.enabled && w4.kPadded !== w4.groupSize) {
-      const { intScale, overflow } = integerScaleWithReport(w4, {
-        amplifierBits: is.amplifierBits,
-        minBits: is.minBits,
-        maxBits: is.maxBits,
-        overflowCheck: is.overflowCheck,
-        name,
-      });
+      const { intScale, overflow } = integerScaleWithReport(
+        w4,
+        {
+          amplifierBits: is.amplifierBits,
+          minBits: is.minBits,
+          maxBits: is.maxBits,
+          overflowCheck: is.overflowCheck,
+          name,
+        },
+        q4.stats.sumAbsE,
+      );
       w4 = { ...w4, intScale };
       extra = {
-        intScaleError: intScaleError(w4).relative,
+        intScaleError: intScaleError(w4, q4.stats.sumE2).relative,
         amplifierBits: intScale.amplifierBits,
         overflowBound: overflow.bound,
       };
     }
     weights = w4;
-    weightError = relativeFrobenius(dequantizeInt4(w4, w4.intScale !== undefined), weight);
+    weightError = weightErrorFromStats(w4, q4.stats);
   }
   const linear: QuantizedLinear = {
     name,

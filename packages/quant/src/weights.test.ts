@@ -1,13 +1,16 @@
 import { isQError, unpackInt4 } from '@q/core';
 import { describe, expect, it } from 'vitest';
+import { withIntegerScale } from './intscale';
 import { randn } from './testing';
 import {
   dequantizeInt4,
   dequantizeInt8,
   groupLayout,
   quantizeInt4,
+  quantizeInt4WithStats,
   quantizeInt8,
   relativeFrobenius,
+  weightErrorFromStats,
 } from './weights';
 
 function refRint(v: number): number {
@@ -172,5 +175,27 @@ describe('quantizeInt8', () => {
       }
     }
     expect(dequantizeInt8(q).every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe('weightErrorFromStats', () => {
+  it('equals the relative Frobenius error of the dequantized weights', () => {
+    const n = 12;
+    const k = 300;
+    const w = randn(n * k, 77, 0.02);
+    for (const opts of [
+      { groupSize: 64 },
+      { groupSize: 32, symmetric: false },
+      { groupSize: 'channel' as const, clip: { steps: 8, minRatio: 0.6 } },
+    ]) {
+      const { weights, stats } = quantizeInt4WithStats(w, n, k, opts);
+      expect(weightErrorFromStats(weights, stats)).toBeCloseTo(
+        relativeFrobenius(dequantizeInt4(weights), w),
+        6,
+      );
+    }
+    const { weights, stats } = quantizeInt4WithStats(w, n, k, { groupSize: 64 });
+    const wi = withIntegerScale(weights, { amplifierBits: 5 });
+    expect(weightErrorFromStats(wi, stats)).toBeCloseTo(relativeFrobenius(dequantizeInt4(wi, true), w), 6);
   });
 });

@@ -112,9 +112,38 @@ export function groupLayout(
  * ```
  */
 export function quantizeInt4(w: Float32Array, n: number, k: number, options: Int4Options = {}): Int4Weights {
+  return quantizeInt4WithStats(w, n, k, options).weights;
+}
+
+/**
+ * Per-group sums gathered while quantizing, row-major [n, groups], with `e = q − zero` the effective integer:
+ * Σw², Σw·e, Σe², Σ|e|. They give the reconstruction error for any group scale s as
+ * `Σw² − 2sΣwe + s²Σe²` and the Integer Scale overflow bound, without another pass over the weights.
+ */
+export interface Int4GroupStats {
+  readonly sumW2: Float64Array;
+  readonly sumWE: Float64Array;
+  readonly sumE2: Float64Array;
+  readonly sumAbsE: Float64Array;
+}
+
+/**
+ * `quantizeInt4` that also returns the per-group sums of `Int4GroupStats` (one pass for plain RTN).
+ *
+ * @example
+ * ```ts
+ * const { weights, stats } = quantizeInt4WithStats(w, n, k, { groupSize: 128 });
+ * weightErrorFromStats(weights, stats) // relative Frobenius error of dequant(weights) vs w
+ * ```
+ */
+export function quantizeInt4WithStats(
+  w: Float32Array,
+  n: number,
+  k: number,
+  options: Int4Options = {},
+): { weights: Int4Weights; stats: Int4GroupStats } {
   const name = options.name ?? 'weights';
   checkMatrix(w, n, k, name);
-  assertFinite(w, name, k);
   const { groupSize, kPadded, groups } = groupLayout(k, options.groupSize ?? 128, options.padK ?? true, name);
   const symmetric = options.symmetric ?? true;
   const clip = checkClip(options.clip, name);
@@ -122,9 +151,14 @@ export function quantizeInt4(w: Float32Array, n: number, k: number, options: Int
   if (clip) {
     for (let i = 1; i < clip.steps; i++) ratios.push(1 - ((1 - clip.minRatio) * i) / (clip.steps - 1));
   }
+  const qmin = symmetric ? -7 : -8;
   const vals = new Int8Array(n * kPadded);
   const scales = new Float32Array(n * groups);
   const zeros = symmetric ? undefined : new Int8Array(n * groups);
+  const sumW2 = new Float64Array(n * groups);
+  const sumWE = new Float64Array(n * groups);
+  const sumE2 = new Float64Array(n * groups);
+  const sumAbsE = new Float64Array(n * groups);
   const tmp = new Int8Array(groupSize);
   for (let r = 0; r < n; r++) {
     const rowIn = r * k;
@@ -134,16 +168,41 @@ export function quantizeInt4(w: Float32Array, n: number, k: number, options: Int
       const k1 = Math.min(k, k0 + groupSize);
       let lo = 0;
       let hi = 0;
+      // v·0 is NaN exactly when v is NaN or ±Inf, so one sum checks the whole group.
+      let bad = 0;
+      let w2 = 0;
       for (let j = k0; j < k1; j++) {
         const v = w[rowIn + j] as number;
+        bad += v * 0;
+        w2 += v * v;
         if (v < lo) lo = v;
         if (v > hi) hi = v;
       }
+      if (Number.isNaN(bad)) assertFinite(w, name, k);
       const gi = r * groups + g;
+      sumW2[gi] = w2;
       if (lo === 0 && hi === 0) {
         // All-zero group: scale 0 and q 0 dequantize exactly to 0 without dividing by anything.
-        scales[gi] = 0;
-        if (zeros) zeros[gi] = 0;
+        continue;
+      }
+      if (!clip && symmetric) {
+        // Plain symmetric RTN, the hot path: one pass, no search.
+        const scale = Math.fround(Math.max(-lo, hi) / 7);
+        scales[gi] = scale;
+        let we = 0;
+        let e2 = 0;
+        let ae = 0;
+        for (let j = k0; j < k1; j++) {
+          const v = w[rowIn + j] as number;
+          const q = Math.min(7, Math.max(-7, rintHalfEven(v / scale)));
+          vals[rowOut + j] = q;
+          we += v * q;
+          e2 += q * q;
+          ae += q < 0 ? -q : q;
+        }
+        sumWE[gi] = we;
+        sumE2[gi] = e2;
+        sumAbsE[gi] = ae;
         continue;
       }
       let bestErr = Number.POSITIVE_INFINITY;
@@ -159,12 +218,10 @@ export function quantizeInt4(w: Float32Array, n: number, k: number, options: Int
           zero = Math.min(7, Math.max(-8, rintHalfEven(-8 - (lo * ratio) / scale)));
         }
         if (scale === 0) continue;
-        const qmin = symmetric ? -7 : -8;
         let err = 0;
         for (let j = k0; j < k1; j++) {
           const v = w[rowIn + j] as number;
-          let q = rintHalfEven(v / scale) + zero;
-          q = Math.min(7, Math.max(qmin, q));
+          const q = Math.min(7, Math.max(qmin, rintHalfEven(v / scale) + zero));
           tmp[j - k0] = q;
           const d = v - scale * (q - zero);
           err += d * d;
@@ -177,6 +234,18 @@ export function quantizeInt4(w: Float32Array, n: number, k: number, options: Int
         }
       }
       scales[gi] = bestScale;
+      let we = 0;
+      let e2 = 0;
+      let ae = 0;
+      for (let j = k0; j < k1; j++) {
+        const e = (vals[rowOut + j] as number) - bestZero;
+        we += (w[rowIn + j] as number) * e;
+        e2 += e * e;
+        ae += Math.abs(e);
+      }
+      sumWE[gi] = we;
+      sumE2[gi] = e2;
+      sumAbsE[gi] = ae;
       if (zeros) {
         zeros[gi] = bestZero;
         // Padded columns hold the zero point so that they dequantize to weight 0.
@@ -194,7 +263,36 @@ export function quantizeInt4(w: Float32Array, n: number, k: number, options: Int
     packed: packNibbles(vals),
     scales,
   };
-  return zeros ? { ...base, zeros } : base;
+  return { weights: zeros ? { ...base, zeros } : base, stats: { sumW2, sumWE, sumE2, sumAbsE } };
+}
+
+/**
+ * The relative Frobenius error ‖dequant(W_q) − W‖ / ‖W‖ from the group sums, using the Integer Scale group
+ * scales `f32(q · unit)` when the weights carry an intScale (float scales otherwise). Ignores the final f32
+ * rounding of each dequantized value (a 2^-24 relative effect).
+ *
+ * @example
+ * ```ts
+ * const { weights, stats } = quantizeInt4WithStats(w, n, k);
+ * weightErrorFromStats(weights, stats) // ≈ relativeFrobenius(dequantizeInt4(weights), w)
+ * ```
+ */
+export function weightErrorFromStats(w: Int4Weights, stats: Int4GroupStats): number {
+  const groups = w.kPadded / w.groupSize;
+  const is = w.intScale;
+  let num = 0;
+  let den = 0;
+  for (let r = 0; r < w.n; r++) {
+    for (let g = 0; g < groups; g++) {
+      const gi = r * groups + g;
+      const s = is ? Math.fround((is.q[gi] as number) * (is.unit[r] as number)) : (w.scales[gi] as number);
+      const w2 = stats.sumW2[gi] as number;
+      num += Math.max(0, w2 - 2 * s * (stats.sumWE[gi] as number) + s * s * (stats.sumE2[gi] as number));
+      den += w2;
+    }
+  }
+  if (den === 0) return num === 0 ? 0 : Number.POSITIVE_INFINITY;
+  return Math.sqrt(num / den);
 }
 
 /** Plain int4 packing, low nibble first (the values are already in range). */
@@ -248,12 +346,14 @@ export function dequantizeInt4(w: Int4Weights, useIntegerScale = false): Float32
     throw new QError('E_ARG', 'Expected weights with an intScale for useIntegerScale but received none');
   }
   for (let r = 0; r < w.n; r++) {
-    for (let j = 0; j < w.k; j++) {
-      const g = Math.floor(j / w.groupSize);
+    for (let g = 0; g < groups; g++) {
       const gi = r * groups + g;
-      const q = (vals[r * w.kPadded + j] as number) - (w.zeros ? (w.zeros[gi] as number) : 0);
+      const z = w.zeros ? (w.zeros[gi] as number) : 0;
       const s = is ? Math.fround((is.q[gi] as number) * (is.unit[r] as number)) : (w.scales[gi] as number);
-      out[r * w.k + j] = Math.fround(s * q);
+      const j1 = Math.min(w.k, (g + 1) * w.groupSize);
+      for (let j = g * w.groupSize; j < j1; j++) {
+        out[r * w.k + j] = Math.fround(s * ((vals[r * w.kPadded + j] as number) - z));
+      }
     }
   }
   return out;
