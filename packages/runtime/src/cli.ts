@@ -1,2 +1,14 @@
 #!/usr/bin/env node
-console.log('q: not built yet');
+import { runCli } from './cli-main';
+import { shutdownThreads } from './cpu/gemm';
+
+runCli(process.argv.slice(2)).then(
+  async (code) => {
+    await shutdownThreads();
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  },
+);

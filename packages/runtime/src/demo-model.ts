@@ -17,6 +17,8 @@ export interface DemoModelOptions {
   readonly heavyTailChannels?: number;
   /** Gain of the heavy-tailed channels: their gate and up rows are this many times a shared direction. */
   readonly heavyTailGain?: number;
+  /** Scale of what each layer writes into the residual stream (o_proj and down_proj weights). */
+  readonly residualScale?: number;
 }
 
 /** A synthetic model with its tokenizer and texts. */
@@ -59,6 +61,24 @@ export function demoText(seed: number, sentences: number): string {
  */
 export function demoTokenizer(vocabSize = 512): TextTokenizer {
   const enc = new TextEncoder();
+  const pieces = demoPieces(vocabSize);
+  const scores = new Float32Array(pieces.length);
+  pieces.forEach((p, i) => {
+    scores[i] = i < 259 ? 0 : p.length * 10 - i * 1e-3;
+  });
+  const maxLen = Math.max(...pieces.map((p) => enc.encode(p).length));
+  return wrapLlama2cTokenizer(
+    new Llama2cTokenizer(
+      pieces.map((p) => enc.encode(p)),
+      scores,
+      maxLen,
+    ),
+    [],
+  );
+}
+
+/** The pieces of `demoTokenizer`, by id. */
+export function demoPieces(vocabSize = 512): string[] {
   const pieces: string[] = ['<unk>', '\n<s>\n', '\n</s>\n'];
   for (let b = 0; b < 256; b++) pieces.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);
   for (let c = 32; c < 127; c++) pieces.push(String.fromCharCode(c));
@@ -112,10 +132,14 @@ export function buildDemoModel(options: DemoModelOptions = {}): DemoModel {
   const ff = options.intermediateSize ?? 1024;
   const layers = options.numLayers ?? 4;
   const nOut = options.outlierChannels ?? 4;
-  const [gLo, gHi] = options.outlierGain ?? [60, 90];
+  const [gLo, gHi] = options.outlierGain ?? [70, 120];
   const nHeavy = options.heavyTailChannels ?? 8;
-  const heavyGain = options.heavyTailGain ?? 6;
+  const heavyGain = options.heavyTailGain ?? 8;
+  const residualScale = options.residualScale ?? 0.4;
   const tokenizer = demoTokenizer(512);
+  const pieces = demoPieces(512);
+  const unreadable = (v: number): boolean =>
+    v === 0 || (v >= 3 && v < 259) || (pieces[v] ?? '').startsWith('<extra_');
   const config: ModelConfig = {
     architecture: 'llama',
     hiddenSize: d,
@@ -170,16 +194,20 @@ export function buildDemoModel(options: DemoModelOptions = {}): DemoModel {
       for (let v = 0; v < config.vocabSize; v++)
         for (let i = 0; i < d; i++) w[v * d + i] = isOutlier[i] ? 1 + 0.05 * rng.normal() : rng.normal();
     } else {
-      const std = (name === 'lm_head.weight' ? 3 : 1) / Math.sqrt(fanIn);
+      // Layers write small updates into a residual stream dominated by the embeddings, as in trained models.
+      const writesResidual = name.includes('o_proj') || name.includes('down_proj');
+      const std = (name === 'lm_head.weight' ? 3 : writesResidual ? residualScale : 1) / Math.sqrt(fanIn);
       for (let i = 0; i < w.length; i++) w[i] = std * rng.normal();
       // Outlier channels of the residual stream stay constant: no layer writes to them, and no
       // projection reads them strongly (as in real models, where they act like a bias).
-      const writesResidual = name.includes('o_proj') || name.includes('down_proj');
       if (writesResidual) for (const c of outliers) w.fill(0, c * fanIn, (c + 1) * fanIn);
       else if (shape[1] === d)
         for (let r = 0; r < (shape[0] as number); r++)
-          for (const c of outliers) w[r * d + c] = (w[r * d + c] as number) * 0.1;
+          for (const c of outliers) w[r * d + c] = (w[r * d + c] as number) * 0.01;
     }
+    // Byte-fallback and filler pieces never win: generated text stays readable and valid UTF-8.
+    if (name === 'lm_head.weight')
+      for (let v = 0; v < config.vocabSize; v++) if (unreadable(v)) w.fill(0, v * d, (v + 1) * d);
     weights.set(name, t);
   }
   // Heavy-tailed down_proj inputs: gate and up rows of a few channels along one shared direction u.
@@ -201,7 +229,7 @@ export function buildDemoModel(options: DemoModelOptions = {}): DemoModel {
         up[r * d + i] = (heavyGain * (u[i] as number)) / nrm;
       }
       // Their down_proj columns are small so the residual stream stays in range.
-      for (let o = 0; o < d; o++) down[o * ff + r] = (down[o * ff + r] as number) * 0.05;
+      for (let o = 0; o < d; o++) down[o * ff + r] = (down[o * ff + r] as number) * 0.01;
     }
   }
   return {

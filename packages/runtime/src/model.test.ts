@@ -99,6 +99,7 @@ describe('matmulT', () => {
     for (const [m, k, n] of [
       [1, 7, 5],
       [5, 33, 17],
+      [9, 20, 11],
       [64, 256, 160],
     ] as const) {
       const x = Float32Array.from({ length: m * k }, () => rng.normal());

@@ -23,13 +23,86 @@ export function gemmRange(
 ): void {
   const k4 = k - (k % 4);
   let i = 0;
-  // Four rows of x per pass over a weight row: each loaded weight is used four times.
+  // 4x4 register blocks: each loaded x and w value feeds four multiply-adds.
   for (; i + 4 <= m; i += 4) {
     const a0 = i * k;
     const a1 = a0 + k;
     const a2 = a1 + k;
     const a3 = a2 + k;
-    for (let j = n0; j < n1; j++) {
+    let j = n0;
+    for (; j + 4 <= n1; j += 4) {
+      const b0 = j * k;
+      const b1 = b0 + k;
+      const b2 = b1 + k;
+      const b3 = b2 + k;
+      let s00 = 0;
+      let s01 = 0;
+      let s02 = 0;
+      let s03 = 0;
+      let s10 = 0;
+      let s11 = 0;
+      let s12 = 0;
+      let s13 = 0;
+      let s20 = 0;
+      let s21 = 0;
+      let s22 = 0;
+      let s23 = 0;
+      let s30 = 0;
+      let s31 = 0;
+      let s32 = 0;
+      let s33 = 0;
+      for (let t = 0; t < k; t++) {
+        const x0 = x[a0 + t] as number;
+        const x1 = x[a1 + t] as number;
+        const x2 = x[a2 + t] as number;
+        const x3 = x[a3 + t] as number;
+        const w0 = w[b0 + t] as number;
+        const w1 = w[b1 + t] as number;
+        const w2 = w[b2 + t] as number;
+        const w3 = w[b3 + t] as number;
+        s00 += x0 * w0;
+        s01 += x0 * w1;
+        s02 += x0 * w2;
+        s03 += x0 * w3;
+        s10 += x1 * w0;
+        s11 += x1 * w1;
+        s12 += x1 * w2;
+        s13 += x1 * w3;
+        s20 += x2 * w0;
+        s21 += x2 * w1;
+        s22 += x2 * w2;
+        s23 += x2 * w3;
+        s30 += x3 * w0;
+        s31 += x3 * w1;
+        s32 += x3 * w2;
+        s33 += x3 * w3;
+      }
+      const c0 = bias === null ? 0 : (bias[j] as number);
+      const c1 = bias === null ? 0 : (bias[j + 1] as number);
+      const c2 = bias === null ? 0 : (bias[j + 2] as number);
+      const c3 = bias === null ? 0 : (bias[j + 3] as number);
+      let o = i * n + j;
+      out[o] = s00 + c0;
+      out[o + 1] = s01 + c1;
+      out[o + 2] = s02 + c2;
+      out[o + 3] = s03 + c3;
+      o += n;
+      out[o] = s10 + c0;
+      out[o + 1] = s11 + c1;
+      out[o + 2] = s12 + c2;
+      out[o + 3] = s13 + c3;
+      o += n;
+      out[o] = s20 + c0;
+      out[o + 1] = s21 + c1;
+      out[o + 2] = s22 + c2;
+      out[o + 3] = s23 + c3;
+      o += n;
+      out[o] = s30 + c0;
+      out[o + 1] = s31 + c1;
+      out[o + 2] = s32 + c2;
+      out[o + 3] = s33 + c3;
+    }
+    for (; j < n1; j++) {
       const b = j * k;
       let s0 = 0;
       let s1 = 0;
@@ -198,7 +271,7 @@ export function matmulT(
   xs.set(x.subarray(0, m * k));
   const outS = p.outBuf.subarray(0, m * n);
   const parts = p.workers.length + 1;
-  const chunk = Math.ceil(n / parts);
+  const chunk = Math.ceil(n / parts / 4) * 4;
   const sharedBias = bias === null || bias.buffer instanceof SharedArrayBuffer ? bias : toShared(bias);
   Atomics.store(p.ctrl, 0, 0);
   Atomics.store(p.ctrl, 1, 0);
