@@ -3,7 +3,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { isQError, QError } from './errors';
 
-/** Wraps a Node file-system error as `E_IO`, keeping QErrors as they are. */
+/**
+ * Wraps a Node file-system error as `E_IO`, keeping QErrors as they are.
+ *
+ * @example
+ * ```ts
+ * try { fs.openSync(file, 'r'); } catch (e) { throw ioError(e, `open ${file}`); }
+ * ```
+ */
 export function ioError(e: unknown, what: string): QError {
   if (isQError(e)) return e as QError;
   const msg = e instanceof Error ? e.message : String(e);
@@ -13,7 +20,14 @@ export function ioError(e: unknown, what: string): QError {
 /** Node refuses single reads and writes of 2 GiB or more; larger ranges go in chunks of this size. */
 const IO_CHUNK = 1 << 30;
 
-/** Writes all of `bytes` at the current position (writeSync may write less than asked). */
+/**
+ * Writes all of `bytes` at the current position (writeSync may write less than asked).
+ *
+ * @example
+ * ```ts
+ * writeAllSync(fd, new Uint8Array([1, 2, 3]));
+ * ```
+ */
 export function writeAllSync(fd: number, bytes: Uint8Array): void {
   let done = 0;
   while (done < bytes.byteLength) {
@@ -22,8 +36,14 @@ export function writeAllSync(fd: number, bytes: Uint8Array): void {
 }
 
 /**
- * Reads exactly `length` bytes at `position` into `out` (readSync may return less than asked); returns
- * the number of bytes actually available, which is smaller only at end of file.
+ * Fills `out` from `position` (readSync may return less than asked); returns the number of bytes read,
+ * which is smaller than `out` only at end of file.
+ *
+ * @example
+ * ```ts
+ * const head = new Uint8Array(8);
+ * if (readFullySync(fd, head, 0) < 8) throw new Error('short file');
+ * ```
  */
 export function readFullySync(fd: number, out: Uint8Array, position: number): number {
   let done = 0;

@@ -71,7 +71,14 @@ export class Llama2cTokenizer {
     });
   }
 
-  /** The id of a piece given as text, or -1. */
+  /**
+   * The id of a piece given as text, or -1.
+   *
+   * @example
+   * ```ts
+   * tok.pieceId(' the') // 265 in tok512.bin
+   * ```
+   */
   pieceId(piece: string): number {
     return this.lookup.get(latin1(new TextEncoder().encode(piece))) ?? -1;
   }
@@ -87,7 +94,14 @@ export class Llama2cTokenizer {
     return id;
   }
 
-  /** Token ids before merging: codepoints found in the vocabulary, otherwise their bytes + 3. */
+  /**
+   * Token ids before merging: codepoints found in the vocabulary, otherwise their bytes + 3.
+   *
+   * @example
+   * ```ts
+   * tok.initialTokens('hi') // [id of ' ', id of 'h', id of 'i']
+   * ```
+   */
   initialTokens(text: string, options: EncodeOptions = {}): number[] {
     const bytes = new TextEncoder().encode(text);
     const tokens: number[] = [];
@@ -215,6 +229,11 @@ export class Llama2cTokenizer {
 
   /**
    * Bytes of a token sequence as run.c's generate loop prints them: BOS and EOS produce no text.
+   *
+   * @example
+   * ```ts
+   * Buffer.from(tok.decodeBytes([1, ...ids])).toString('utf8')
+   * ```
    */
   decodeBytes(ids: readonly number[]): Uint8Array {
     const parts: Uint8Array[] = [];
