@@ -188,6 +188,21 @@ describe('Hugging Face config', () => {
     ).toBe(true);
   });
 
+  it('rejects MLP biases and activations other than SiLU with E_UNSUPPORTED', () => {
+    for (const cfg of [
+      { ...llama32, mlp_bias: true },
+      { ...mistral, hidden_act: 'gelu' },
+    ]) {
+      expect(
+        isQError(
+          errorOf(() => parseHfConfig(cfg)),
+          'E_UNSUPPORTED',
+        ),
+      ).toBe(true);
+    }
+    expect(parseHfConfig({ ...llama32, mlp_bias: false, hidden_act: 'silu' }).hiddenSize).toBe(2048);
+  });
+
   it('rejects rope scaling types it does not implement with E_UNSUPPORTED', () => {
     const e = errorOf(() => parseHfConfig({ ...llama32, rope_scaling: { rope_type: 'yarn', factor: 4 } }));
     expect(isQError(e, 'E_UNSUPPORTED')).toBe(true);

@@ -123,6 +123,21 @@ export function parseHfConfig(json: unknown, source = 'config.json'): ModelConfi
     attentionBias = b as boolean;
   }
 
+  // ModelConfig has no room for these, so a model that uses them would run wrongly: refuse it instead.
+  if (c.mlp_bias !== undefined && c.mlp_bias !== null && c.mlp_bias !== false) {
+    throw new QError(
+      'E_UNSUPPORTED',
+      `Expected mlp_bias false in ${source} but received ${describeValue(c.mlp_bias)}`,
+    );
+  }
+  const act = c.hidden_act ?? 'silu';
+  if (act !== 'silu' && act !== 'swish') {
+    throw new QError(
+      'E_UNSUPPORTED',
+      `Expected hidden_act "silu" in ${source} but received ${describeValue(act)}`,
+    );
+  }
+
   const eosRaw = c.eos_token_id ?? (arch === 'qwen2' ? undefined : 2);
   const eosList = Array.isArray(eosRaw) ? eosRaw : [eosRaw];
   if (eosList.length === 0) bad('eos_token_id', 'a token id or a non-empty list of token ids');
