@@ -1,7 +1,7 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: ['src/index.ts', 'src/cpu-worker.ts'],
+  entry: ['src/index.ts', 'src/cpu-worker.ts', 'src/bench-rank.ts'],
   format: ['esm', 'cjs'],
   dts: true,
   clean: true,

@@ -64,7 +64,7 @@ function fakeBinding(opts: { syncError?: string } = {}) {
     arDequant: () => calls.push('arDequant'),
     arFused: () => calls.push('arFused'),
     arConstants: () => ({ maxRanks: 8, maxBlocks: 512, signalBytes: 49152, signalRegion: 65536 }),
-  } satisfies CommBinding;
+  } as CommBinding;
   return { b, live, mapped, calls };
 }
 
@@ -135,6 +135,24 @@ describe('Communicator (stand-in addon)', () => {
     expect(() => comm.synchronize()).toThrow(expect.objectContaining({ code: 'E_TIMEOUT' }));
     comm.close();
     expect(f.calls).not.toContain('ncclCommDestroy');
+    expect(f.live.size).toBe(0);
+  });
+
+  it('falls back to NCCL on every rank when a peer buffer cannot be mapped (no P2P)', async () => {
+    const f = fakeBinding();
+    f.b.ipcOpenHandle = () => {
+      throw new Error('E_CUDA: cudaIpcOpenMemHandle failed: cudaErrorPeerAccessUnsupported');
+    };
+    const comm = await Communicator.create(fakeGroup(2), { binding: f.b });
+    expect(comm.fusedAvailable).toBe(false);
+    expect(comm.fusedUnavailableReason).toMatch(/PeerAccessUnsupported/);
+    expect(comm.resources()).toEqual({ allocations: 0, ipcHandles: 0 });
+    expect(comm.chooseAlgorithm(8192 * 8192, 'bf16')).toBe('nccl-int8');
+    const x = comm.alloc(64);
+    await expect(comm.quantizedAllReduce(x, x, 16, 'bf16', { algorithm: 'fused' })).rejects.toThrow(
+      /not set up/,
+    );
+    comm.close();
     expect(f.live.size).toBe(0);
   });
 

@@ -101,6 +101,8 @@ export class Communicator {
   /** True when the fused IPC kernel is set up. */
   readonly fusedAvailable: boolean;
   readonly maxFusedBytes: number;
+  /** Why the fused kernel is not set up, when it is not. */
+  fusedUnavailableReason = '';
   private readonly b: CommBinding;
   private readonly pg: ProcessGroup;
   private readonly smallBytes: number;
@@ -189,6 +191,8 @@ export class Communicator {
         `Expected libnccl.so.2 (NCCL >= 2.7) but none loaded. Tried:\n${tried.join('\n')}\nPossible solutions:\n  - Set Q_NCCL_LIB to the path of libnccl.so.2 (e.g. from the nvidia-nccl-cu12/cu13 Python wheel).\n  - Install NCCL (libnccl2).`,
       );
     }
+    // NVLink SHARP (NVLS) needs multicast objects, which q never uses; keep it off unless the user decides.
+    process.env.NCCL_NVLS_ENABLE ??= '0';
     const stream = b.streamCreate();
     // Every rank must pass this exchange before any of them blocks inside ncclCommInitRank, which has no timeout.
     const id = await pg.broadcastBytes('nccl-id', pg.rank === 0 ? b.ncclGetUniqueId() : undefined);
@@ -217,6 +221,7 @@ export class Communicator {
       const can = wantFused && pg.singleHost && pg.world <= constants.maxRanks;
       const all = await pg.exchange('fused-ok', new Uint8Array([can ? 1 : 0]));
       if (all.every((v) => v[0] === 1) && pg.world > 1) await c.registerIpc(constants);
+      else c.fusedUnavailableReason = pg.world === 1 ? 'one rank' : 'ranks on several hosts, or fused: false';
     } catch (e) {
       c.close();
       throw e;
@@ -230,21 +235,48 @@ export class Communicator {
     const elems = Math.ceil(this.maxFusedBytes / 2);
     const chunk = align(Math.ceil(elems / w), GPU_GROUP);
     const dataBytes = (w + 1) * align(chunk * 2, 16);
-    const total = constants.signalRegion + dataBytes;
-    this.ipcBase = this.b.malloc(total);
-    this.owned.add(this.ipcBase);
-    this.b.memset(this.ipcBase, 0, constants.signalRegion);
-    const handles = await this.pg.exchange('ipc-handles', this.b.ipcGetHandle(this.ipcBase));
-    const bases = handles.map((h, r) => {
-      if (r === this.rank) return this.ipcBase;
-      const p = this.b.ipcOpenHandle(h);
-      this.opened.add(p);
-      return p;
-    });
+    let handle: Uint8Array = new Uint8Array(0);
+    let failure = '';
+    try {
+      this.ipcBase = this.b.malloc(constants.signalRegion + dataBytes);
+      this.owned.add(this.ipcBase);
+      this.b.memset(this.ipcBase, 0, constants.signalRegion);
+      // cudaMemset runs on the legacy stream, which a non-blocking stream does not wait for.
+      this.b.deviceSynchronize();
+      handle = this.b.ipcGetHandle(this.ipcBase);
+    } catch (e) {
+      failure = e instanceof Error ? e.message : String(e);
+    }
+    const handles = await this.pg.exchange('ipc-handles', handle);
+    let bases: bigint[] = [];
+    if (!failure && handles.every((h) => h.length > 0)) {
+      try {
+        bases = handles.map((h, r) => {
+          if (r === this.rank) return this.ipcBase;
+          const p = this.b.ipcOpenHandle(h);
+          this.opened.add(p);
+          return p;
+        });
+      } catch (e) {
+        failure = e instanceof Error ? e.message : String(e);
+      }
+    } else if (!failure) {
+      failure = 'a peer could not export its buffer';
+    }
+    // Every rank must agree: if one could not map every peer (no P2P between these GPUs), nobody uses the kernel.
+    const oks = await this.pg.exchange('ipc-mapped', new TextEncoder().encode(failure));
+    const bad = oks.map((b, r) => [r, new TextDecoder().decode(b)] as const).filter(([, m]) => m !== '');
+    if (bad.length > 0) {
+      for (const p of this.opened) this.b.ipcCloseHandle(p);
+      this.opened.clear();
+      if (this.ipcBase !== 0n && this.owned.delete(this.ipcBase)) this.b.free(this.ipcBase);
+      this.ipcBase = 0n;
+      this.fusedUnavailableReason = `CUDA IPC registration failed: ${bad.map(([r, m]) => `rank ${r}: ${m}`).join('; ')}`;
+      return;
+    }
     this.sigPtrs = bases;
     this.dataPtrs = bases.map((p) => p + BigInt(constants.signalRegion));
     // No rank may launch the fused kernel before every peer has mapped every buffer and zeroed its flags.
-    this.b.streamSynchronize(this.stream);
     await this.pg.barrier('ipc-registered');
     (this as { fusedAvailable: boolean }).fusedAvailable = true;
   }

@@ -1,3 +1,10 @@
+export {
+  type BenchAllreduceOptions,
+  type BenchAllreduceResult,
+  benchAllreduce,
+  formatBenchTable,
+} from './bench';
+export { BENCH_COLUMNS, type BenchCell, type BenchColumn, type BenchRow } from './bench-columns';
 export type { CommBinding, NativeArLayout } from './binding';
 export {
   type AllReduceAlgorithm,
@@ -30,3 +37,4 @@ export {
   StoreServer,
   type StoreServerOptions,
 } from './store';
+export { syntheticActivations } from './synthetic';

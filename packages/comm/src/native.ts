@@ -207,7 +207,7 @@ export function ncclCandidates(env: Record<string, string | undefined> = process
   ].filter(Boolean);
   const seen = new Set<string>();
   const visit = (dir: string, depth: number) => {
-    if (depth > 5 || seen.has(dir)) return;
+    if (depth > 9 || seen.has(dir)) return;
     seen.add(dir);
     let entries: string[];
     try {
