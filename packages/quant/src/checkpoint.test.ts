@@ -2,14 +2,23 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { isQError } from '@q/core';
+import { isQError, type Tensor } from '@q/core';
 import { afterAll, describe, expect, it } from 'vitest';
-import { loadQuantized, MANIFEST_FILE, readManifest, saveQuantized } from './checkpoint';
+import {
+  createQuantizedWriter,
+  layerFile,
+  loadQuantized,
+  MANIFEST_FILE,
+  OTHER_FILE,
+  readManifest,
+  saveQuantized,
+} from './checkpoint';
 import { linearForward } from './gemm';
 import { quantizeModel } from './model';
 import { createObserver } from './observer';
 import { linearGroups } from './policy';
 import { randn, tinyConfig, tinyWeights } from './testing';
+import type { LayerPlan } from './types';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'q-quant-ckpt-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -52,6 +61,28 @@ describe('quantized checkpoint', () => {
       }
     });
   }
+
+  it('streams layer files with createQuantizedWriter and widens f16 float tensors on load', () => {
+    const { model, report } = quantizeModel(weights, config, obs, 'fptq');
+    const dir = path.join(tmp, 'streamed');
+    const w = createQuantizedWriter(dir, { config, recipe: model.recipe });
+    for (let i = 0; i < config.numLayers; i++) {
+      const ls = [...model.linears.values()].filter((l) => l.name.startsWith(`model.layers.${i}.`));
+      const ps = ls.map((l) => model.plans.find((p) => p.name === l.name) as LayerPlan);
+      const norms = new Map([...model.tensors].filter(([n]) => n.startsWith(`model.layers.${i}.`)));
+      w.writeFile(layerFile(i), ls, ps, norms);
+    }
+    const emb = model.tensors.get('model.embed_tokens.weight') as Tensor<'f32'>;
+    const embF16 = emb.to('f16');
+    const rest = new Map<string, Tensor>([...model.tensors].filter(([n]) => !n.startsWith('model.layers.')));
+    rest.set('model.embed_tokens.weight', embF16);
+    w.writeFile(OTHER_FILE, [], [], rest);
+    expect(fs.existsSync(dir)).toBe(false); // nothing visible before commit
+    w.commit(report);
+    const { model: back } = loadQuantized(dir);
+    expect(back.tensors.get('model.embed_tokens.weight')?.data).toEqual(embF16.to('f32').data);
+    expect(back.linears.size).toBe(model.linears.size);
+  });
 
   it('refuses a manifest of another format version', () => {
     const { model } = quantizeModel(weights, config, obs, 'w4a8-rtn');

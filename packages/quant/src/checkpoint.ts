@@ -25,7 +25,8 @@ import type { Int4Weights, IntegerScale, LayerPlan, QuantizedLinear, QuantWeight
  * - int8: `<name>.qweight` i8 [n, k], `<name>.scales` f32 [n];
  * - f32: `<name>.weight` f32 [n, k];
  * - `<name>.act_scale` f32 [1] for static activations; `<name>.bias` f32 [n].
- * Float tensors keep their Hugging Face names (norm gains already LAE-folded).
+ * Float tensors keep their Hugging Face names (norm gains already LAE-folded), in f32, or in the source's
+ * f16/bf16 when a streaming writer passed them through; `loadQuantized` widens those to f32.
  */
 
 export const QUANT_FORMAT_VERSION = 1;
@@ -531,8 +532,10 @@ export function loadQuantized(dir: string): { model: QuantizedModel; manifest: M
       const r = reader(file);
       if (!r.has(name)) throw fmt(dir, `tensor ${name} is missing from ${file}`);
       const t = r.read(name);
-      if (t.dtype !== 'f32') throw fmt(dir, `expected f32 for ${name} but received ${t.dtype}`);
-      tensors.set(name, t as Tensor<'f32'>);
+      // Streaming writers may keep a source's f16/bf16 tensors as they are; they are widened exactly here.
+      if (t.dtype === 'f16' || t.dtype === 'bf16') tensors.set(name, t.to('f32'));
+      else if (t.dtype === 'f32') tensors.set(name, t as Tensor<'f32'>);
+      else throw fmt(dir, `expected f32, f16 or bf16 for ${name} but received ${t.dtype}`);
     }
     return { model: { config: manifest.config, recipe: manifest.recipe, plans, linears, tensors }, manifest };
   } finally {

@@ -13,7 +13,7 @@ describe('recipes', () => {
     expect(RECIPES.fptq).toMatchObject({
       weights: { bits: 4, groupSize: 128, clip: false },
       activations: { policy: 'fptq', v0: 15, v1: 150, lae: true },
-      integerScale: { enabled: true, amplifierBits: 10 },
+      integerScale: { enabled: true, amplifierBits: 'auto', maxBits: 10 },
     });
     expect(RECIPES.odyssey.weights).toMatchObject({
       groupSize: 'channel',
@@ -24,11 +24,11 @@ describe('recipes', () => {
     const r = getRecipe('fptq', {
       weights: { groupSize: 64 },
       activations: { v1: 100 },
-      integerScale: { amplifierBits: 'auto' },
+      integerScale: { amplifierBits: 12 },
     });
     expect(r.weights.groupSize).toBe(64);
     expect(r.activations.v1).toBe(100);
-    expect(r.integerScale.amplifierBits).toBe('auto');
+    expect(r.integerScale.amplifierBits).toBe(12);
     expect(RECIPES.fptq.weights.groupSize).toBe(128);
   });
   it('refuses an unknown recipe, listing the valid ones', () => {

@@ -74,7 +74,7 @@ function deepFreeze<T>(o: T): T {
  *
  * | name | weights | activations |
  * | --- | --- | --- |
- * | fptq | int4 g128 sym RTN + Integer Scale (b = 10) | FPTQ policy (v0 15, v1 150) with LAE |
+ * | fptq | int4 g128 sym RTN + Integer Scale (b = 10, lowered per layer where int32 needs it) | FPTQ policy (v0 15, v1 150) with LAE |
  * | w4a8-rtn | int4 g128 sym RTN | per-token dynamic |
  * | w4a8-static | int4 g128 sym RTN | per-tensor static |
  * | odyssey | int4 per-channel sym + clipping search | per-token dynamic |
@@ -88,7 +88,9 @@ export const RECIPES: Readonly<Record<RecipeName, Recipe>> = deepFreeze({
       'FPTQ: LAE + layerwise static/dynamic int8 activations, int4 g128 RTN weights, Integer Scale',
     weights: W4_G128,
     activations: { policy: 'fptq', ...ACT, lae: true },
-    integerScale: { ...NO_IS, enabled: true },
+    // 2^10 where the guaranteed int32 bound allows it, fewer bits where it does not (Llama-2-7B's down_proj
+    // with K = 11008 needs b = 9): a fixed b = 10 would refuse such layers outright.
+    integerScale: { ...NO_IS, enabled: true, amplifierBits: 'auto', maxBits: DEFAULT_AMPLIFIER_BITS },
   },
   'w4a8-rtn': {
     name: 'w4a8-rtn',
