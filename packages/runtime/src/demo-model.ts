@@ -96,19 +96,7 @@ export function demoPieces(vocabSize = 512): string[] {
     }
   }
   while (pieces.length < vocabSize) pieces.push(`<extra_${pieces.length}>`);
-  const scores = new Float32Array(pieces.length);
-  pieces.forEach((p, i) => {
-    scores[i] = i < 259 ? 0 : p.length * 10 - i * 1e-3;
-  });
-  const maxLen = Math.max(...pieces.map((p) => enc.encode(p).length));
-  return wrapLlama2cTokenizer(
-    new Llama2cTokenizer(
-      pieces.map((p) => enc.encode(p)),
-      scores,
-      maxLen,
-    ),
-    [],
-  );
+  return pieces;
 }
 
 /**
