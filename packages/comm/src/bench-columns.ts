@@ -22,6 +22,7 @@ export interface BenchCell {
   readonly busGBs: number;
   readonly relErr: number;
   readonly algorithm: string;
+  readonly error?: string;
 }
 
 /** One message size. */

@@ -199,23 +199,35 @@ __host__ __device__ __forceinline__ int64_t unitsOf(const ArLayout& L) {
 
 // ---- phases, shared by the NCCL-path kernels and the fused kernel -------------------------------------------
 
-// A: this rank's input, all chunks, into records at dst[j] (j = 0..W-1).
+// A: this rank's input, all chunks, into records at dst[j] (j = 0..W-1). All W loads are issued before any
+// arithmetic, so a warp keeps W x 512 bytes in flight.
 template <typename T, int BITS, bool SYM>
 __device__ void phaseQuantize(const ArLayout& L, const T* in, const ArPtrs& dst, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
   bool gIn = g < L.chunk / kG;
-  for (int j = 0; j < L.world; j++) {
+  uint4 raw[kMaxRanks];
+#pragma unroll
+  for (int j = 0; j < kMaxRanks; j++) {
+    int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+    raw[j] = j < L.world && gIn && e < L.n ? *reinterpret_cast<const uint4*>(in + e) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int j = 0; j < kMaxRanks; j++) {
+    if (j >= L.world) break;
     int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
     bool valid = gIn && e < L.n;
     if constexpr (BITS == 0) {
-      if (valid) *reinterpret_cast<uint4*>(dst.p[j] + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)) = *reinterpret_cast<const uint4*>(in + e);
+      if (valid) *reinterpret_cast<uint4*>(dst.p[j] + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)) = raw[j];
     } else {
+      // Out-of-range lanes hold 0 (bits 0 are +0 in f16 and bf16), which leaves the group statistics unchanged.
+      const T* h = reinterpret_cast<const T*>(&raw[j]);
       F8 x;
-      if (valid) x = load8(in + e);
-      else
 #pragma unroll
-        for (int i = 0; i < 8; i++) x.v[i] = 0.f;
+      for (int i = 0; i < 8; i++) {
+        if constexpr (std::is_same<T, __half>::value) x.v[i] = __half2float(h[i]);
+        else x.v[i] = __bfloat162float(h[i]);
+      }
       Raw r = quantize<BITS, SYM>(x);
       storeRaw<BITS, SYM>(dst.p[j], L, g, ln.t, r, valid);
     }
@@ -278,19 +290,35 @@ __device__ void phaseReduce(const ArLayout& L, const ArPtrs& src, char* dst, int
   }
 }
 
-// C: dequantize reduced record j (at src.p[j]) of every chunk into out.
+// C: dequantize reduced record j (at src.p[j]) of every chunk into out; all W (remote) loads first.
 template <typename T, int BITS, bool SYM>
 __device__ void phaseDequant(const ArLayout& L, const ArPtrs& src, T* out, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
   bool gIn = g < L.chunk / kG;
-  for (int j = 0; j < L.world; j++) {
-    int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
-    if (!gIn || e >= L.n) continue;
-    if constexpr (BITS == 0) {
-      *reinterpret_cast<uint4*>(out + e) = __ldcg(reinterpret_cast<const uint4*>(src.p[j] + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)));
-    } else {
-      store8<T>(out + e, dequant<BITS, SYM>(loadRaw<BITS, SYM>(src.p[j], L, g, ln.t)));
+  if constexpr (BITS == 0) {
+    uint4 raw[kMaxRanks];
+#pragma unroll
+    for (int j = 0; j < kMaxRanks; j++) {
+      int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+      if (j < L.world && gIn && e < L.n) raw[j] = __ldcg(reinterpret_cast<const uint4*>(src.p[j] + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)));
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxRanks; j++) {
+      int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+      if (j < L.world && gIn && e < L.n) *reinterpret_cast<uint4*>(out + e) = raw[j];
+    }
+  } else {
+    Raw raw[kMaxRanks];
+#pragma unroll
+    for (int j = 0; j < kMaxRanks; j++) {
+      int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+      if (j < L.world && gIn && e < L.n) raw[j] = loadRaw<BITS, SYM>(src.p[j], L, g, ln.t);
+    }
+#pragma unroll
+    for (int j = 0; j < kMaxRanks; j++) {
+      int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+      if (j < L.world && gIn && e < L.n) store8<T>(out + e, dequant<BITS, SYM>(raw[j]));
     }
   }
 }
