@@ -6,6 +6,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -13,7 +14,8 @@ const pkgDir = join(dirname(fileURLToPath(import.meta.url)), '..');
 const csrc = join(pkgDir, 'csrc');
 const pkg = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
 const outDir = join(pkgDir, 'build');
-const objDir = join(outDir, 'obj');
+// Objects stay out of build/ so that only the .node file travels and ships.
+const objDir = join(tmpdir(), `q-comm-obj-${pkg.version}`);
 const name = `q_comm-${process.platform}-${process.arch}-v${pkg.version}.node`;
 
 function skip(reason) {

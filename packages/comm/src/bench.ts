@@ -18,6 +18,8 @@ export interface BenchAllreduceOptions {
   readonly hidden?: number;
   /** Elements at the start of each message whose error against the exact sum is measured. Default 2^20. */
   readonly errorElements?: number;
+  /** Rendezvous, collective and fused-kernel timeout of the ranks, ms. Default 30 000. */
+  readonly timeoutMs?: number;
   /** Print progress and tables. Default true. */
   readonly print?: boolean;
 }
@@ -118,6 +120,7 @@ export async function benchAllreduce(opts: BenchAllreduceOptions = {}): Promise<
       const r = await launch({
         nproc: world,
         command: [process.execPath, script],
+        timeoutMs: opts.timeoutMs ?? 30_000,
         env: {
           CUDA_VISIBLE_DEVICES: Array.from({ length: world }, (_, i) => i).join(','),
           Q_BENCH_OUT: out,

@@ -3,7 +3,13 @@ import { describe, expect, it } from 'vitest';
 import type { CommBinding } from './binding';
 import { Communicator } from './communicator';
 import type { ProcessGroup } from './group';
-import { commAddonFileName, isCommAddonAvailable, loadCommNative, resolveCommAddon } from './native';
+import {
+  commAddonFileName,
+  isCommAddonAvailable,
+  loadCommNative,
+  ncclCandidates,
+  resolveCommAddon,
+} from './native';
 
 /** A stand-in addon that records what is allocated, mapped and released. */
 function fakeBinding(opts: { syncError?: string } = {}) {
@@ -202,6 +208,12 @@ describe('addon loader', () => {
       expect(r.error.message).toContain(`/also/nope/${commAddonFileName('linux', 'x64')}`);
       expect(r.error.message).toContain('Possible solutions');
     }
+  });
+
+  it('tries Q_NCCL_LIB first, then the loader search', () => {
+    const c = ncclCandidates({ Q_NCCL_LIB: '/x/libnccl.so.2' });
+    expect(c[0]).toBe('/x/libnccl.so.2');
+    expect(c[1]).toBe('libnccl.so.2');
   });
 
   it('rejects a file that lacks functions', () => {

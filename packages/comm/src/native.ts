@@ -198,6 +198,11 @@ export function ncclCandidates(env: Record<string, string | undefined> = process
   const out: string[] = [];
   if (env.Q_NCCL_LIB) out.push(env.Q_NCCL_LIB);
   out.push('libnccl.so.2');
+  out.push(
+    '/opt/torch/.venv/lib/python3.12/site-packages/nvidia/nccl/lib/libnccl.so.2',
+    '/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib/libnccl.so.2',
+    '/usr/lib/x86_64-linux-gnu/libnccl.so.2',
+  );
   const roots = [
     '/opt',
     '/usr/local/lib',
@@ -206,8 +211,9 @@ export function ncclCandidates(env: Record<string, string | undefined> = process
     env.HOME ? join(env.HOME, '.local/lib') : '',
   ].filter(Boolean);
   const seen = new Set<string>();
-  const visit = (dir: string, depth: number) => {
-    if (depth > 9 || seen.has(dir)) return;
+  // Python wheels put NCCL under site-packages/nvidia/<nccl|cu12|cu13>/lib; walk only folders that can lead there.
+  const visit = (dir: string, depth: number, inNvidia: boolean) => {
+    if (depth > 10 || seen.has(dir)) return;
     seen.add(dir);
     let entries: string[];
     try {
@@ -215,17 +221,18 @@ export function ncclCandidates(env: Record<string, string | undefined> = process
     } catch {
       return;
     }
-    if (dir.endsWith(join('nvidia', 'nccl', 'lib')) && entries.includes('libnccl.so.2'))
-      out.push(join(dir, 'libnccl.so.2'));
+    if (entries.includes('libnccl.so.2')) out.push(join(dir, 'libnccl.so.2'));
     for (const e of entries) {
+      const next = inNvidia || e === 'nvidia';
       if (
-        /^(python3[\d.]*|site-packages|dist-packages|nvidia|nccl|lib|\.venv|venv|torch)$/.test(e) ||
+        next ||
+        /^(python3[\d.]*|site-packages|dist-packages|lib|lib64|\.venv|venv)$/.test(e) ||
         (depth === 0 && !e.startsWith('.'))
       ) {
-        visit(join(dir, e), depth + 1);
+        visit(join(dir, e), depth + 1, next);
       }
     }
   };
-  for (const r of roots) visit(r, 0);
+  for (const r of roots) visit(r, 0, false);
   return [...new Set(out)];
 }

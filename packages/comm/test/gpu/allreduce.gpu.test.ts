@@ -145,7 +145,7 @@ describe.each([2, 4])('all-reduce on %i GPUs', (world) => {
       const r = await launch({
         nproc: world,
         command: [process.execPath, script],
-        timeoutMs: 120_000,
+        timeoutMs: 30_000,
         env: {
           CUDA_VISIBLE_DEVICES: Array.from({ length: world }, (_, i) => i).join(','),
           Q_CHECK_DIR: dir,
