@@ -140,6 +140,9 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
   for (int i0 = 0; i0 < myTiles; i0 += U) {
     uint4 wv[U];
     uint4 av[U][MT];
+    // Group scales are fetched with the tile that closes the group, so their latency hides behind the
+    // weight loads instead of stalling the epilogue.
+    uint32_t sc0[U], sc1[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u;
@@ -151,6 +154,12 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
           av[u][mt] = (k + t * 16 < p.K) ? ldgAct(arow[mt] + k) : make_uint4(0, 0, 0, 0);
+        if (MODE != Q_MODE_PER_CHANNEL) {
+          const uint32_t* src = MODE == Q_MODE_GROUP_FLOAT ? reinterpret_cast<const uint32_t*>(p.wScale)
+                                                           : reinterpret_cast<const uint32_t*>(p.qScale);
+          sc0[u] = __ldg(src + static_cast<size_t>(n0 + g) * p.G + unit);
+          sc1[u] = __ldg(src + static_cast<size_t>(n0 + g + 8) * p.G + unit);
+        }
       }
     }
 #pragma unroll
@@ -159,11 +168,8 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
       if (i < myTiles) {
         tileMma<MT>(c, wv[u], av[u]);
         if (MODE != Q_MODE_PER_CHANNEL && i % tpg == tpg - 1) {
-          const int grp = warp + (i / tpg) * kWarps;
-          const size_t r0 = static_cast<size_t>(n0 + g) * p.G + grp;
-          const size_t r1 = static_cast<size_t>(n0 + g + 8) * p.G + grp;
           if (MODE == Q_MODE_GROUP_FLOAT) {
-            const float s0 = p.wScale[r0], s1 = p.wScale[r1];
+            const float s0 = __uint_as_float(sc0[u]), s1 = __uint_as_float(sc1[u]);
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
               acc[mt][0] += static_cast<float>(c[mt][0] >> 4) * s0;
@@ -172,7 +178,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
               acc[mt][3] += static_cast<float>(c[mt][3] >> 4) * s1;
             }
           } else {
-            const int q0 = p.qScale[r0], q1 = p.qScale[r1];
+            const int q0 = static_cast<int>(sc0[u]), q1 = static_cast<int>(sc1[u]);
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
               acc[mt][0] += q0 * (c[mt][0] >> 4);
@@ -220,7 +226,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
 
 template <int MT, int MODE>
 cudaError_t launchMma(const W4A8Args& a) {
-  constexpr int U = MT <= 2 ? 4 : (MT <= 4 ? 2 : 1);
+  constexpr int U = MT == 1 ? 8 : (MT == 2 ? 4 : (MT == 4 ? 2 : 1));
   dim3 grid(a.N / 16, (a.M + 8 * MT - 1) / (8 * MT));
   w4a8MmaKernel<MT, MODE, U><<<grid, kWarps * 32, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
   return cudaGetLastError();
@@ -248,6 +254,13 @@ extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   int mode = a.mode;
   // The raw int32 output of group-float is Σ_g P_g, which the per-channel kernel computes.
   if (mode == Q_MODE_GROUP_FLOAT && a.outType == Q_OUT_I32) mode = Q_MODE_PER_CHANNEL;
+  // Variants: 0 auto; 1/2/4/8 force the mma.sync kernel with that many 8-token tiles per block; 16 forces the
+  // wgmma kernel, 17 the wgmma kernel with LBO/SBO exchanged (a layout check).
+  if (a.variant == 16 || a.variant == 17 ||
+      (a.variant == 0 && a.M > 64 && a.N % 128 == 0 && q_wgmma_supported())) {
+    if (a.N % 128 != 0) return cudaErrorInvalidValue;
+    return q_w4a8_gemm_wgmma(&a, mode, a.variant == 17);
+  }
   int mt = a.M <= 8 ? 1 : (a.M <= 16 ? 2 : (a.M <= 32 ? 4 : 8));
   if (a.variant >= 1 && a.variant <= 8) mt = a.variant;
   switch (mode) {

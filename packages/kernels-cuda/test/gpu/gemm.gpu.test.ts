@@ -44,7 +44,7 @@ for (const m of M_SWEEP) {
     for (const g of [64, 128] as const) cases.push({ m, n, k, groupSize: g });
   }
   // Per-channel: one group of k; 1040 and 272 are not multiples of the 64-wide k tile.
-  for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272]) cases.push({ m, n: m <= 128 ? 160 : 64, k, groupSize: 'channel' });
+  for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272]) cases.push({ m, n: m <= 33 ? 160 : 128, k, groupSize: 'channel' });
 }
 
 function makeWeights(rand: () => number, n: number, k: number, groupSize: number | 'channel'): Int4Weights {
