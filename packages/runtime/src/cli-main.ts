@@ -428,6 +428,8 @@ Examples:
       out(r.planTable);
       out();
       out(`generation (${r.generation.recipe}, greedy): ${r.generation.prompt}${generated}`);
+      if (o.model === undefined)
+        out('(the synthetic model has random weights: its text is not meant to read well)');
       out(r.gpu.message);
       out(`done in ${r.seconds.toFixed(1)} s`);
     });

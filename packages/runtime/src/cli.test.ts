@@ -29,7 +29,7 @@ async function q(...argv: string[]): Promise<{ code: number; stdout: string; std
 function splitText(): { calib: string; evalFile: string } {
   const lines = fs
     .readFileSync(textFile, 'utf8')
-    .split('\n')
+    .split(/\r?\n/)
     .filter((l) => l.length > 0);
   const cut = Math.floor(lines.length * 0.4);
   const calib = path.join(tmp, 'calib.txt');

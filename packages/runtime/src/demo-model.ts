@@ -220,11 +220,6 @@ export function buildDemoModel(options: DemoModelOptions = {}): DemoModel {
       for (let o = 0; o < d; o++) down[o * ff + r] = (down[o * ff + r] as number) * 0.01;
     }
   }
-  return {
-    config,
-    weights,
-    tokenizer,
-    calibText: demoText(seed + 1, 60),
-    evalText: demoText(seed + 2, 40),
-  };
+  const calibText = demoText(seed + 1, 60);
+  return { config, weights, tokenizer, calibText, evalText: demoText(seed + 2, 40) };
 }

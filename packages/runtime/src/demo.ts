@@ -93,7 +93,7 @@ export function gpuAvailability(): { available: boolean; message: string } {
 }
 
 function splitLines(text: string, frac: number): [string, string] {
-  const lines = text.split('\n').filter((l) => l.trim().length > 0);
+  const lines = text.split(/\r?\n/).filter((l) => l.trim().length > 0);
   const cut = Math.floor(lines.length * frac);
   return [lines.slice(0, cut).join('\n'), lines.slice(cut).join('\n')];
 }

@@ -38,7 +38,7 @@ describe.skipIf(!present)('stories260K', () => {
     const loaded = loadModel(modelFile);
     const lines = fs
       .readFileSync(textFile, 'utf8')
-      .split('\n')
+      .split(/\r?\n/)
       .filter((l) => l.length > 0);
     const evalText = lines.slice(Math.floor(lines.length * 0.4)).join('\n');
     const ids = loaded.tokenizer.encode(evalText);
