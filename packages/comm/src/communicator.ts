@@ -114,6 +114,7 @@ export class Communicator {
   private dataPtrs: bigint[] = [];
   private sigPtrs: bigint[] = [];
   private epoch = 1;
+  private halfBytes = 0;
   private scratch:
     | { bytes: number; send: bigint; recv: bigint; reduced: bigint; gathered: bigint }
     | undefined;
@@ -234,7 +235,9 @@ export class Communicator {
     // Largest record set: unquantized payload split in W chunks of C elements, W records plus one reduced record.
     const elems = Math.ceil(this.maxFusedBytes / 2);
     const chunk = align(Math.ceil(elems / w), GPU_GROUP);
-    const dataBytes = (w + 1) * align(chunk * 2, 16);
+    // Two halves, used by epoch parity, so a call never needs a closing barrier (see csrc/allreduce/allreduce.cu).
+    this.halfBytes = (w + 1) * align(chunk * 2, 16);
+    const dataBytes = 2 * this.halfBytes;
     let handle: Uint8Array = new Uint8Array(0);
     let failure = '';
     try {

@@ -14,9 +14,11 @@
 // The fused kernel: phase A quantizes this rank's whole input into its own registered buffer; flag barrier;
 // one-shot: every rank reads every rank's records of every chunk and reduces locally (same bits as two-shot, as
 // steps 4-6 are deterministic); two-shot: rank j reduces chunk j into its reduced record, barrier, every rank
-// dequantizes all reduced records from their owners. Block b of every rank processes the same units in every
-// phase, so a barrier between block b of each rank pair is enough; a final barrier keeps a rank from
-// overwriting records a peer still reads. Peer data is read with ld.global.cg (L2, never a stale L1 line).
+// dequantizes all reduced records from their owners. Block b of every rank processes the same work items in every
+// phase, so a barrier between block b of each rank pair is enough. The host alternates between two halves of the
+// registered buffer (epoch parity), so no closing barrier is needed: a rank reuses a half two calls later, after
+// the barrier of the call in between, which no peer passes before it finished reading. Peer data is read with
+// ld.global.cg (L2, never a stale L1 line).
 #include "allreduce/allreduce.h"
 
 #include <cuda_bf16.h>
@@ -234,6 +236,28 @@ __device__ void phaseQuantize(const ArLayout& L, const T* in, const ArPtrs& dst,
   }
 }
 
+// A for one (chunk j, unit u) item: the one-shot kernel spreads items over W times more warps.
+template <typename T, int BITS, bool SYM>
+__device__ void phaseQuantizeOne(const ArLayout& L, const T* in, char* dst, int j, int64_t u) {
+  Lane ln = lane();
+  int g = static_cast<int>(u * kGPW + ln.sub);
+  int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+  bool valid = g < L.chunk / kG && e < L.n;
+  uint4 raw = valid ? *reinterpret_cast<const uint4*>(in + e) : make_uint4(0, 0, 0, 0);
+  if constexpr (BITS == 0) {
+    if (valid) *reinterpret_cast<uint4*>(dst + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)) = raw;
+  } else {
+    const T* h = reinterpret_cast<const T*>(&raw);
+    F8 x;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      if constexpr (std::is_same<T, __half>::value) x.v[i] = __half2float(h[i]);
+      else x.v[i] = __bfloat162float(h[i]);
+    }
+    storeRaw<BITS, SYM>(dst, L, g, ln.t, quantize<BITS, SYM>(x), valid);
+  }
+}
+
 // Sum of chunk `j`'s slice from the W source records, in rank order.
 template <typename T, int BITS, bool SYM>
 __device__ __forceinline__ F8 sumSources(const ArLayout& L, const ArPtrs& src, int g, int t, bool valid) {
@@ -323,23 +347,20 @@ __device__ void phaseDequant(const ArLayout& L, const ArPtrs& src, T* out, int64
   }
 }
 
-// One-shot: every chunk reduced here from every rank's records (data.p[r] + j*rb), requantized and dequantized
-// in registers.
+// One-shot, one (chunk j, unit u) item: reduced here from every rank's record j, requantized and dequantized in
+// registers.
 template <typename T, int BITS, bool SYM>
-__device__ void phaseOneShot(const ArLayout& L, const ArPtrs& data, T* out, int64_t u) {
+__device__ void phaseOneShotOne(const ArLayout& L, const ArPtrs& data, T* out, int j, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
-  bool gIn = g < L.chunk / kG;
-  for (int j = 0; j < L.world; j++) {
-    int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
-    bool valid = gIn && e < L.n;
-    ArPtrs src;
+  int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+  bool valid = g < L.chunk / kG && e < L.n;
+  ArPtrs src;
 #pragma unroll
-    for (int r = 0; r < kMaxRanks; r++) src.p[r] = r < L.world ? data.p[r] + j * L.rb : nullptr;
-    F8 acc = sumSources<T, BITS, SYM>(L, src, g, ln.t, valid);
-    if constexpr (BITS != 0) acc = dequant<BITS, SYM>(quantize<BITS, SYM>(acc));
-    if (valid) store8<T>(out + e, acc);
-  }
+  for (int r = 0; r < kMaxRanks; r++) src.p[r] = r < L.world ? data.p[r] + j * L.rb : nullptr;
+  F8 acc = sumSources<T, BITS, SYM>(L, src, g, ln.t, valid);
+  if constexpr (BITS != 0) acc = dequant<BITS, SYM>(quantize<BITS, SYM>(acc));
+  if (valid) store8<T>(out + e, acc);
 }
 
 // ---- kernels ------------------------------------------------------------------------------------------------
@@ -410,35 +431,46 @@ __global__ void __launch_bounds__(kThreads) fusedKernel(ArLayout L, const T* in,
                                                           uint32_t epoch, bool oneShot, uint64_t timeoutNs) {
   uint64_t deadline = nowNs() + timeoutNs;
   int64_t units = unitsOf(L);
-  int64_t u0 = blockIdx.x * kWarps + threadIdx.x / 32, stride = static_cast<int64_t>(gridDim.x) * kWarps;
+  int64_t w0 = blockIdx.x * kWarps + threadIdx.x / 32, stride = static_cast<int64_t>(gridDim.x) * kWarps;
+  if (oneShot) {
+    // Items (chunk j, unit u), item i = j * units + u, warp w takes items w, w + stride, ...: the same items in
+    // both phases, so block b reads only what block b of each peer wrote.
+    int64_t items = units * L.world;
+    for (int64_t i = w0; i < items; i += stride) {
+      int j = static_cast<int>(i / units);
+      phaseQuantizeOne<T, BITS, SYM>(L, in, data.p[L.rank] + j * L.rb, j, i - j * units);
+    }
+    flagBarrier(L, sig, 0, epoch, deadline);
+    for (int64_t i = w0; i < items; i += stride) {
+      int j = static_cast<int>(i / units);
+      phaseOneShotOne<T, BITS, SYM>(L, data, out, j, i - j * units);
+    }
+    return;
+  }
   ArPtrs own;
 #pragma unroll
   for (int j = 0; j < kMaxRanks; j++) own.p[j] = data.p[L.rank] + j * L.rb;
-  for (int64_t u = u0; u < units; u += stride) phaseQuantize<T, BITS, SYM>(L, in, own, u);
+  for (int64_t u = w0; u < units; u += stride) phaseQuantize<T, BITS, SYM>(L, in, own, u);
   flagBarrier(L, sig, 0, epoch, deadline);
-  if (oneShot) {
-    for (int64_t u = u0; u < units; u += stride) phaseOneShot<T, BITS, SYM>(L, data, out, u);
-    flagBarrier(L, sig, 1, epoch, deadline);
-    return;
-  }
   ArPtrs src;
 #pragma unroll
   for (int r = 0; r < kMaxRanks; r++) src.p[r] = r < L.world ? data.p[r] + L.rank * L.rb : nullptr;
   char* reduced = data.p[L.rank] + L.world * L.rb;
-  for (int64_t u = u0; u < units; u += stride) phaseReduce<T, BITS, SYM>(L, src, reduced, u);
+  for (int64_t u = w0; u < units; u += stride) phaseReduce<T, BITS, SYM>(L, src, reduced, u);
   flagBarrier(L, sig, 1, epoch, deadline);
   ArPtrs red;
 #pragma unroll
   for (int j = 0; j < kMaxRanks; j++) red.p[j] = j < L.world ? data.p[j] + L.world * L.rb : nullptr;
-  for (int64_t u = u0; u < units; u += stride) phaseDequant<T, BITS, SYM>(L, red, out, u);
-  flagBarrier(L, sig, 2, epoch, deadline);
+  for (int64_t u = w0; u < units; u += stride) phaseDequant<T, BITS, SYM>(L, red, out, u);
 }
 
-int gridFor(const ArLayout& L, int sms, int perSm) {
-  int64_t blocks = (unitsOf(L) + kWarps - 1) / kWarps;
+int blocksFor(int64_t warpItems, int sms, int perSm) {
+  int64_t blocks = (warpItems + kWarps - 1) / kWarps;
   int64_t cap = static_cast<int64_t>(sms) * perSm;
   return static_cast<int>(blocks < 1 ? 1 : blocks < cap ? blocks : cap);
 }
+
+int gridFor(const ArLayout& L, int sms, int perSm) { return blocksFor(unitsOf(L), sms, perSm); }
 
 // Calls f.template operator()<T, BITS, SYM>() for the layout's dtype and scheme.
 template <typename F>
@@ -477,15 +509,16 @@ cudaError_t LaunchDequant(const ArLayout& L, const char* gathered, void* out, in
   });
 }
 
-int FusedBlocks(const ArLayout& L, int sms) {
-  int b = gridFor(L, sms, 1);
+int FusedBlocks(const ArLayout& L, bool oneShot, int sms) {
+  int b = blocksFor(oneShot ? unitsOf(L) * L.world : unitsOf(L), sms, 1);
   return b > kMaxBlocks ? kMaxBlocks : b;
 }
 
 cudaError_t LaunchFused(const ArLayout& L, const void* in, void* out, const ArPtrs& data, const ArPtrs& sig,
                         uint32_t epoch, bool oneShot, int sms, uint64_t timeoutNs, cudaStream_t s) {
-  // Every block spins on peers' blocks, so all blocks must be resident at once: one per SM (the kernel needs up to 128 registers a thread).
-  int blocks = FusedBlocks(L, sms);
+  // Every block spins on its peers' blocks, so all must be resident at once: at most one per SM (the kernel uses
+  // up to 128 registers a thread, a whole SM's register file at 512 threads).
+  int blocks = FusedBlocks(L, oneShot, sms);
   return dispatch(L, [&]<typename T, int B, bool S>() {
     fusedKernel<T, B, S><<<blocks, kThreads, 0, s>>>(L, static_cast<const T*>(in), static_cast<T*>(out), data, sig, epoch, oneShot, timeoutNs);
     return cudaGetLastError();

@@ -7,7 +7,7 @@ namespace qcomm {
 
 constexpr int kMaxRanks = 8;
 constexpr int kMaxBlocks = 512;
-// Flag barriers: [slot 0..2][block][source rank] u32, at the start of each rank's registered allocation.
+// Flag barriers: [slot 0..2][block][source rank] u32 (slots 0 and 1 in use), at the start of each rank's registered allocation.
 constexpr int kSignalBytes = 3 * kMaxBlocks * kMaxRanks * 4;
 constexpr int64_t kSignalRegion = 64 * 1024;  // data starts here, 64 KiB aligned
 
@@ -36,10 +36,11 @@ cudaError_t LaunchReduce(const ArLayout& L, const char* recv, char* reduced, int
 // Dequantize the W gathered records (record j = chunk j) into `out`.
 cudaError_t LaunchDequant(const ArLayout& L, const char* gathered, void* out, int sms, cudaStream_t s);
 // Fused intra-node kernel over peer memory. `data.p[r]` is rank r's registered data region (own included, as
-// mapped here), `sig.p[r]` its signal region. `epoch` grows by one per call on every rank.
+// mapped here) for this call's half, `sig.p[r]` its signal region. `epoch` grows by one per call on every rank;
+// the host alternates halves by epoch parity.
 cudaError_t LaunchFused(const ArLayout& L, const void* in, void* out, const ArPtrs& data, const ArPtrs& sig,
                         uint32_t epoch, bool oneShot, int sms, uint64_t timeoutNs, cudaStream_t s);
 // Blocks the fused kernel would use for this layout (the same on every rank).
-int FusedBlocks(const ArLayout& L, int sms);
+int FusedBlocks(const ArLayout& L, bool oneShot, int sms);
 
 }  // namespace qcomm
