@@ -114,7 +114,15 @@ export function describeSources(files: readonly string[]): SourceFile[] {
   return files.map((f) => ({ path: path.basename(f), bytes: fs.statSync(f).size, sha256: sha256File(f) }));
 }
 
-/** The safetensors tensors of one quantized linear layer. */
+/**
+ * The safetensors tensors of one quantized linear layer, under the names of the checkpoint format.
+ *
+ * @example
+ * ```ts
+ * [...linearTensors(model.linears.get('model.layers.0.mlp.up_proj')!).keys()]
+ * // ['model.layers.0.mlp.up_proj.qweight', '….scales', '….iscale', '….iscale_channel', '….iscale_unit']
+ * ```
+ */
 export function linearTensors(l: QuantizedLinear): Map<string, Tensor> {
   const t = new Map<string, Tensor>();
   const w = l.weights;
@@ -162,7 +170,17 @@ function layerIndex(name: string): number {
   return m ? Number(m[1]) : -1;
 }
 
-export const layerFile = (i: number): string => `layers-${String(i).padStart(5, '0')}.safetensors`;
+/**
+ * The file name holding transformer layer `i`.
+ *
+ * @example
+ * ```ts
+ * layerFile(3) // 'layers-00003.safetensors'
+ * ```
+ */
+export function layerFile(i: number): string {
+  return `layers-${String(i).padStart(5, '0')}.safetensors`;
+}
 
 /**
  * Writes a quantized checkpoint file by file, for streaming quantizers that never hold the whole model:

@@ -271,7 +271,14 @@ export function gemmW8A8Golden(args: GemmW8A8Args): Float32Array {
   return out;
 }
 
-/** The scale mode `linearForward` uses for int4 weights: group-int with an intScale, else by group count. */
+/**
+ * The scale mode `linearForward` uses for int4 weights: group-int with an intScale, else by group count.
+ *
+ * @example
+ * ```ts
+ * gemmModeFor(quantizeInt4(w, n, 4096, { groupSize: 'channel' })) // 'per-channel'
+ * ```
+ */
 export function gemmModeFor(w: Int4Weights): GemmScaleMode {
   if (w.intScale) return 'group-int';
   return w.kPadded === w.groupSize ? 'per-channel' : 'group-float';

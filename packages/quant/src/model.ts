@@ -130,6 +130,12 @@ function need(weights: ReadonlyMap<string, Tensor<'f32'>>, name: string): Tensor
 /**
  * Applies the plan of one group (LAE folding if planned) and returns the float inputs to quantize:
  * the members' (folded) weights and the folded norm tensors.
+ *
+ * @example
+ * ```ts
+ * const g = linearGroups(config)[0];
+ * const { members, norms } = prepareGroup(g, planGroup(g, groupMaxAbs(obs, g)), weights, obs, getRecipe('fptq'));
+ * ```
  */
 export function prepareGroup(
   group: LinearGroup,

@@ -66,16 +66,38 @@ export class ActivationObserver {
     this.options = { histogram: options.histogram ?? false };
   }
 
-  /** Layer names in first-observed order. */
+  /**
+   * Layer names in first-observed order.
+   *
+   * @example
+   * ```ts
+   * obs.names() // ['model.layers.0.self_attn.q_proj', …]
+   * ```
+   */
   names(): string[] {
     return [...this.layers.keys()];
   }
 
+  /**
+   * Whether a layer has statistics.
+   *
+   * @example
+   * ```ts
+   * obs.has('model.layers.0.mlp.down_proj') // true
+   * ```
+   */
   has(name: string): boolean {
     return this.layers.has(name);
   }
 
-  /** The statistics of one layer; throws `E_ARG` listing the observed layers when absent. */
+  /**
+   * The statistics of one layer; throws `E_ARG` listing the observed layers when absent.
+   *
+   * @example
+   * ```ts
+   * obs.get('model.layers.0.mlp.down_proj').rows // tokens seen
+   * ```
+   */
   get(name: string): LayerStats {
     const s = this.layers.get(name);
     if (!s) {
@@ -87,12 +109,26 @@ export class ActivationObserver {
     return s;
   }
 
-  /** Per-channel max|X| of one layer. */
+  /**
+   * Per-channel max|X| of one layer.
+   *
+   * @example
+   * ```ts
+   * obs.maxAbs('model.layers.0.self_attn.q_proj') // Float32Array [k]
+   * ```
+   */
   maxAbs(name: string): Float32Array {
     return this.get(name).maxAbs;
   }
 
-  /** The calibration range r = max_j max|X_j| of one layer. */
+  /**
+   * The calibration range r = max_j max|X_j| of one layer.
+   *
+   * @example
+   * ```ts
+   * obs.range('model.layers.0.mlp.down_proj') // e.g. 9.63
+   * ```
+   */
   range(name: string): number {
     let r = 0;
     for (const v of this.get(name).maxAbs) r = Math.max(r, v);
@@ -102,6 +138,11 @@ export class ActivationObserver {
   /**
    * Feeds rows x[m, k] of layer `name`'s input. Throws `E_NUMERIC` naming the layer on NaN/±Inf and
    * `E_SHAPE` when k changes between calls.
+   *
+   * @example
+   * ```ts
+   * obs.observe('model.layers.0.self_attn.q_proj', x, 64); // x: Float32Array [m, 64]
+   * ```
    */
   observe(name: string, x: Float32Array, k: number): void {
     if (!Number.isSafeInteger(k) || k < 1 || x.length % k !== 0) {
@@ -145,6 +186,11 @@ export class ActivationObserver {
   /**
    * An upper estimate of the p-th percentile (0..100) of |X| over all elements of one layer's input (the upper
    * edge of the histogram bin, within 9% above the true value). Needs `histogram: true`.
+   *
+   * @example
+   * ```ts
+   * createObserver({ histogram: true }).percentile('model.layers.0.mlp.down_proj', 99.9)
+   * ```
    */
   percentile(name: string, p: number): number {
     const s = this.get(name);
@@ -171,7 +217,13 @@ export class ActivationObserver {
 
   /**
    * Merges another observer into this one. `'max'` (default): the same layers over other batches or replicated
-   * shards: element-wise max, rows and histograms summed. Layers only in `other` are copied.
+   * shards: element-wise max, rows and histograms summed. Layers only in `other` are copied. `'concat'`:
+   * channel-sharded shards, see `ActivationObserver.concat`.
+   *
+   * @example
+   * ```ts
+   * batch0.merge(batch1); // same layers, more tokens
+   * ```
    */
   merge(other: ActivationObserver, mode: 'max' | 'concat' = 'max'): this {
     if (mode === 'concat') {
@@ -259,7 +311,14 @@ export class ActivationObserver {
     return out;
   }
 
-  /** A JSON-serialisable object (f32 values survive a JSON round trip exactly). */
+  /**
+   * A JSON-serialisable object (f32 values survive a JSON round trip exactly).
+   *
+   * @example
+   * ```ts
+   * fs.writeFileSync('stats.json', JSON.stringify(obs));
+   * ```
+   */
   toJSON(): ObserverJSON {
     const layers: ObserverJSON['layers'] = {};
     for (const [name, s] of this.layers) {
@@ -276,6 +335,11 @@ export class ActivationObserver {
   /**
    * Rebuilds an observer from `toJSON()` output (an object or its JSON text), validating it: another format
    * version → `E_VERSION`, malformed → `E_FORMAT`, non-finite or negative statistics → `E_NUMERIC` naming the layer.
+   *
+   * @example
+   * ```ts
+   * const obs = ActivationObserver.fromJSON(fs.readFileSync('stats.json', 'utf8'));
+   * ```
    */
   static fromJSON(json: ObserverJSON | string): ActivationObserver {
     let obj: unknown = json;
@@ -330,6 +394,11 @@ export class ActivationObserver {
   /**
    * Sets a layer's per-channel max|X| directly (statistics computed elsewhere, e.g. on a GPU).
    * Throws `E_NUMERIC` naming the layer on NaN/±Inf/negative values.
+   *
+   * @example
+   * ```ts
+   * obs.setMaxAbs('model.layers.0.mlp.down_proj', gpuMaxAbs, 4096);
+   * ```
    */
   setMaxAbs(name: string, maxAbs: Float32Array, rows = 0): void {
     for (let j = 0; j < maxAbs.length; j++) {

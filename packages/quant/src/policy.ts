@@ -60,6 +60,11 @@ export interface PolicyOptions {
 /**
  * The per-channel max|X| of a group's input: element-wise max over the members the observer saw.
  * Throws `E_ARG` when none was observed and `E_NUMERIC` naming the layer for NaN/±Inf/negative values.
+ *
+ * @example
+ * ```ts
+ * groupMaxAbs(obs, linearGroups(config)[0]) // Float32Array [hiddenSize]
+ * ```
  */
 export function groupMaxAbs(stats: ActivationObserver, group: LinearGroup): Float32Array {
   let out: Float32Array | undefined;

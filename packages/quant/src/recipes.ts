@@ -80,6 +80,11 @@ function deepFreeze<T>(o: T): T {
  * | odyssey | int4 per-channel sym + clipping search | per-token dynamic |
  * | w8a8 | int8 per-channel | per-token dynamic |
  * | w4a16 | int4 g128 sym RTN | none (f32) |
+ *
+ * @example
+ * ```ts
+ * RECIPES.fptq.activations // { policy: 'fptq', v0: 15, v1: 150, lae: true, laeMinScale: 1e-5 }
+ * ```
  */
 export const RECIPES: Readonly<Record<RecipeName, Recipe>> = deepFreeze({
   fptq: {

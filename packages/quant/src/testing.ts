@@ -1,7 +1,7 @@
 import { type ModelConfig, Tensor } from '@q/core';
 
 /**
- * Deterministic helpers shared by the tests and the benchmark: a seeded PRNG and a float64 reference norm.
+ * Deterministic test fixtures: a seeded PRNG, Gaussian samples and a tiny Llama-shaped model.
  * Not part of the public API (not exported from index.ts).
  */
 

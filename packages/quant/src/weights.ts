@@ -43,7 +43,14 @@ function checkMatrix(w: Float32Array, n: number, k: number, name: string): void 
   }
 }
 
-/** Throws `E_NUMERIC` naming the layer and the first bad element when `w` holds NaN or ±Inf. */
+/**
+ * Throws `E_NUMERIC` naming the layer and the first bad element when `w` holds NaN or ±Inf.
+ *
+ * @example
+ * ```ts
+ * assertFinite(Float32Array.of(1, NaN), 'model.layers.0.mlp.up_proj', 2) // throws: … row 0, column 1
+ * ```
+ */
 export function assertFinite(w: ArrayLike<number>, name: string, cols?: number): void {
   for (let i = 0; i < w.length; i++) {
     const v = w[i] as number;
