@@ -90,6 +90,42 @@ describe('launch + process group', () => {
     expect(results[0]?.message).toMatch(/rank 0: 4096, rank 1: 4097/);
   });
 
+  it('joins ranks of two nodes through the rendezvous of node 0 (fixed port, shared token)', async () => {
+    const probe = await StoreServer.start({ world: 1, token: newJobToken() });
+    const port = probe.port;
+    probe.close();
+    const token = newJobToken();
+    const lines: string[] = [];
+    const node = (nodeRank: number) =>
+      launch({
+        nproc: 2,
+        nnodes: 2,
+        nodeRank,
+        port,
+        token,
+        timeoutMs: 5000,
+        command: [process.execPath, fixture],
+        stdio: 'pipe',
+        env: { Q_COMM_LIB: lib, FIXTURE_MODE: 'ok' },
+        onSpawn: (_, child) => {
+          child.stdout?.on('data', (d: Buffer) =>
+            lines.push(
+              ...d
+                .toString()
+                .split('\n')
+                .filter((l) => l.startsWith('RESULT ')),
+            ),
+          );
+          child.stderr?.resume();
+        },
+      });
+    const [a, b] = await Promise.all([node(0), node(1)]);
+    expect(a.ok && b.ok).toBe(true);
+    const results = lines.map((l) => JSON.parse(l.slice(7)) as RankResult).sort((x, y) => x.rank - y.rank);
+    expect(results.map((x) => x.rank)).toEqual([0, 1, 2, 3]);
+    for (const x of results) expect(x.values).toEqual(['r0', 'r1', 'r2', 'r3']);
+  });
+
   it('rejects a process with the wrong job token (E_AUTH)', async () => {
     const token = newJobToken();
     const server = await StoreServer.start({ world: 2, token, timeoutMs: 1000 });
