@@ -39,7 +39,13 @@ const WORDS = (
   'and but so then when because with to in on at under over near after before very too all one two three'
 ).split(' ');
 
-/** Sentences from a fixed word list, drawn with a seeded PRNG: deterministic text for any length. */
+/** Sentences from a fixed word list, drawn with a seeded PRNG: deterministic text for any length.
+ *
+ * @example
+ * ```ts
+ * demoText(1, 2); // two short sentences from the demo word list, the same for seed 1 everywhere
+ * ```
+ */
 export function demoText(seed: number, sentences: number): string {
   const rng = new Rng(seed);
   const out: string[] = [];
@@ -58,6 +64,12 @@ export function demoText(seed: number, sentences: number): string {
  * A 512-piece llama2.c-style tokenizer: <unk>, BOS, EOS, the 256 byte-fallback pieces, printable ASCII, then
  * frequent pieces of the demo word list (scored so that longer merges win), so text encodes to a few tokens a
  * word as with a real BPE vocabulary.
+ *
+ * @example
+ * ```ts
+ * const tok = demoTokenizer();
+ * tok.decode(tok.encode(' The little cat')); // ' The little cat'
+ * ```
  */
 export function demoTokenizer(vocabSize = 512): TextTokenizer {
   const enc = new TextEncoder();
@@ -77,7 +89,13 @@ export function demoTokenizer(vocabSize = 512): TextTokenizer {
   );
 }
 
-/** The pieces of `demoTokenizer`, by id. */
+/** The pieces of `demoTokenizer`, by id.
+ *
+ * @example
+ * ```ts
+ * demoPieces()[1]; // '\n<s>\n' (BOS)
+ * ```
+ */
 export function demoPieces(vocabSize = 512): string[] {
   const pieces: string[] = ['<unk>', '\n<s>\n', '\n</s>\n'];
   for (let b = 0; b < 256; b++) pieces.push(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`);

@@ -73,7 +73,14 @@ export interface DemoResult {
   readonly seconds: number;
 }
 
-/** Says whether the GPU part can run, using `@q/kernels-cuda`'s check when it exports one. */
+/** Says whether the GPU part can run, using `@q/kernels-cuda`'s check when it exports one.
+ *
+ * @example
+ * ```ts
+ * const { available, message } = gpuAvailability();
+ * if (!available) console.log(message); // 'GPU part skipped: ...'
+ * ```
+ */
 export function gpuAvailability(): { available: boolean; message: string } {
   const k = kernels as unknown as Record<string, unknown>;
   if (typeof k.gpuStatus === 'function') {

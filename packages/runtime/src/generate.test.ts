@@ -30,7 +30,10 @@ describe('sampling', () => {
     const rng = new Rng(3);
     const counts = [0, 0, 0, 0, 0];
     const n = 20000;
-    for (let i = 0; i < n; i++) counts[sampleToken(l, { temperature: T, topK: 3 }, rng)]++;
+    for (let i = 0; i < n; i++) {
+      const t = sampleToken(l, { temperature: T, topK: 3 }, rng);
+      counts[t] = (counts[t] as number) + 1;
+    }
     const w = [2, 1, 0].map((v) => Math.exp(v / T));
     const z = w.reduce((a, b) => a + b, 0);
     for (let i = 0; i < 3; i++) {

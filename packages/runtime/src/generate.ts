@@ -20,7 +20,13 @@ export interface GenerateOptions {
   readonly onToken?: (id: number) => void;
 }
 
-/** Index of the largest value (lowest index on ties). */
+/** Index of the largest value (lowest index on ties).
+ *
+ * @example
+ * ```ts
+ * argmax(Float32Array.of(1, 5, 5)); // 1
+ * ```
+ */
 export function argmax(x: ArrayLike<number>, off = 0, n = x.length - off): number {
   let best = 0;
   let bv = Number.NEGATIVE_INFINITY;

@@ -28,7 +28,13 @@ export interface ModelWeights {
   readonly lmHead: Linear;
 }
 
-/** Names of the seven projections of decoder layer i, in forward order. */
+/** Names of the seven projections of decoder layer i, in forward order.
+ *
+ * @example
+ * ```ts
+ * layerLinearNames(0)[6]; // 'model.layers.0.mlp.down_proj'
+ * ```
+ */
 export function layerLinearNames(i: number): string[] {
   const p = `model.layers.${i}`;
   return [

@@ -1,6 +1,12 @@
 import type { ModelConfig } from '@q/core';
 
-/** Every tensor name a config needs, Hugging Face convention, in a stable order. */
+/** Every tensor name a config needs, Hugging Face convention, in a stable order.
+ *
+ * @example
+ * ```ts
+ * tensorNames(config).includes('model.norm.weight'); // true
+ * ```
+ */
 export function tensorNames(c: ModelConfig): string[] {
   const out = ['model.embed_tokens.weight'];
   for (let i = 0; i < c.numLayers; i++) {

@@ -56,7 +56,13 @@ export function modelFromQuantized(q: QuantizedModel): Model {
   });
 }
 
-/** True when a directory holds a `q quantize` checkpoint. */
+/** True when a directory holds a `q quantize` checkpoint.
+ *
+ * @example
+ * ```ts
+ * isQuantizedDir('stories260K-fptq'); // true once q quantize wrote it
+ * ```
+ */
 export function isQuantizedDir(dir: string): boolean {
   return fs.existsSync(path.join(dir, MANIFEST_FILE));
 }
@@ -79,7 +85,7 @@ function carriedTokenizer(dir: string, config: ModelConfig): TextTokenizer {
 }
 
 /**
- * Loads a directory written by `q quantize` (or `quantizeToDirectory`), with the tokenizer it carries.
+ * Loads a directory written by `q quantize` (or `saveQuantizedModel`), with the tokenizer it carries.
  *
  * @example
  * ```ts
@@ -108,7 +114,13 @@ export interface RecipeChoice {
   readonly groupSize?: number;
 }
 
-/** The recipe a choice names, validated (unknown names list the valid ones). */
+/** The recipe a choice names, validated (unknown names list the valid ones).
+ *
+ * @example
+ * ```ts
+ * resolveRecipe({ recipe: 'fptq', groupSize: 64 }).weights.groupSize; // 64
+ * ```
+ */
 export function resolveRecipe(choice: RecipeChoice): Recipe {
   if (choice.groupSize !== undefined && (!Number.isInteger(choice.groupSize) || choice.groupSize < 2))
     throw new QError(
@@ -121,7 +133,13 @@ export function resolveRecipe(choice: RecipeChoice): Recipe {
   );
 }
 
-/** True when a recipe needs calibration statistics (static scales or LAE). */
+/** True when a recipe needs calibration statistics (static scales or LAE).
+ *
+ * @example
+ * ```ts
+ * needsCalibration(resolveRecipe({ recipe: 'w4a16' })); // false
+ * ```
+ */
 export function needsCalibration(r: Recipe): boolean {
   return r.activations.policy === 'fptq' || r.activations.policy === 'static' || r.activations.lae;
 }

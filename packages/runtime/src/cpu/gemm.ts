@@ -9,6 +9,12 @@ import { QError } from '@q/core';
  *
  * Self-contained on purpose: its source text is also what the worker threads run (see `workerSource`), which
  * keeps the worker independent of file paths and therefore safe under any bundler.
+ *
+ * @example
+ * ```ts
+ * const out = new Float32Array(2);
+ * gemmRange(Float32Array.of(1, 2), 1, 2, Float32Array.of(3, 4, 5, 6), null, out, 2, 0, 2); // out = [11, 17]
+ * ```
  */
 export function gemmRange(
   x: Float32Array,
@@ -172,8 +178,14 @@ interface Pool {
 let pool: Pool | null | undefined;
 
 /**
- * Worker threads for large matmuls. `Q_THREADS` overrides the thread count (1 disables workers); by default one
- * less than the cores, since the calling thread computes a share too and then waits without spinning.
+ * Threads that share a large matmul, the calling one included: by default the number of cores (at most 8), so
+ * one less worker than that, since the calling thread computes a share too and then waits without spinning.
+ * `Q_THREADS` overrides it (1 disables the workers).
+ *
+ * @example
+ * ```ts
+ * threadCount(); // e.g. 2 on a 2-core machine; Q_THREADS=1 gives 1
+ * ```
  */
 export function threadCount(): number {
   const env = process.env.Q_THREADS;
@@ -214,14 +226,26 @@ function getPool(): Pool | null {
   return pool;
 }
 
-/** Terminates the matmul worker threads (they are re-created on demand). */
+/** Terminates the matmul worker threads (they are re-created on demand).
+ *
+ * @example
+ * ```ts
+ * await shutdownThreads(); // lets a script exit without waiting for idle workers
+ * ```
+ */
 export async function shutdownThreads(): Promise<void> {
   const p = pool;
   pool = undefined;
   if (p) await Promise.all(p.workers.map((w) => w.terminate()));
 }
 
-/** A copy of `a` on shared memory, so worker threads can read it without a copy per call. */
+/** A copy of `a` on shared memory, so worker threads can read it without a copy per call.
+ *
+ * @example
+ * ```ts
+ * const w = toShared(weights); // worker threads now read w in place
+ * ```
+ */
 export function toShared(a: Float32Array): Float32Array {
   if (typeof SharedArrayBuffer === 'undefined' || a.buffer instanceof SharedArrayBuffer) return a;
   const s = new Float32Array(new SharedArrayBuffer(a.byteLength));

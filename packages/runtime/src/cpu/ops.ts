@@ -1,6 +1,12 @@
 import type { ModelConfig } from '@q/core';
 
-/** RMSNorm of each row of x [rows, dim] with gain g: out = x / sqrt(mean(x²) + eps) · g. */
+/** RMSNorm of each row of x [rows, dim] with gain g: out = x / sqrt(mean(x²) + eps) · g.
+ *
+ * @example
+ * ```ts
+ * rmsNorm(Float32Array.of(3, 4), 1, 2, Float32Array.of(1, 1), 0); // [0.8485, 1.1314]
+ * ```
+ */
 export function rmsNorm(
   x: Float32Array,
   rows: number,
@@ -26,6 +32,11 @@ export function rmsNorm(
  * Inverse frequencies of RoPE, one per rotated pair, with the model's scaling applied (linear divides every
  * frequency by the factor; llama3 divides only the low frequencies and blends the band between, as in
  * Hugging Face's `_compute_llama3_parameters`).
+ *
+ * @example
+ * ```ts
+ * ropeInvFreq(config)[0]; // 1 for every config: theta^0
+ * ```
  */
 export function ropeInvFreq(config: ModelConfig): Float64Array {
   const half = config.headDim / 2;
@@ -51,7 +62,13 @@ export function ropeInvFreq(config: ModelConfig): Float64Array {
   return inv;
 }
 
-/** Cos/sin tables [maxPos, headDim/2], grown on demand. */
+/** Cos/sin tables [maxPos, headDim/2], grown on demand.
+ *
+ * @example
+ * ```ts
+ * new RopeTable(ropeInvFreq(config)).apply(q, 0, config.numHeads, pos, config.ropeStyle);
+ * ```
+ */
 export class RopeTable {
   private cos = new Float32Array(0);
   private sin = new Float32Array(0);
@@ -101,7 +118,14 @@ export class RopeTable {
   }
 }
 
-/** In-place softmax over x[off, off + n). */
+/** In-place softmax over x[off, off + n).
+ *
+ * @example
+ * ```ts
+ * const x = Float64Array.of(0, Math.log(3));
+ * softmaxInPlace(x, 0, 2); // [0.25, 0.75]
+ * ```
+ */
 export function softmaxInPlace(x: Float32Array | Float64Array, off: number, n: number): void {
   let max = Number.NEGATIVE_INFINITY;
   for (let i = 0; i < n; i++) if ((x[off + i] as number) > max) max = x[off + i] as number;
