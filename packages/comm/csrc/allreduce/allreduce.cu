@@ -203,19 +203,19 @@ __host__ __device__ __forceinline__ int64_t unitsOf(const ArLayout& L) {
 
 // A: this rank's input, all chunks, into records at dst[j] (j = 0..W-1). All W loads are issued before any
 // arithmetic, so a warp keeps W x 512 bytes in flight.
-template <typename T, int BITS, bool SYM>
+template <typename T, int BITS, bool SYM, int MW>
 __device__ void phaseQuantize(const ArLayout& L, const T* in, const ArPtrs& dst, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
   bool gIn = g < L.chunk / kG;
-  uint4 raw[kMaxRanks];
+  uint4 raw[MW];
 #pragma unroll
-  for (int j = 0; j < kMaxRanks; j++) {
+  for (int j = 0; j < MW; j++) {
     int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
     raw[j] = j < L.world && gIn && e < L.n ? *reinterpret_cast<const uint4*>(in + e) : make_uint4(0, 0, 0, 0);
   }
 #pragma unroll
-  for (int j = 0; j < kMaxRanks; j++) {
+  for (int j = 0; j < MW; j++) {
     if (j >= L.world) break;
     int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
     bool valid = gIn && e < L.n;
@@ -259,19 +259,19 @@ __device__ void phaseQuantizeOne(const ArLayout& L, const T* in, char* dst, int 
 }
 
 // Sum of chunk `j`'s slice from the W source records, in rank order.
-template <typename T, int BITS, bool SYM>
+template <typename T, int BITS, bool SYM, int MW>
 __device__ __forceinline__ F8 sumSources(const ArLayout& L, const ArPtrs& src, int g, int t, bool valid) {
   F8 acc;
 #pragma unroll
   for (int i = 0; i < 8; i++) acc.v[i] = 0.f;
   if (!valid) return acc;
   if constexpr (BITS == 0) {
-    uint4 raw[kMaxRanks];
+    uint4 raw[MW];
 #pragma unroll
-    for (int r = 0; r < kMaxRanks; r++)
+    for (int r = 0; r < MW; r++)
       if (r < L.world) raw[r] = __ldcg(reinterpret_cast<const uint4*>(src.p[r] + (static_cast<int64_t>(g) * kG + t * 8) * sizeof(T)));
 #pragma unroll
-    for (int r = 0; r < kMaxRanks; r++) {
+    for (int r = 0; r < MW; r++) {
       if (r >= L.world) break;
       const T* h = reinterpret_cast<const T*>(&raw[r]);
 #pragma unroll
@@ -283,12 +283,12 @@ __device__ __forceinline__ F8 sumSources(const ArLayout& L, const ArPtrs& src, i
       }
     }
   } else {
-    Raw raw[kMaxRanks];
+    Raw raw[MW];
 #pragma unroll
-    for (int r = 0; r < kMaxRanks; r++)
+    for (int r = 0; r < MW; r++)
       if (r < L.world) raw[r] = loadRaw<BITS, SYM>(src.p[r], L, g, t);
 #pragma unroll
-    for (int r = 0; r < kMaxRanks; r++) {
+    for (int r = 0; r < MW; r++) {
       if (r >= L.world) break;
       F8 d = dequant<BITS, SYM>(raw[r]);
 #pragma unroll
@@ -299,13 +299,13 @@ __device__ __forceinline__ F8 sumSources(const ArLayout& L, const ArPtrs& src, i
 }
 
 // B: reduce chunk L.rank from src records (one per rank) into the record at dst.
-template <typename T, int BITS, bool SYM>
+template <typename T, int BITS, bool SYM, int MW>
 __device__ void phaseReduce(const ArLayout& L, const ArPtrs& src, char* dst, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
   int64_t e = L.rank * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
   bool valid = g < L.chunk / kG && e < L.n;
-  F8 acc = sumSources<T, BITS, SYM>(L, src, g, ln.t, valid);
+  F8 acc = sumSources<T, BITS, SYM, MW>(L, src, g, ln.t, valid);
   if constexpr (BITS == 0) {
     if (valid) store8<T>(reinterpret_cast<T*>(dst) + static_cast<int64_t>(g) * kG + ln.t * 8, acc);
   } else {
@@ -315,32 +315,32 @@ __device__ void phaseReduce(const ArLayout& L, const ArPtrs& src, char* dst, int
 }
 
 // C: dequantize reduced record j (at src.p[j]) of every chunk into out; all W (remote) loads first.
-template <typename T, int BITS, bool SYM>
+template <typename T, int BITS, bool SYM, int MW>
 __device__ void phaseDequant(const ArLayout& L, const ArPtrs& src, T* out, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
   bool gIn = g < L.chunk / kG;
   if constexpr (BITS == 0) {
-    uint4 raw[kMaxRanks];
+    uint4 raw[MW];
 #pragma unroll
-    for (int j = 0; j < kMaxRanks; j++) {
+    for (int j = 0; j < MW; j++) {
       int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
       if (j < L.world && gIn && e < L.n) raw[j] = __ldcg(reinterpret_cast<const uint4*>(src.p[j] + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)));
     }
 #pragma unroll
-    for (int j = 0; j < kMaxRanks; j++) {
+    for (int j = 0; j < MW; j++) {
       int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
       if (j < L.world && gIn && e < L.n) *reinterpret_cast<uint4*>(out + e) = raw[j];
     }
   } else {
-    Raw raw[kMaxRanks];
+    Raw raw[MW];
 #pragma unroll
-    for (int j = 0; j < kMaxRanks; j++) {
+    for (int j = 0; j < MW; j++) {
       int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
       if (j < L.world && gIn && e < L.n) raw[j] = loadRaw<BITS, SYM>(src.p[j], L, g, ln.t);
     }
 #pragma unroll
-    for (int j = 0; j < kMaxRanks; j++) {
+    for (int j = 0; j < MW; j++) {
       int64_t e = j * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
       if (j < L.world && gIn && e < L.n) store8<T>(out + e, dequant<BITS, SYM>(raw[j]));
     }
@@ -349,7 +349,7 @@ __device__ void phaseDequant(const ArLayout& L, const ArPtrs& src, T* out, int64
 
 // One-shot, one (chunk j, unit u) item: reduced here from every rank's record j, requantized and dequantized in
 // registers.
-template <typename T, int BITS, bool SYM>
+template <typename T, int BITS, bool SYM, int MW>
 __device__ void phaseOneShotOne(const ArLayout& L, const ArPtrs& data, T* out, int j, int64_t u) {
   Lane ln = lane();
   int g = static_cast<int>(u * kGPW + ln.sub);
@@ -357,8 +357,8 @@ __device__ void phaseOneShotOne(const ArLayout& L, const ArPtrs& data, T* out, i
   bool valid = g < L.chunk / kG && e < L.n;
   ArPtrs src;
 #pragma unroll
-  for (int r = 0; r < kMaxRanks; r++) src.p[r] = r < L.world ? data.p[r] + j * L.rb : nullptr;
-  F8 acc = sumSources<T, BITS, SYM>(L, src, g, ln.t, valid);
+  for (int r = 0; r < MW; r++) src.p[r] = r < L.world ? data.p[r] + j * L.rb : nullptr;
+  F8 acc = sumSources<T, BITS, SYM, MW>(L, src, g, ln.t, valid);
   if constexpr (BITS != 0) acc = dequant<BITS, SYM>(quantize<BITS, SYM>(acc));
   if (valid) store8<T>(out + e, acc);
 }
@@ -372,7 +372,7 @@ __global__ void __launch_bounds__(kThreads) quantizeKernel(ArLayout L, const T* 
   for (int j = 0; j < kMaxRanks; j++) dst.p[j] = send + j * L.rb;
   int64_t units = unitsOf(L);
   for (int64_t u = blockIdx.x * kWarps + threadIdx.x / 32; u < units; u += static_cast<int64_t>(gridDim.x) * kWarps)
-    phaseQuantize<T, BITS, SYM>(L, in, dst, u);
+    phaseQuantize<T, BITS, SYM, kMaxRanks>(L, in, dst, u);
 }
 
 template <typename T, int BITS, bool SYM>
@@ -382,7 +382,7 @@ __global__ void __launch_bounds__(kThreads) reduceKernel(ArLayout L, const char*
   for (int r = 0; r < kMaxRanks; r++) src.p[r] = const_cast<char*>(recv) + r * L.rb;
   int64_t units = unitsOf(L);
   for (int64_t u = blockIdx.x * kWarps + threadIdx.x / 32; u < units; u += static_cast<int64_t>(gridDim.x) * kWarps)
-    phaseReduce<T, BITS, SYM>(L, src, reduced, u);
+    phaseReduce<T, BITS, SYM, kMaxRanks>(L, src, reduced, u);
 }
 
 template <typename T, int BITS, bool SYM>
@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(kThreads) dequantKernel(ArLayout L, const char
   for (int j = 0; j < kMaxRanks; j++) src.p[j] = const_cast<char*>(gathered) + j * L.rb;
   int64_t units = unitsOf(L);
   for (int64_t u = blockIdx.x * kWarps + threadIdx.x / 32; u < units; u += static_cast<int64_t>(gridDim.x) * kWarps)
-    phaseDequant<T, BITS, SYM>(L, src, out, u);
+    phaseDequant<T, BITS, SYM, kMaxRanks>(L, src, out, u);
 }
 
 __device__ __forceinline__ uint64_t nowNs() {
@@ -426,7 +426,7 @@ __device__ void flagBarrier(const ArLayout& L, const ArPtrs& sig, int slot, uint
   __syncthreads();
 }
 
-template <typename T, int BITS, bool SYM>
+template <typename T, int BITS, bool SYM, int MW>
 __global__ void __launch_bounds__(kThreads) fusedKernel(ArLayout L, const T* in, T* out, ArPtrs data, ArPtrs sig,
                                                           uint32_t epoch, bool oneShot, uint64_t timeoutNs) {
   uint64_t deadline = nowNs() + timeoutNs;
@@ -443,25 +443,25 @@ __global__ void __launch_bounds__(kThreads) fusedKernel(ArLayout L, const T* in,
     flagBarrier(L, sig, 0, epoch, deadline);
     for (int64_t i = w0; i < items; i += stride) {
       int j = static_cast<int>(i / units);
-      phaseOneShotOne<T, BITS, SYM>(L, data, out, j, i - j * units);
+      phaseOneShotOne<T, BITS, SYM, MW>(L, data, out, j, i - j * units);
     }
     return;
   }
   ArPtrs own;
 #pragma unroll
-  for (int j = 0; j < kMaxRanks; j++) own.p[j] = data.p[L.rank] + j * L.rb;
-  for (int64_t u = w0; u < units; u += stride) phaseQuantize<T, BITS, SYM>(L, in, own, u);
+  for (int j = 0; j < MW; j++) own.p[j] = data.p[L.rank] + j * L.rb;
+  for (int64_t u = w0; u < units; u += stride) phaseQuantize<T, BITS, SYM, MW>(L, in, own, u);
   flagBarrier(L, sig, 0, epoch, deadline);
   ArPtrs src;
 #pragma unroll
-  for (int r = 0; r < kMaxRanks; r++) src.p[r] = r < L.world ? data.p[r] + L.rank * L.rb : nullptr;
+  for (int r = 0; r < MW; r++) src.p[r] = r < L.world ? data.p[r] + L.rank * L.rb : nullptr;
   char* reduced = data.p[L.rank] + L.world * L.rb;
-  for (int64_t u = w0; u < units; u += stride) phaseReduce<T, BITS, SYM>(L, src, reduced, u);
+  for (int64_t u = w0; u < units; u += stride) phaseReduce<T, BITS, SYM, MW>(L, src, reduced, u);
   flagBarrier(L, sig, 1, epoch, deadline);
   ArPtrs red;
 #pragma unroll
-  for (int j = 0; j < kMaxRanks; j++) red.p[j] = j < L.world ? data.p[j] + L.world * L.rb : nullptr;
-  for (int64_t u = w0; u < units; u += stride) phaseDequant<T, BITS, SYM>(L, red, out, u);
+  for (int j = 0; j < MW; j++) red.p[j] = j < L.world ? data.p[j] + L.world * L.rb : nullptr;
+  for (int64_t u = w0; u < units; u += stride) phaseDequant<T, BITS, SYM, MW>(L, red, out, u);
 }
 
 int blocksFor(int64_t warpItems, int sms, int perSm) {
@@ -509,19 +509,29 @@ cudaError_t LaunchDequant(const ArLayout& L, const char* gathered, void* out, in
   });
 }
 
-int FusedBlocks(const ArLayout& L, bool oneShot, int sms) {
-  int b = blocksFor(oneShot ? unitsOf(L) * L.world : unitsOf(L), sms, 1);
-  return b > kMaxBlocks ? kMaxBlocks : b;
+template <typename T, int B, bool S, int MW>
+cudaError_t launchFusedW(const ArLayout& L, const void* in, void* out, const ArPtrs& data, const ArPtrs& sig,
+                         uint32_t epoch, bool oneShot, int sms, uint64_t timeoutNs, cudaStream_t s) {
+  // Every block spins on its peers' blocks, so all must be resident at once: the grid never exceeds what the
+  // occupancy calculator says fits (asked once per kernel instance).
+  static int perSm = 0;
+  if (perSm == 0) {
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, fusedKernel<T, B, S, MW>, kThreads, 0);
+    if (e != cudaSuccess) return e;
+    if (perSm < 1) return cudaErrorLaunchOutOfResources;
+  }
+  int blocks = blocksFor(oneShot ? unitsOf(L) * L.world : unitsOf(L), sms, perSm);
+  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  fusedKernel<T, B, S, MW><<<blocks, kThreads, 0, s>>>(L, static_cast<const T*>(in), static_cast<T*>(out), data, sig, epoch, oneShot, timeoutNs);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchFused(const ArLayout& L, const void* in, void* out, const ArPtrs& data, const ArPtrs& sig,
                         uint32_t epoch, bool oneShot, int sms, uint64_t timeoutNs, cudaStream_t s) {
-  // Every block spins on its peers' blocks, so all must be resident at once: at most one per SM (the kernel uses
-  // up to 128 registers a thread, a whole SM's register file at 512 threads).
-  int blocks = FusedBlocks(L, oneShot, sms);
   return dispatch(L, [&]<typename T, int B, bool S>() {
-    fusedKernel<T, B, S><<<blocks, kThreads, 0, s>>>(L, static_cast<const T*>(in), static_cast<T*>(out), data, sig, epoch, oneShot, timeoutNs);
-    return cudaGetLastError();
+    if (L.world <= 2) return launchFusedW<T, B, S, 2>(L, in, out, data, sig, epoch, oneShot, sms, timeoutNs, s);
+    if (L.world <= 4) return launchFusedW<T, B, S, 4>(L, in, out, data, sig, epoch, oneShot, sms, timeoutNs, s);
+    return launchFusedW<T, B, S, 8>(L, in, out, data, sig, epoch, oneShot, sms, timeoutNs, s);
   });
 }
 

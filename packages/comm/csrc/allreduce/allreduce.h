@@ -40,7 +40,5 @@ cudaError_t LaunchDequant(const ArLayout& L, const char* gathered, void* out, in
 // the host alternates halves by epoch parity.
 cudaError_t LaunchFused(const ArLayout& L, const void* in, void* out, const ArPtrs& data, const ArPtrs& sig,
                         uint32_t epoch, bool oneShot, int sms, uint64_t timeoutNs, cudaStream_t s);
-// Blocks the fused kernel would use for this layout (the same on every rank).
-int FusedBlocks(const ArLayout& L, bool oneShot, int sms);
 
 }  // namespace qcomm
