@@ -165,6 +165,16 @@ describe('gemmW8A8Golden', () => {
   });
 });
 
+describe('int32 limits', () => {
+  it('refuses a W8A8 K whose worst-case sum does not fit int32', () => {
+    const k = 133_200; // 127 · 127 · k > 2^31 − 1
+    const w = quantizeInt8(randn(k, 3), 1, k);
+    expect(() =>
+      gemmW8A8Golden({ a: new Int8Array(k), aScales: Float32Array.of(1), m: 1, weights: w }),
+    ).toThrow(/K=133200/);
+  });
+});
+
 describe('linearForward', () => {
   const m = 6;
   const n = 10;

@@ -91,6 +91,12 @@ function checkArgs(args: GemmW4A8Args): { groups: number } {
       `Expected symmetric weights for gemmW4A8 mode 'group-int' but received asymmetric`,
     );
   }
+  if (127 * 15 * w.groupSize > INT32_MAX) {
+    throw new QError(
+      'E_OVERFLOW',
+      `Expected a group of at most ${Math.floor(INT32_MAX / (127 * 15))} elements for an int32 partial sum but received ${w.groupSize}`,
+    );
+  }
   if (mode !== 'per-channel' && mode !== 'group-float' && mode !== 'group-int') {
     throw new QError(
       'E_ARG',
@@ -108,31 +114,48 @@ function overflow(what: string, i: number, c: number, v: number): never {
 }
 
 /**
- * Integer accumulators: group partial sums are formed into `partial` ([groups]) for each (i, c) and combined
- * per the mode; `visit` receives them.
+ * Integer accumulators: for each (i, c) the group partial sums P_g are formed in `partials[off .. off + groups)`
+ * and handed to `visit`, which combines them per the mode. Rows go in blocks of four so that each weight value
+ * loaded serves four rows; `| 0` keeps the sums in int32 arithmetic, exact because |P_g| ≤ 127 · 15 · G.
  */
 function forEachOutput(
   args: GemmW4A8Args,
   groups: number,
-  visit: (i: number, c: number, partial: Int32Array) => void,
+  visit: (i: number, c: number, partials: Int32Array, off: number) => void,
 ): void {
   const { a, m, weights: w } = args;
   const wv = effectiveInts(w);
   const kp = w.kPadded;
   const gs = w.groupSize;
-  const partial = new Int32Array(groups);
-  for (let i = 0; i < m; i++) {
-    const ao = i * kp;
+  const partials = new Int32Array(4 * groups);
+  for (let i0 = 0; i0 < m; i0 += 4) {
+    const rows = Math.min(4, m - i0);
+    // Rows past the end of a short block read row i0 again; their sums are never visited.
+    const a0 = i0 * kp;
+    const a1 = (rows > 1 ? i0 + 1 : i0) * kp;
+    const a2 = (rows > 2 ? i0 + 2 : i0) * kp;
+    const a3 = (rows > 3 ? i0 + 3 : i0) * kp;
     for (let c = 0; c < w.n; c++) {
       const wo = c * kp;
       for (let g = 0; g < groups; g++) {
-        let s = 0;
+        let s0 = 0;
+        let s1 = 0;
+        let s2 = 0;
+        let s3 = 0;
         const k0 = g * gs;
-        const k1 = k0 + gs;
-        for (let j = k0; j < k1; j++) s += (a[ao + j] as number) * (wv[wo + j] as number);
-        partial[g] = s;
+        for (let j = k0; j < k0 + gs; j++) {
+          const wj = wv[wo + j] as number;
+          s0 = (s0 + (a[a0 + j] as number) * wj) | 0;
+          s1 = (s1 + (a[a1 + j] as number) * wj) | 0;
+          s2 = (s2 + (a[a2 + j] as number) * wj) | 0;
+          s3 = (s3 + (a[a3 + j] as number) * wj) | 0;
+        }
+        partials[g] = s0;
+        partials[groups + g] = s1;
+        partials[2 * groups + g] = s2;
+        partials[3 * groups + g] = s3;
       }
-      visit(i, c, partial);
+      for (let r = 0; r < rows; r++) visit(i0 + r, c, partials, r * groups);
     }
   }
 }
@@ -160,27 +183,27 @@ export function gemmW4A8Golden(
   const out = new Float32Array(m * w.n);
   const perRow = aScales.length === m;
   if (mode === 'group-float') {
-    forEachOutput(args, groups, (i, c, partial) => {
+    forEachOutput(args, groups, (i, c, partial, off) => {
       let s = 0;
       const so = c * groups;
       for (let g = 0; g < groups; g++) {
-        s = Math.fround(s + Math.fround((partial[g] as number) * (w.scales[so + g] as number)));
+        s = Math.fround(s + Math.fround((partial[off + g] as number) * (w.scales[so + g] as number)));
       }
       out[i * w.n + c] = Math.fround(s * (aScales[perRow ? i : 0] as number));
     });
     return out;
   }
   const iq = w.intScale?.q;
-  forEachOutput(args, groups, (i, c, partial) => {
+  forEachOutput(args, groups, (i, c, partial, off) => {
     let acc = 0;
     if (mode === 'group-int' && iq) {
       const so = c * groups;
       for (let g = 0; g < groups; g++) {
-        acc += (iq[so + g] as number) * (partial[g] as number);
+        acc += (iq[so + g] as number) * (partial[off + g] as number);
         if (acc > INT32_MAX || acc < -INT32_MAX - 1) overflow('Integer Scale accumulator', i, c, acc);
       }
     } else {
-      for (let g = 0; g < groups; g++) acc += partial[g] as number;
+      for (let g = 0; g < groups; g++) acc += partial[off + g] as number;
     }
     const wScale = mode === 'group-int' ? (w.intScale?.unit[c] as number) : (w.scales[c] as number);
     out[i * w.n + c] = Math.fround(
@@ -203,18 +226,20 @@ export function gemmW4A8GoldenInt(args: GemmW4A8Args): GemmIntResult {
   const { m, weights: w, mode } = args;
   if (mode === 'group-float') {
     const values = new Int32Array(m * w.n * groups);
-    forEachOutput(args, groups, (i, c, partial) => values.set(partial, (i * w.n + c) * groups));
+    forEachOutput(args, groups, (i, c, partial, off) =>
+      values.set(partial.subarray(off, off + groups), (i * w.n + c) * groups),
+    );
     return { mode, m, n: w.n, groups, values };
   }
   const values = new Int32Array(m * w.n);
   const iq = w.intScale?.q;
-  forEachOutput(args, groups, (i, c, partial) => {
+  forEachOutput(args, groups, (i, c, partial, off) => {
     let acc = 0;
     for (let g = 0; g < groups; g++) {
       acc +=
         mode === 'group-int' && iq
-          ? (iq[c * groups + g] as number) * (partial[g] as number)
-          : (partial[g] as number);
+          ? (iq[c * groups + g] as number) * (partial[off + g] as number)
+          : (partial[off + g] as number);
       if (acc > INT32_MAX || acc < -INT32_MAX - 1) overflow('accumulator', i, c, acc);
     }
     values[i * w.n + c] = acc;
@@ -257,15 +282,40 @@ export function gemmW8A8Golden(args: GemmW8A8Args): Float32Array {
   const perRow = aScales.length === m;
   const out = new Float32Array(m * w.n);
   const k = w.k;
+  if (127 * 127 * k > INT32_MAX) {
+    throw new QError(
+      'E_OVERFLOW',
+      `Expected K ≤ ${Math.floor(INT32_MAX / (127 * 127))} for an int32 W8A8 accumulation but received K=${k}`,
+    );
+  }
   const wd = w.data;
-  for (let i = 0; i < m; i++) {
-    const ao = i * k;
-    const as = aScales[perRow ? i : 0] as number;
+  for (let i0 = 0; i0 < m; i0 += 4) {
+    const rows = Math.min(4, m - i0);
+    const a0 = i0 * k;
+    const a1 = (rows > 1 ? i0 + 1 : i0) * k;
+    const a2 = (rows > 2 ? i0 + 2 : i0) * k;
+    const a3 = (rows > 3 ? i0 + 3 : i0) * k;
     for (let c = 0; c < w.n; c++) {
       const wo = c * k;
-      let acc = 0;
-      for (let j = 0; j < k; j++) acc += (a[ao + j] as number) * (wd[wo + j] as number);
-      out[i * w.n + c] = Math.fround(Math.fround(Math.fround(acc) * as) * (w.scales[c] as number));
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (let j = 0; j < k; j++) {
+        const wj = wd[wo + j] as number;
+        s0 = (s0 + (a[a0 + j] as number) * wj) | 0;
+        s1 = (s1 + (a[a1 + j] as number) * wj) | 0;
+        s2 = (s2 + (a[a2 + j] as number) * wj) | 0;
+        s3 = (s3 + (a[a3 + j] as number) * wj) | 0;
+      }
+      const acc = [s0, s1, s2, s3];
+      for (let r = 0; r < rows; r++) {
+        const i = i0 + r;
+        const as = aScales[perRow ? i : 0] as number;
+        out[i * w.n + c] = Math.fround(
+          Math.fround(Math.fround(acc[r] as number) * as) * (w.scales[c] as number),
+        );
+      }
     }
   }
   return out;
@@ -286,13 +336,29 @@ export function gemmModeFor(w: Int4Weights): GemmScaleMode {
 
 function floatMatmul(x: Float32Array, m: number, k: number, wf: Float32Array, n: number): Float32Array {
   const out = new Float32Array(m * n);
-  for (let i = 0; i < m; i++) {
-    const xo = i * k;
+  for (let i0 = 0; i0 < m; i0 += 4) {
+    const rows = Math.min(4, m - i0);
+    const x0 = i0 * k;
+    const x1 = (rows > 1 ? i0 + 1 : i0) * k;
+    const x2 = (rows > 2 ? i0 + 2 : i0) * k;
+    const x3 = (rows > 3 ? i0 + 3 : i0) * k;
     for (let c = 0; c < n; c++) {
       const wo = c * k;
-      let s = 0;
-      for (let j = 0; j < k; j++) s += (x[xo + j] as number) * (wf[wo + j] as number);
-      out[i * n + c] = s;
+      let s0 = 0;
+      let s1 = 0;
+      let s2 = 0;
+      let s3 = 0;
+      for (let j = 0; j < k; j++) {
+        const wj = wf[wo + j] as number;
+        s0 += (x[x0 + j] as number) * wj;
+        s1 += (x[x1 + j] as number) * wj;
+        s2 += (x[x2 + j] as number) * wj;
+        s3 += (x[x3 + j] as number) * wj;
+      }
+      out[i0 * n + c] = s0;
+      if (rows > 1) out[(i0 + 1) * n + c] = s1;
+      if (rows > 2) out[(i0 + 2) * n + c] = s2;
+      if (rows > 3) out[(i0 + 3) * n + c] = s3;
     }
   }
   return out;
