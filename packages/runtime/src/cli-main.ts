@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as comm from '@q/comm';
-import { isQError, QError } from '@q/core';
+import { isQError, QError, writeFileAtomic } from '@q/core';
 import * as kernels from '@q/kernels-cuda';
 import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
@@ -455,12 +455,23 @@ Examples:
     bench
       .command('allreduce')
       .description('quantized all-reduce against NCCL across the GPUs of this node')
+      .option('--worlds <list>', 'GPU counts, comma-separated (default 2,4, limited to the GPUs present)')
+      .option('--hidden <n>', 'hidden size of the messages (default 8192)', int('--hidden'))
       .option('--json <file>', 'also write the results as JSON')
-      .addHelpText('after', '\nExamples:\n  q bench allreduce\n  q bench allreduce --json allreduce.json')
-      .action(async (o: { json?: string }) => {
-        await (c.benchAllreduce as (opts: Record<string, unknown>) => Promise<unknown>)(
-          o.json ? { json: o.json } : {},
-        );
+      .addHelpText(
+        'after',
+        '\nExamples:\n  q bench allreduce\n  q bench allreduce --worlds 2 --json allreduce.json',
+      )
+      .action(async (o: { worlds?: string; hidden?: number; json?: string }) => {
+        const worlds = o.worlds?.split(',').map((w) => int('--worlds', 1)(w.trim()));
+        const results = await (c.benchAllreduce as (opts: Record<string, unknown>) => Promise<unknown>)({
+          ...(worlds ? { worlds } : {}),
+          ...(o.hidden !== undefined ? { hidden: o.hidden } : {}),
+        });
+        if (o.json) {
+          const text = new TextEncoder().encode(`${JSON.stringify(results, null, 2)}\n`);
+          writeFileAtomic(o.json, (write) => write(text));
+        }
       });
   }
   if (typeof c.launchCli === 'function') {
@@ -469,7 +480,6 @@ Examples:
       .description('start one process per GPU with the rendezvous environment set')
       .allowUnknownOption()
       .allowExcessArguments()
-      .helpOption(false)
       .argument(
         '[args...]',
         '--nproc N [--addr A] [--port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
