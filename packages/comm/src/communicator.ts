@@ -284,7 +284,15 @@ export class Communicator {
     (this as { fusedAvailable: boolean }).fusedAvailable = true;
   }
 
-  /** Live allocations and opened IPC mappings (both 0 after close). */
+  /**
+   * Live allocations and opened IPC mappings (both 0 after close).
+   *
+   * @example
+   * ```ts
+   * comm.close();
+   * comm.resources() // { allocations: 0, ipcHandles: 0 }
+   * ```
+   */
   resources(): { allocations: number; ipcHandles: number } {
     return { allocations: this.owned.size, ipcHandles: this.opened.size };
   }
@@ -321,7 +329,14 @@ export class Communicator {
     };
   }
 
-  /** Copies host bytes to the start of `dst` (synchronous). */
+  /**
+   * Copies host bytes to the start of `dst` (synchronous).
+   *
+   * @example
+   * ```ts
+   * comm.upload(buf, new Uint16Array(4096));
+   * ```
+   */
   upload(dst: DeviceBuffer, src: ArrayBufferView): void {
     this.live();
     if (src.byteLength > dst.byteLength)
@@ -332,7 +347,15 @@ export class Communicator {
     this.b.copyHtoD(dst.ptr, src);
   }
 
-  /** Copies the start of `src` into host memory after the communicator's stream finished. */
+  /**
+   * Copies the start of `src` into host memory after the communicator's stream finished.
+   *
+   * @example
+   * ```ts
+   * const host = new Uint16Array(4096);
+   * comm.download(buf, host);
+   * ```
+   */
   download(src: DeviceBuffer, dst: ArrayBufferView): void {
     this.live();
     if (dst.byteLength > src.byteLength)
@@ -344,7 +367,15 @@ export class Communicator {
     this.b.copyDtoH(src.ptr, dst);
   }
 
-  /** Waits for the stream; a collective that does not finish within the timeout aborts NCCL and throws E_TIMEOUT. */
+  /**
+   * Waits for the stream; a collective that does not finish within the timeout aborts NCCL and throws E_TIMEOUT.
+   *
+   * @example
+   * ```ts
+   * await comm.quantizedAllReduce(x, y, n, 'bf16');
+   * comm.synchronize();
+   * ```
+   */
   synchronize(): void {
     this.live();
     try {
@@ -674,14 +705,30 @@ export class Communicator {
     return algo;
   }
 
-  /** Records a CUDA event on the stream (for timing). */
+  /**
+   * Records a CUDA event on the stream (for timing).
+   *
+   * @example
+   * ```ts
+   * const a = comm.recordEvent();
+   * await comm.allReduce(x, x, n, 'bf16');
+   * const ms = comm.elapsedMs(a, comm.recordEvent());
+   * ```
+   */
   recordEvent(): bigint {
     const e = this.b.eventCreate();
     this.b.eventRecord(e, this.stream);
     return e;
   }
 
-  /** Milliseconds between two recorded events; destroys both. */
+  /**
+   * Milliseconds between two recorded events; destroys both.
+   *
+   * @example
+   * ```ts
+   * const ms = comm.elapsedMs(start, comm.recordEvent());
+   * ```
+   */
   elapsedMs(start: bigint, end: bigint): number {
     const ms = this.b.eventElapsedMs(start, end);
     this.b.eventDestroy(start);

@@ -2,7 +2,17 @@ import { hostname } from 'node:os';
 import { QError } from '@q/core';
 import { StoreClient } from './store';
 
-/** One rank's view of the job: who it is, and the rendezvous for exchanging small byte strings. */
+/**
+ * One rank's view of the job: who it is, and the rendezvous for exchanging small byte strings.
+ *
+ * @example
+ * ```ts
+ * const pg = await initProcessGroup();
+ * const ids = await pg.exchange('ids', new TextEncoder().encode(`rank ${pg.rank}`));
+ * await pg.checkSame('hidden size', 8192);
+ * await pg.barrier('loaded');
+ * ```
+ */
 export interface ProcessGroup {
   readonly rank: number;
   readonly world: number;

@@ -180,7 +180,14 @@ function wrapErrors(b: CommBinding): CommBinding {
   return wrapped;
 }
 
-/** Turns an addon error ("E_CUDA: ...") into a QError. */
+/**
+ * Turns an addon error ("E_CUDA: ...") into a QError.
+ *
+ * @example
+ * ```ts
+ * toQError(new Error('E_CUDA: cudaMalloc failed'), 'alloc').code // 'E_CUDA'
+ * ```
+ */
 export function toQError(e: unknown, where: string): QError {
   if (e instanceof QError) return e;
   const msg = e instanceof Error ? e.message : String(e);
@@ -193,6 +200,11 @@ export function toQError(e: unknown, where: string): QError {
 /**
  * Candidate paths of libnccl.so.2: Q_NCCL_LIB, the dynamic loader's search, then NCCL wheels of Python
  * environments (nvidia/nccl/lib) in the usual places.
+ *
+ * @example
+ * ```ts
+ * ncclCandidates({ Q_NCCL_LIB: '/opt/nccl/libnccl.so.2' })[0] // '/opt/nccl/libnccl.so.2'
+ * ```
  */
 export function ncclCandidates(env: Record<string, string | undefined> = process.env): string[] {
   const out: string[] = [];

@@ -50,7 +50,15 @@ export interface QuantizedGroups {
   readonly zeros: Uint8Array;
 }
 
-/** Throws E_ARG unless the scheme is one q implements. */
+/**
+ * Throws E_ARG unless the scheme is one q implements.
+ *
+ * @example
+ * ```ts
+ * checkScheme({ bits: 8, symmetric: false, groupSize: 128 }); // ok
+ * checkScheme({ bits: 8, symmetric: false, groupSize: 3 }); // throws E_ARG
+ * ```
+ */
 export function checkScheme(scheme: QuantScheme, name = 'scheme'): void {
   if (scheme.bits !== 8 && scheme.bits !== 4) {
     throw new QError('E_ARG', `Expected bits 8 or 4 for ${name}.bits but received ${String(scheme.bits)}`);
@@ -86,12 +94,27 @@ export function rintHalfEven(v: number): number {
   return r - v === 0.5 && (r & 1) !== 0 ? r - 1 : r;
 }
 
-/** Code bytes for `length` elements. */
+/**
+ * Code bytes for `length` elements.
+ *
+ * @example
+ * ```ts
+ * codeBytes(129, 4) // 65
+ * ```
+ */
 export function codeBytes(length: number, bits: QuantBits): number {
   return bits === 8 ? length : Math.ceil(length / 2);
 }
 
-/** Quantizes `x[offset .. offset+length)` into `codes`/`scales`/`zeros` (at group 0, code byte 0). */
+/**
+ * Quantizes `x[offset .. offset+length)` into `codes`/`scales`/`zeros` (at group 0, code byte 0).
+ *
+ * @example
+ * ```ts
+ * const codes = new Uint8Array(256), scales = new Float32Array(2), zeros = new Uint8Array(2);
+ * quantizeInto(x, 0, 256, DEFAULT_SCHEME, codes, scales, zeros);
+ * ```
+ */
 export function quantizeInto(
   x: Float32Array,
   offset: number,
@@ -149,7 +172,14 @@ export function quantizeInto(
   }
 }
 
-/** Dequantizes `length` elements from `codes`/`scales`/`zeros` into `out[offset ..)`. */
+/**
+ * Dequantizes `length` elements from `codes`/`scales`/`zeros` into `out[offset ..)`.
+ *
+ * @example
+ * ```ts
+ * dequantizeInto(codes, scales, zeros, 256, DEFAULT_SCHEME, out, 0);
+ * ```
+ */
 export function dequantizeInto(
   codes: Uint8Array,
   scales: Float32Array,

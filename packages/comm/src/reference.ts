@@ -55,7 +55,14 @@ export interface WireLayout {
 
 const align16 = (b: number) => Math.ceil(b / 16) * 16;
 
-/** Resolves options into a scheme (bits from the wire format). */
+/**
+ * Resolves options into a scheme (bits from the wire format).
+ *
+ * @example
+ * ```ts
+ * schemeOf({ wire: 'int4' }) // { bits: 4, symmetric: false, groupSize: 128 }
+ * ```
+ */
 export function schemeOf(opts: QuantOptions = {}): QuantScheme {
   const wire = opts.wire ?? 'int8';
   if (wire !== 'int8' && wire !== 'int4') {
@@ -94,7 +101,14 @@ export function wireLayout(n: number, world: number, scheme: QuantScheme): WireL
   return { n, world, scheme, chunkElems, groupsPerChunk, scalesOffset, zerosOffset, recordBytes };
 }
 
-/** Elements that chunk `j` really holds (0 for a chunk past the end). */
+/**
+ * Elements that chunk `j` really holds (0 for a chunk past the end).
+ *
+ * @example
+ * ```ts
+ * chunkLength(wireLayout(1000, 4, DEFAULT_SCHEME), 3) // 232
+ * ```
+ */
 export function chunkLength(layout: WireLayout, j: number): number {
   return Math.max(0, Math.min(layout.n, (j + 1) * layout.chunkElems) - j * layout.chunkElems);
 }
@@ -108,14 +122,29 @@ function recordViews(layout: WireLayout, record: Uint8Array) {
   };
 }
 
-/** Step 2: quantizes chunk `j` of `x` into `record` (recordBytes, 4-byte aligned). */
+/**
+ * Step 2: quantizes chunk `j` of `x` into `record` (recordBytes, 4-byte aligned).
+ *
+ * @example
+ * ```ts
+ * const rec = new Uint8Array(layout.recordBytes);
+ * encodeChunk(x, layout, 0, rec);
+ * ```
+ */
 export function encodeChunk(x: Float32Array, layout: WireLayout, j: number, record: Uint8Array): void {
   const v = recordViews(layout, record);
   record.fill(0, 0, layout.recordBytes);
   quantizeInto(x, j * layout.chunkElems, chunkLength(layout, j), layout.scheme, v.codes, v.scales, v.zeros);
 }
 
-/** Step 6: dequantizes chunk `j`'s record into `out` at the chunk's position. */
+/**
+ * Step 6: dequantizes chunk `j`'s record into `out` at the chunk's position.
+ *
+ * @example
+ * ```ts
+ * decodeChunk(rec, layout, 0, out);
+ * ```
+ */
 export function decodeChunk(record: Uint8Array, layout: WireLayout, j: number, out: Float32Array): void {
   const v = recordViews(layout, record);
   dequantizeInto(
@@ -129,7 +158,14 @@ export function decodeChunk(record: Uint8Array, layout: WireLayout, j: number, o
   );
 }
 
-/** Steps 4-5: dequantize-sum in rank order, then requantize into `out`. `scratch` holds chunkElems f32. */
+/**
+ * Steps 4-5: dequantize-sum in rank order, then requantize into `out`. `scratch` holds chunkElems f32.
+ *
+ * @example
+ * ```ts
+ * reduceChunk([recFromRank0, recFromRank1], layout, j, reducedRec);
+ * ```
+ */
 export function reduceChunk(
   records: readonly Uint8Array[],
   layout: WireLayout,
@@ -184,13 +220,27 @@ export function toF32(x: HostPayload, dtype: PayloadDType, name = 'input'): Floa
   return f;
 }
 
-/** Rounds f32 values to the payload dtype (round-to-nearest-even). */
+/**
+ * Rounds f32 values to the payload dtype (round-to-nearest-even).
+ *
+ * @example
+ * ```ts
+ * fromF32(Float32Array.of(1), 'bf16') // Uint16Array [0x3f80]
+ * ```
+ */
 export function fromF32(x: Float32Array, dtype: PayloadDType): HostPayload {
   if (dtype === 'f32') return x;
   return dtype === 'f16' ? f32ArrayToF16(x) : f32ArrayToBf16(x);
 }
 
-/** Checks that every rank's payload has the same length; returns it. */
+/**
+ * Checks that every rank's payload has the same length; returns it.
+ *
+ * @example
+ * ```ts
+ * commonLength([new Float32Array(4), new Float32Array(4)]) // 4
+ * ```
+ */
 export function commonLength(inputs: readonly HostPayload[]): number {
   if (inputs.length === 0)
     throw new QError('E_ARG', 'Expected at least one rank input for inputs but received none');

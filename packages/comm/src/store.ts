@@ -128,7 +128,14 @@ export class StoreServer {
     return s;
   }
 
-  /** Fails every rank's pending and future calls with `message` (E_COMM). */
+  /**
+   * Fails every rank's pending and future calls with `message` (E_COMM).
+   *
+   * @example
+   * ```ts
+   * store.abort('rank 2 exited with code 1');
+   * ```
+   */
   abort(message: string, code: QErrorCode = 'E_COMM'): void {
     if (this.abortMsg) return;
     this.abortMsg = { op: 'abort', code, message };
@@ -145,22 +152,49 @@ export class StoreServer {
   /**
    * Records that `rank` exited without joining: harmless for a program that never uses the rendezvous, fatal
    * (abort) as soon as any rank has joined or joins.
+   *
+   * @example
+   * ```ts
+   * store.markGone(1, 'rank 1 exited before joining');
+   * ```
    */
   markGone(rank: number, message: string): void {
     this.gone.set(rank, message);
     if (this.ranks.size > 0 || this.done.size > 0) this.abort(message);
   }
 
-  /** True when `rank` said goodbye (closed its group cleanly). */
+  /**
+   * True when `rank` said goodbye (closed its group cleanly).
+   *
+   * @example
+   * ```ts
+   * store.finished(0) // true after rank 0 called close()
+   * ```
+   */
   finished(rank: number): boolean {
     return this.done.has(rank);
   }
 
-  /** True when `rank` has joined. */
+  /**
+   * True when `rank` has joined.
+   *
+   * @example
+   * ```ts
+   * store.joined(1) // true once rank 1 presented the token
+   * ```
+   */
   joined(rank: number): boolean {
     return this.ranks.has(rank) || this.done.has(rank);
   }
 
+  /**
+   * Stops listening and drops every connection.
+   *
+   * @example
+   * ```ts
+   * store.close();
+   * ```
+   */
   close(): void {
     for (const ex of this.exchanges.values()) clearTimeout(ex.timer);
     for (const s of this.ranks.values()) s.destroy();
@@ -365,6 +399,11 @@ export class StoreClient {
   /**
    * All-gather of small byte strings: every rank contributes under `name`, every rank gets all values in rank
    * order. Fails with E_TIMEOUT when a rank does not arrive in time, E_COMM when the job was aborted.
+   *
+   * @example
+   * ```ts
+   * const sizes = await client.exchange('sizes', new TextEncoder().encode('4096'));
+   * ```
    */
   async exchange(name: string, value: Uint8Array, timeoutMs = this.timeoutMs): Promise<Uint8Array[]> {
     const m = await this.request(
@@ -374,7 +413,14 @@ export class StoreClient {
     return (m.values as string[]).map((v) => new Uint8Array(Buffer.from(v, 'base64')));
   }
 
-  /** Says goodbye and disconnects; the server does not treat this rank as lost afterwards. */
+  /**
+   * Says goodbye and disconnects; the server does not treat this rank as lost afterwards.
+   *
+   * @example
+   * ```ts
+   * client.close();
+   * ```
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
