@@ -177,7 +177,10 @@ export class ActivationObserver {
           );
         }
         if (v > (mx[j] as number)) mx[j] = v;
-        if (hist) hist[histBin(v)] = (hist[histBin(v)] as number) + 1;
+        if (hist) {
+          const b = histBin(v);
+          hist[b] = (hist[b] as number) + 1;
+        }
       }
     }
     s.rows += m;

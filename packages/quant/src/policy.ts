@@ -121,7 +121,8 @@ function checkPolicyOptions(o: PolicyOptions): Required<PolicyOptions> {
 }
 
 /**
- * Plans one group of layers sharing an input (they share the decision).
+ * Plans one group of layers sharing an input (they share the decision). `maxAbs` may be omitted for the
+ * 'dynamic' and 'none' policies; the plans then report range 0.
  *
  * @example
  * ```ts
