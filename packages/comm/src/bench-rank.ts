@@ -3,7 +3,7 @@
  * events and writes rank 0's table as JSON to Q_BENCH_OUT. Latency is the largest per-rank median.
  */
 import { writeFileSync } from 'node:fs';
-import { BENCH_COLUMNS, type BenchCell, type BenchRow } from './bench-columns';
+import { BENCH_COLUMNS, BENCH_EXTRA_COLUMNS, type BenchCell, type BenchRow } from './bench-columns';
 import { Communicator } from './communicator';
 import { initProcessGroup } from './group';
 import { exactSum, relativeError } from './reference';
@@ -40,7 +40,11 @@ async function main(): Promise<void> {
       const n = t * hidden;
       const bytes = n * 2;
       const cells: Record<string, BenchCell> = {};
-      for (const col of BENCH_COLUMNS) {
+      const extra = process.env.Q_BENCH_EXTRA === '0' ? [] : BENCH_EXTRA_COLUMNS;
+      for (const col of [
+        ...BENCH_COLUMNS,
+        ...extra.filter((c) => bytes <= (c.maxBytes ?? Number.POSITIVE_INFINITY)),
+      ]) {
         const iters = bytes <= 1 << 20 ? 200 : bytes <= 32 << 20 ? 60 : 25;
         let used = '';
         let mine = Number.NaN;

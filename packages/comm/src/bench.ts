@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { QError } from '@q/core';
-import { BENCH_COLUMNS, type BenchRow } from './bench-columns';
+import { BENCH_COLUMNS, BENCH_EXTRA_COLUMNS, type BenchRow } from './bench-columns';
 import { launch } from './launch';
 import { loadCommNative } from './native';
 import { shippedScript } from './worker-url';
@@ -87,6 +87,27 @@ export function formatBenchTable(r: BenchAllreduceResult): string {
         ' | ',
       ),
     );
+  const extra = BENCH_EXTRA_COLUMNS.map((c) => c.name).filter((c) => r.rows.some((row) => row.cells[c]));
+  if (extra.length > 0) {
+    lines.push(
+      '',
+      'extra columns, median µs:',
+      ['tokens', ...extra].join(' | '),
+      ['---', ...extra.map(() => '---')].join(' | '),
+    );
+    for (const row of r.rows)
+      lines.push(
+        [String(row.tokens), ...extra.map((c) => (row.cells[c] ? row.cells[c].us.toFixed(1) : '-'))].join(
+          ' | ',
+        ),
+      );
+  }
+  const failed = r.rows.flatMap((row) =>
+    Object.entries(row.cells)
+      .filter(([, c]) => c.error)
+      .map(([k, c]) => `${row.tokens} tokens ${k}: ${c.error}`),
+  );
+  if (failed.length > 0) lines.push('', 'failed cells:', ...failed);
   return lines.join('\n');
 }
 

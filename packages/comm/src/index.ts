@@ -4,7 +4,13 @@ export {
   benchAllreduce,
   formatBenchTable,
 } from './bench';
-export { BENCH_COLUMNS, type BenchCell, type BenchColumn, type BenchRow } from './bench-columns';
+export {
+  BENCH_COLUMNS,
+  BENCH_EXTRA_COLUMNS,
+  type BenchCell,
+  type BenchColumn,
+  type BenchRow,
+} from './bench-columns';
 export type { CommBinding, NativeArLayout } from './binding';
 export {
   type AllReduceAlgorithm,
