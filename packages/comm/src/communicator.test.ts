@@ -2,7 +2,7 @@ import { QError } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import type { CommBinding } from './binding';
 import { Communicator } from './communicator';
-import type { ProcessGroup } from './group';
+import { initProcessGroup, type ProcessGroup } from './group';
 import {
   commAddonFileName,
   isCommAddonAvailable,
@@ -10,6 +10,7 @@ import {
   ncclCandidates,
   resolveCommAddon,
 } from './native';
+import { newJobToken, StoreServer } from './store';
 
 /** A stand-in addon that records what is allocated, mapped and released. */
 function fakeBinding(opts: { syncError?: string } = {}) {
@@ -188,6 +189,47 @@ describe('Communicator (stand-in addon)', () => {
     );
     await expect(comm.broadcast(x, 4, 'f32', 2)).rejects.toThrow(expect.objectContaining({ code: 'E_ARG' }));
     comm.close();
+  });
+});
+
+describe('Communicator over a real rendezvous (stand-in addon)', () => {
+  it('fails every rank with E_COMM when the ranks pass different message sizes', async () => {
+    const token = newJobToken();
+    const server = await StoreServer.start({ world: 2, token, timeoutMs: 3000 });
+    const env = (rank: number) => ({
+      RANK: String(rank),
+      WORLD_SIZE: '2',
+      MASTER_ADDR: '127.0.0.1',
+      MASTER_PORT: String(server.port),
+      Q_JOB_TOKEN: token,
+    });
+    try {
+      const pgs = await Promise.all([0, 1].map((r) => initProcessGroup({ env: env(r), timeoutMs: 3000 })));
+      const comms = await Promise.all(pgs.map((pg) => Communicator.create(pg, { binding: fakeBinding().b })));
+      const bufs = comms.map((c) => c.alloc(8192 * 2));
+      const results = await Promise.allSettled(
+        comms.map((c, r) =>
+          c.quantizedAllReduce(
+            bufs[r] as (typeof bufs)[0],
+            bufs[r] as (typeof bufs)[0],
+            r === 0 ? 4096 : 4104,
+            'bf16',
+            { algorithm: 'nccl-int8' },
+          ),
+        ),
+      );
+      for (const res of results) {
+        expect(res.status).toBe('rejected');
+        expect((res as PromiseRejectedResult).reason).toMatchObject({ code: 'E_COMM' });
+      }
+      expect(String((results[0] as PromiseRejectedResult).reason.message)).toMatch(
+        /rank 0: quantizedAllReduce 4096 .*rank 1: quantizedAllReduce 4104/,
+      );
+      for (const c of comms) c.close();
+      for (const pg of pgs) pg.close();
+    } finally {
+      server.close();
+    }
   });
 });
 
