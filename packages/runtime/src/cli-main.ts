@@ -386,53 +386,70 @@ Examples:
     .description('quantize a model with FPTQ and the baselines, compare them with the float model, generate')
     .option('--model <path>', 'a real model instead of the embedded synthetic one')
     .option('--text <file>', 'text: first 40% of lines calibrate, the rest evaluate')
+    .option('--calib-tokens <n>', 'calibration tokens (default 256)', int('--calib-tokens'))
+    .option(
+      '--eval-tokens <n>',
+      'held-out tokens each recipe is compared on (default 128)',
+      int('--eval-tokens'),
+    )
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
     .option('--json', 'print one JSON object, no progress bars')
     .addHelpText(
       'after',
       '\nExamples:\n  q demo\n  q demo --model stories260K.bin --text tinystories.txt --json',
     )
-    .action((o: { model?: string; text?: string; tokenizer?: string; json?: boolean }) => {
-      const bar = progress(io, !o.json);
-      const log = (s: string) => {
-        if (!o.json) {
-          bar.stop();
-          io.stderr(`${s}\n`);
-        }
-      };
-      let generated = '';
-      const r = runDemo({
-        ...(o.model !== undefined ? { model: o.model } : {}),
-        ...(o.text !== undefined ? { text: o.text } : {}),
-        ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}),
-        onStep: (s) => log(`${s} ...`),
-        onProgress: (label, d, t) => bar.update(label, d, t),
-        onText: (t) => {
-          generated += t;
-        },
-      });
-      bar.stop();
-      if (o.json) return json(r);
-      const mm = r.model;
-      out();
-      out(
-        `model: ${mm.name}: ${mm.numLayers} layers, hidden ${mm.hiddenSize}, intermediate ${mm.intermediateSize}, vocab ${mm.vocabSize}`,
-      );
-      out(
-        `calibration ${r.calibTokens} tokens; comparison with the float model on ${r.evalTokens} held-out tokens`,
-      );
-      out();
-      out(formatDemoTable(r));
-      out();
-      out('FPTQ per-layer plan (range = max |x| of the layer input over calibration):');
-      out(r.planTable);
-      out();
-      out(`generation (${r.generation.recipe}, greedy): ${r.generation.prompt}${generated}`);
-      if (o.model === undefined)
-        out('(the synthetic model has random weights: its text is not meant to read well)');
-      out(r.gpu.message);
-      out(`done in ${r.seconds.toFixed(1)} s`);
-    });
+    .action(
+      (o: {
+        model?: string;
+        text?: string;
+        calibTokens?: number;
+        evalTokens?: number;
+        tokenizer?: string;
+        json?: boolean;
+      }) => {
+        const bar = progress(io, !o.json);
+        const log = (s: string) => {
+          if (!o.json) {
+            bar.stop();
+            io.stderr(`${s}\n`);
+          }
+        };
+        let generated = '';
+        const r = runDemo({
+          ...(o.model !== undefined ? { model: o.model } : {}),
+          ...(o.text !== undefined ? { text: o.text } : {}),
+          ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}),
+          ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
+          ...(o.evalTokens !== undefined ? { evalTokens: o.evalTokens } : {}),
+          onStep: (s) => log(`${s} ...`),
+          onProgress: (label, d, t) => bar.update(label, d, t),
+          onText: (t) => {
+            generated += t;
+          },
+        });
+        bar.stop();
+        if (o.json) return json(r);
+        const mm = r.model;
+        out();
+        out(
+          `model: ${mm.name}: ${mm.numLayers} layers, hidden ${mm.hiddenSize}, intermediate ${mm.intermediateSize}, vocab ${mm.vocabSize}`,
+        );
+        out(
+          `calibration ${r.calibTokens} tokens; comparison with the float model on ${r.evalTokens} held-out tokens`,
+        );
+        out();
+        out(formatDemoTable(r));
+        out();
+        out('FPTQ per-layer plan (range = max |x| of the layer input over calibration):');
+        out(r.planTable);
+        out();
+        out(`generation (${r.generation.recipe}, greedy): ${r.generation.prompt}${generated}`);
+        if (o.model === undefined)
+          out('(the synthetic model has random weights: its text is not meant to read well)');
+        out(r.gpu.message);
+        out(`done in ${r.seconds.toFixed(1)} s`);
+      },
+    );
 
   const k = kernels as unknown as Record<string, unknown>;
   const c = comm as unknown as Record<string, unknown>;
