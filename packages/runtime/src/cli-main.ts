@@ -360,7 +360,7 @@ Examples:
             );
           text = m.tokenizer.applyChatTemplate([{ role: 'user', content: o.prompt }]);
         }
-        const promptIds = [m.tokenizer.bosId, ...m.tokenizer.encode(text)];
+        const promptIds = m.tokenizer.encodePrompt(text, { chat: Boolean(o.chat) });
         if (promptIds.length > m.config.maxSeqLen)
           throw new QError(
             'E_ARG',

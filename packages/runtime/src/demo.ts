@@ -198,7 +198,7 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
   }
   step(`generating with the ${genRecipe} model`);
   const prompt = options.model === undefined ? 'The little' : 'Once upon a time';
-  const promptIds = [loaded.tokenizer.bosId, ...loaded.tokenizer.encode(prompt)];
+  const promptIds = loaded.tokenizer.encodePrompt(prompt);
   const dec = loaded.tokenizer.streamDecoder();
   for (const id of promptIds) dec.push(id);
   let text = '';

@@ -6,7 +6,7 @@
  * ```ts
  * import { loadModel, generate } from '@q/runtime';
  * const { model, tokenizer } = loadModel('stories260K/stories260K.bin');
- * const ids = generate(model, [tokenizer.bosId, ...tokenizer.encode('Once upon a time')], { maxTokens: 40 });
+ * const ids = generate(model, tokenizer.encodePrompt('Once upon a time'), { maxTokens: 40 });
  * console.log(tokenizer.decode(ids));
  * ```
  */

@@ -77,6 +77,29 @@ describe('Hugging Face directories', () => {
     expect(diff).toBeLessThan(1e-4 * scale + 1e-5);
   });
 
+  it('prompts get the special tokens of the tokenizer (BOS from its post-processor), chat prompts none', () => {
+    const config = smallConfig();
+    const dir = path.join(tmp, 'with-bos');
+    const tokenizer = {
+      ...bpeTokenizerJson(),
+      post_processor: {
+        type: 'TemplateProcessing',
+        single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+        pair: [
+          { SpecialToken: { id: '<s>', type_id: 0 } },
+          { Sequence: { id: 'A', type_id: 0 } },
+          { Sequence: { id: 'B', type_id: 1 } },
+        ],
+        special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
+      },
+    };
+    writeHfModel(dir, { config, weights: randomWeights(config, 3), tokenizer });
+    const m = loadModel(dir);
+    expect(m.tokenizer.encode('the cat')).toEqual([30, 32]);
+    expect(m.tokenizer.encodePrompt('the cat')).toEqual([1, 30, 32]);
+    expect(m.tokenizer.encodePrompt('the cat', { chat: true })).toEqual([30, 32]);
+  });
+
   it('qwen2: attention bias, tied embeddings, bf16 weights, WordLevel tokenizer', () => {
     const config = smallConfig({
       architecture: 'qwen2',

@@ -65,7 +65,7 @@ export function loadLlama2c(file: string, options: LoadOptions = {}): LoadedMode
  * @example
  * ```ts
  * const { model, tokenizer } = loadModel('models/stories260K/stories260K.bin');
- * const ids = generate(model, [tokenizer.bosId, ...tokenizer.encode('Once')], { maxTokens: 20 });
+ * const ids = generate(model, tokenizer.encodePrompt('Once'), { maxTokens: 20 });
  * console.log(tokenizer.decode(ids));
  * ```
  */

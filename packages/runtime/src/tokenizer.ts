@@ -21,6 +21,12 @@ export interface TextTokenizer {
   readonly eosIds: readonly number[];
   /** The tokenizer's ordinary encoding, without BOS or EOS (llama2.c: with run.c's dummy-prefix space). */
   encode(text: string): number[];
+  /**
+   * The ids generation starts from: llama2.c: BOS + encode(text); Hugging Face: the tokenizer's own special
+   * tokens (its post-processor adds BOS where the model expects one), none for text rendered by the chat
+   * template, which already holds them.
+   */
+  encodePrompt(text: string, options?: { readonly chat?: boolean }): number[];
   decode(ids: readonly number[]): string;
   /** Incremental decoding for streamed output: push(id) returns the newly completed text. */
   streamDecoder(): { push(id: number): string; flush(): string };
@@ -64,6 +70,7 @@ export function wrapLlama2cTokenizer(t: Llama2cTokenizer, files: readonly string
     bosId: t.bosId,
     eosIds: [t.eosId],
     encode: (text) => t.encode(text, { bos: false, eos: false }),
+    encodePrompt: (text) => t.encode(text, { bos: true, eos: false }),
     decode: (ids) => t.decode(ids),
     streamDecoder: () => t.streamDecoder(),
     files,
@@ -192,6 +199,7 @@ export function loadHfTokenizer(
     bosId: ids.bosId,
     eosIds: ids.eosIds,
     encode: (text) => tok.encode(text, { add_special_tokens: false }).ids,
+    encodePrompt: (text, options = {}) => tok.encode(text, { add_special_tokens: !options.chat }).ids,
     decode,
     streamDecoder: () => {
       const all: number[] = [];
