@@ -30,6 +30,7 @@ rm -rf .device/dist .device/native
 for p in packages/*/; do
   n=$(basename "$p")
   [ -d "$p/dist" ] && mkdir -p .device/dist && cp -r "$p/dist" ".device/dist/$n"
-  [ -d "$p/build" ] && mkdir -p .device/native && cp -r "$p/build" ".device/native/$n"
+  # Only the built .node files travel (object files would eat the transfer budget).
+  if ls "$p"/build/*.node >/dev/null 2>&1; then mkdir -p ".device/native/$n" && cp "$p"/build/*.node ".device/native/$n/"; fi
 done
 du -sh .device

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Runs benchGemm from the built package: node packages/kernels-cuda/bench/gemm.mjs [--json out.json]
-//   [--quick] [--ms 1,16,4096] [--shapes 0,1] [--group-size 128] [--variant N]
+//   [--quick] [--ms 1,16,4096] [--shapes 0,1] [--group-size 128] [--variant N] [--stream]
 import { BENCH_SHAPES, benchGemm, gpuStatus } from '@q/kernels-cuda';
 
 const args = process.argv.slice(2);
@@ -24,4 +24,5 @@ benchGemm({
   ...(opt('--group-size') ? { groupSize: Number(opt('--group-size')) } : {}),
   ...(opt('--variant') ? { variant: Number(opt('--variant')) } : {}),
   ...(opt('--trials') ? { trials: Number(opt('--trials')) } : {}),
+  ...(args.includes('--stream') ? { timing: 'stream' } : {}),
 });

@@ -9,7 +9,7 @@ import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { f32ToBf16Bits, QError } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
-import { DeviceTensor, deviceProperties, Event, Stream, synchronize } from './device';
+import { DeviceTensor, deviceProperties, Event, Graph, Stream, synchronize } from './device';
 import { DeviceGemmWeights, gemmHalf, gemmW4A8 } from './ops';
 
 /** One layer shape: the GEMM is [M, K] × [K, N]. */
@@ -51,6 +51,12 @@ export interface BenchGemmOptions {
   print?: boolean;
   /** Forces a W4A8 kernel variant (see gemmW4A8). */
   variant?: number;
+  /**
+   * 'graph' (default): each batch of launches is captured once into a CUDA graph and replayed, as a decode
+   * loop would run; 'stream': plain back-to-back launches (CPU launch cost included). Both sides of every
+   * comparison are timed the same way.
+   */
+  timing?: 'graph' | 'stream';
 }
 
 /** One measured point. */
@@ -77,6 +83,7 @@ export interface BenchGemmResult {
   computeCapability: string;
   date: string;
   groupSize: number;
+  timing: 'graph' | 'stream';
   rows: BenchGemmRow[];
   summary: {
     decodeMinSpeedup: Record<GemmScaleMode, number>;
@@ -113,9 +120,16 @@ function fillDevice(t: DeviceTensor, source: DeviceTensor): void {
 }
 
 /** Times `launch(i)` (i rotates the inputs) and returns the median µs per launch. */
-function timeIt(launch: (i: number) => void, stream: Stream, trials: number, batchMs: number): number {
+function timeIt(
+  launch: (i: number) => void,
+  stream: Stream,
+  trials: number,
+  batchMs: number,
+  timing: 'graph' | 'stream',
+): number {
   const a = Event.create(stream.device);
   const b = Event.create(stream.device);
+  let graph: Graph | undefined;
   try {
     launch(0);
     a.record(stream);
@@ -123,18 +137,32 @@ function timeIt(launch: (i: number) => void, stream: Stream, trials: number, bat
     b.record(stream);
     b.synchronize();
     const est = Math.max(Event.elapsedMs(a, b) / 3, 1e-3);
-    const reps = Math.max(1, Math.min(500, Math.round(batchMs / est)));
+    const reps = Math.max(1, Math.min(timing === 'graph' ? 200 : 500, Math.round(batchMs / est)));
+    let run: () => void;
+    if (timing === 'graph') {
+      graph = Graph.capture(stream, () => {
+        for (let r = 0; r < reps; r++) launch(r);
+      });
+      const g = graph;
+      run = () => g.launch(stream);
+      run(); // warm the graph
+    } else {
+      let i = 0;
+      run = () => {
+        for (let r = 0; r < reps; r++) launch(i++);
+      };
+    }
     const samples: number[] = [];
-    let i = 0;
     for (let t = 0; t < trials; t++) {
       a.record(stream);
-      for (let r = 0; r < reps; r++) launch(i++);
+      run();
       b.record(stream);
       b.synchronize();
       samples.push((Event.elapsedMs(a, b) * 1000) / reps);
     }
     return median(samples);
   } finally {
+    graph?.dispose();
     a.dispose();
     b.dispose();
   }
@@ -174,6 +202,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   const trials = options.trials ?? 7;
   const batchMs = options.batchMs ?? 10;
   const print = options.print ?? true;
+  const timing = options.timing ?? 'graph';
   const l2 = props.l2CacheSize;
   const stream = Stream.create(device);
   const rows: BenchGemmRow[] = [];
@@ -191,7 +220,9 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   bf16Source.upload(randomBf16(1 << 23));
   synchronize(device);
   if (print) {
-    console.log(`GEMM benchmark on ${props.name} (sm_${props.major}${props.minor}), group size ${groupSize}, median µs`);
+    console.log(
+      `GEMM benchmark on ${props.name} (sm_${props.major}${props.minor}), group size ${groupSize}, median µs per GEMM (${timing === 'graph' ? 'CUDA-graph replay' : 'stream launches'})`,
+    );
     console.log(
       ['shape', 'M', 'cuBLAS bf16', 'per-channel', 'group-float', 'group-int', 'x per-ch', 'x g-float', 'x g-int', 'TB/s g-int', 'TOPS g-int'].join(' | '),
     );
@@ -261,6 +292,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
             stream,
             trials,
             batchMs,
+            timing,
           );
           const w4 = {} as Record<GemmScaleMode, number>;
           for (const mode of MODES) {
@@ -280,6 +312,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
               stream,
               trials,
               batchMs,
+              timing,
             );
           }
           const ops = 2 * m * s.n * s.k;
@@ -342,6 +375,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
     computeCapability: `${props.major}.${props.minor}`,
     date: new Date().toISOString(),
     groupSize,
+    timing,
     rows,
     summary: {
       decodeMinSpeedup: rec((r) => r.m <= 16),

@@ -105,6 +105,10 @@ export interface NativeBinding {
   eventSynchronize(event: bigint): void;
   eventElapsedTime(start: bigint, end: bigint): number;
   l2Flush(scratch: bigint, bytes: bigint, value: number, stream: bigint): void;
+  streamBeginCapture(stream: bigint): void;
+  streamEndCapture(stream: bigint): bigint;
+  graphLaunch(graph: bigint, stream: bigint): void;
+  graphDestroy(graph: bigint): void;
   cublasInfo(): { path: string; version: number };
   cublasGemm(args: NativeCublasGemmArgs): void;
   actQuant(args: NativeActQuantArgs): void;

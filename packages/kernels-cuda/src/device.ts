@@ -187,6 +187,63 @@ function streamHandle(stream: Stream | undefined): bigint {
   return stream === undefined ? 0n : stream.handle;
 }
 
+/**
+ * A captured sequence of launches on one stream, replayed as a CUDA graph (no CPU launch cost per kernel).
+ */
+export class Graph {
+  readonly device: number;
+  #handle: bigint | undefined;
+
+  private constructor(device: number, handle: bigint) {
+    this.device = device;
+    this.#handle = handle;
+  }
+
+  /**
+   * Records everything `body` launches on `stream` (a stream from `Stream.create`, not the default one).
+   *
+   * @example
+   * ```ts
+   * const g = Graph.capture(stream, () => gemmW4A8({ ...args, stream }));
+   * g.launch(stream); stream.synchronize(); g.dispose();
+   * ```
+   */
+  static capture(stream: Stream, body: () => void): Graph {
+    const h = stream.handle;
+    if (h === 0n) throw new QError('E_ARG', 'Expected a created stream for Graph.capture but received the default stream');
+    useDevice(stream.device);
+    callNative('cudaStreamBeginCapture', (b) => b.streamBeginCapture(h));
+    try {
+      body();
+    } catch (e) {
+      try {
+        loadNative().streamEndCapture(h);
+      } catch {
+        // The capture is already invalid; the original error is what matters.
+      }
+      throw e;
+    }
+    return new Graph(stream.device, callNative('cudaStreamEndCapture', (b) => b.streamEndCapture(h)));
+  }
+
+  launch(stream: Stream): void {
+    const g = this.#handle;
+    if (g === undefined) throw disposedError('graph');
+    callNative('cudaGraphLaunch', (b) => b.graphLaunch(g, stream.handle));
+  }
+
+  dispose(): void {
+    const g = this.#handle;
+    if (g === undefined) return;
+    this.#handle = undefined;
+    callNative('cudaGraphExecDestroy', (b) => b.graphDestroy(g));
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
 /** A CUDA event, for ordering and for timing (`Event.elapsedMs(start, end)`). */
 export class Event {
   readonly device: number;

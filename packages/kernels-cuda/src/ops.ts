@@ -150,7 +150,10 @@ export function rmsNormQuantize(o: RmsNormQuantizeOptions): void {
   actQuant('rmsNormQuantize', o, o.gain, o.eps ?? 1e-5);
 }
 
-/** W4A8 weights on the device, from `uploadGemmWeights`. */
+/**
+ * W4A8 weights on the device, from `uploadGemmWeights`: the packed int4 tiles, and the group scales (and
+ * Integer Scale factors) in the tiled order of `tileScales`.
+ */
 export class DeviceGemmWeights {
   readonly n: number;
   readonly k: number;
@@ -200,6 +203,20 @@ export class DeviceGemmWeights {
 }
 
 /**
+ * Group scales [n, groups] → the kernels' tiled order [n/16][groups][16], so that the 16 rows of a weight tile
+ * read one group's scales from 64 contiguous bytes (row-major [n, groups] would touch 16 sectors).
+ */
+export function tileScales<T extends Float32Array | Int32Array>(src: T, n: number, groups: number): T {
+  if (groups === 1) return src;
+  const out = new (src.constructor as new (len: number) => T)(src.length);
+  for (let r = 0; r < n; r++) {
+    const base = (r >> 4) * groups * 16 + (r & 15);
+    for (let gI = 0; gI < groups; gI++) out[base + gI * 16] = src[r * groups + gI] as number;
+  }
+  return out;
+}
+
+/**
  * Copies packed weights (from `packForGemm`) to a device.
  *
  * @example
@@ -213,12 +230,12 @@ export function uploadGemmWeights(p: PackedGemmWeights, options: { device?: numb
   try {
     const packed = DeviceTensor.fromHost('u8', [p.packed.length], p.packed, { device });
     made.push(packed);
-    const scales = DeviceTensor.fromHost('f32', [p.n, p.groups], p.scales, { device });
+    const scales = DeviceTensor.fromHost('f32', [p.n, p.groups], tileScales(p.scales, p.n, p.groups), { device });
     made.push(scales);
     let intQ: DeviceTensor<'i32'> | undefined;
     let unit: DeviceTensor<'f32'> | undefined;
     if (p.intScale) {
-      intQ = DeviceTensor.fromHost('i32', [p.n, p.groups], p.intScale.q, { device });
+      intQ = DeviceTensor.fromHost('i32', [p.n, p.groups], tileScales(p.intScale.q, p.n, p.groups), { device });
       made.push(intQ);
       unit = DeviceTensor.fromHost('f32', [p.n], p.intScale.unit, { device });
       made.push(unit);

@@ -11,8 +11,8 @@ struct W4A8Args {
   const float* aScale;    // f32 [M] (aScaleStride 1) or [1] (aScaleStride 0)
   int aScaleStride;
   const void* w;          // packed weights, see w4a8_mma.cu (16-byte aligned)
-  const float* wScale;    // f32 [N, G]: per-channel scales (G = 1) or group scales
-  const int32_t* qScale;  // i32 [N, G] Integer Scale factors (group-int only)
+  const float* wScale;    // f32 per-channel scales [N] (G = 1) or group scales tiled [N/16][G][16]
+  const int32_t* qScale;  // i32 Integer Scale factors tiled [N/16][G][16] (group-int only)
   const float* unit;      // f32 [N] Integer Scale unit (group-int only)
   const float* bias;      // f32 [N] or null
   const void* residual;   // [M, N] in the output dtype, or null

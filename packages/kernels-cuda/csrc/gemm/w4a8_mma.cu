@@ -17,6 +17,9 @@
 // with are the 16 contiguous bytes a[m, k0+16t … +15] (one 16-byte load per token tile). The k order inside
 // an mma step is permuted the same way on both operands, which leaves the dot product unchanged.
 //
+// Group scales (f32 or Integer Scale i32) are stored tiled like the weights, [N/16][G][16] (uploadGemmWeights
+// reorders them), so the 16 rows of a tile read one group's scales from 64 contiguous bytes.
+//
 // Constraints: N % 16 == 0; K % 16 == 0 (K is the zero-padded kPadded); lda % 16 == 0; group modes need
 // groupSize % 64 == 0. Pointers 16-byte aligned.
 //
@@ -102,7 +105,9 @@ __device__ __forceinline__ void storeOut(const W4A8Args& p, int m, int n, float 
   }
 }
 
-template <int MT, int MODE, int U>
+// TPG: 64-wide k tiles per group when known at compile time (groupSize 64 → 1, 128 → 2, 256 → 4), so that the
+// group bookkeeping of the unrolled loop folds into constants; 0 reads it at run time.
+template <int MT, int MODE, int U, int TPG>
 __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
   typedef typename Acc<MODE>::T AccT;
   __shared__ AccT red[kWarps][MT * 4][32];
@@ -122,7 +127,10 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
   const uint4* wt = static_cast<const uint4*>(p.w) + static_cast<size_t>(blockIdx.x) * p.kTiles * 32 + lane;
 
   // Units distributed round-robin over warps: k tiles (per-channel) or whole groups.
-  const int tpg = MODE == Q_MODE_PER_CHANNEL ? 1 : p.groupSize / 64;
+  const int tpg = MODE == Q_MODE_PER_CHANNEL ? 1 : (TPG > 0 ? TPG : p.groupSize / 64);
+  // With a compile-time TPG dividing U, every unrolled step starts on a group boundary.
+  constexpr bool kStatic = MODE == Q_MODE_PER_CHANNEL || (TPG > 0 && U % TPG == 0);
+  constexpr int kTpg = MODE == Q_MODE_PER_CHANNEL ? 1 : (TPG > 0 ? TPG : 1);
   const int nUnits = MODE == Q_MODE_PER_CHANNEL ? p.kTiles : p.G;
   const int myUnits = warp < nUnits ? (nUnits - warp + kWarps - 1) / kWarps : 0;
   const int myTiles = myUnits * tpg;
@@ -147,8 +155,8 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u;
       if (i < myTiles) {
-        const int unit = warp + (i / tpg) * kWarps;
-        const int kt = unit * tpg + i % tpg;
+        const int unit = kStatic ? warp + (i0 / kTpg + u / kTpg) * kWarps : warp + (i / tpg) * kWarps;
+        const int kt = kStatic ? unit * kTpg + u % kTpg : unit * tpg + i % tpg;
         wv[u] = ldgStream(wt + static_cast<size_t>(kt) * 32);
         const int k = kt * 64;
 #pragma unroll
@@ -157,8 +165,9 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
         if (MODE != Q_MODE_PER_CHANNEL) {
           const uint32_t* src = MODE == Q_MODE_GROUP_FLOAT ? reinterpret_cast<const uint32_t*>(p.wScale)
                                                            : reinterpret_cast<const uint32_t*>(p.qScale);
-          sc0[u] = __ldg(src + static_cast<size_t>(n0 + g) * p.G + unit);
-          sc1[u] = __ldg(src + static_cast<size_t>(n0 + g + 8) * p.G + unit);
+          const size_t base = (static_cast<size_t>(blockIdx.x) * p.G + unit) * 16 + g;
+          sc0[u] = __ldg(src + base);
+          sc1[u] = __ldg(src + base + 8);
         }
       }
     }
@@ -167,7 +176,7 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
       const int i = i0 + u;
       if (i < myTiles) {
         tileMma<MT>(c, wv[u], av[u]);
-        if (MODE != Q_MODE_PER_CHANNEL && i % tpg == tpg - 1) {
+        if (MODE != Q_MODE_PER_CHANNEL && (kStatic ? u % kTpg == kTpg - 1 : i % tpg == tpg - 1)) {
           if (MODE == Q_MODE_GROUP_FLOAT) {
             const float s0 = __uint_as_float(sc0[u]), s1 = __uint_as_float(sc1[u]);
 #pragma unroll
@@ -224,25 +233,42 @@ __global__ void __launch_bounds__(kWarps * 32) w4a8MmaKernel(const W4A8Args p) {
   }
 }
 
-template <int MT, int MODE>
+template <int MT, int MODE, int TPG>
 cudaError_t launchMma(const W4A8Args& a) {
-  constexpr int U = MT == 1 ? 8 : (MT == 2 ? 4 : (MT == 4 ? 2 : 1));
+  constexpr int U0 = MT == 1 ? 8 : (MT == 2 ? 4 : (MT == 4 ? 2 : 1));
+  constexpr int U = TPG > U0 ? TPG : U0;
   dim3 grid(a.N / 16, (a.M + 8 * MT - 1) / (8 * MT));
-  w4a8MmaKernel<MT, MODE, U><<<grid, kWarps * 32, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
+  w4a8MmaKernel<MT, MODE, U, TPG><<<grid, kWarps * 32, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
   return cudaGetLastError();
+}
+
+template <int MT, int MODE>
+cudaError_t launchMmaG(const W4A8Args& a) {
+  if constexpr (MODE == Q_MODE_PER_CHANNEL) {
+    return launchMma<MT, MODE, 1>(a);
+  } else {
+    switch (a.groupSize) {
+      case 64:
+        return launchMma<MT, MODE, 1>(a);
+      case 128:
+        return launchMma<MT, MODE, 2>(a);
+      default:
+        return launchMma<MT, MODE, 0>(a);
+    }
+  }
 }
 
 template <int MODE>
 cudaError_t dispatchM(const W4A8Args& a, int mt) {
   switch (mt) {
     case 1:
-      return launchMma<1, MODE>(a);
+      return launchMmaG<1, MODE>(a);
     case 2:
-      return launchMma<2, MODE>(a);
+      return launchMmaG<2, MODE>(a);
     case 4:
-      return launchMma<4, MODE>(a);
+      return launchMmaG<4, MODE>(a);
     default:
-      return launchMma<8, MODE>(a);
+      return launchMmaG<8, MODE>(a);
   }
 }
 

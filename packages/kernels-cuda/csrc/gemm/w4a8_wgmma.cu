@@ -31,7 +31,7 @@
 
 namespace {
 
-constexpr int kStages = 5;
+constexpr int kStages = 4;  // 96 KB: two per-channel blocks fit on one SM
 constexpr int kBlockRows = 128;    // weight rows per block (2 warpgroups × 64)
 constexpr int kBlockTokens = 128;  // tokens per block (wgmma N)
 constexpr int kActStage = kBlockTokens * 128;  // bytes of activations per stage (k = 128)
@@ -82,7 +82,9 @@ __device__ __forceinline__ void storeOutW(const W4A8Args& p, int m, int n, float
 }
 
 template <int MODE, bool SWAP>
-__global__ void __launch_bounds__(256, 1) w4a8WgmmaKernel(const W4A8Args p) {
+// Per-channel needs ~100 registers, so two blocks share an SM and hide each other's barrier and copy
+// stalls; the group modes keep a second accumulator set and run one block per SM.
+__global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8WgmmaKernel(const W4A8Args p) {
 #ifdef Q_HAS_WGMMA
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x;
@@ -178,8 +180,9 @@ __global__ void __launch_bounds__(256, 1) w4a8WgmmaKernel(const W4A8Args p) {
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         const int grp = kk / tpg;
         if (MODE == Q_MODE_GROUP_FLOAT) {
-          const float s0 = p.wScale[static_cast<size_t>(rowA) * p.G + grp];
-          const float s1 = p.wScale[static_cast<size_t>(rowA + 8) * p.G + grp];
+          const size_t sb = (static_cast<size_t>(rowA >> 4) * p.G + grp) * 16 + g;  // tiled [N/16][G][16]
+          const float s0 = p.wScale[sb];
+          const float s1 = p.wScale[sb + 8];
 #pragma unroll
           for (int i = 0; i < 64; i += 4) {
             acc[i] += static_cast<float>(d[i] >> 4) * s0;
@@ -188,8 +191,9 @@ __global__ void __launch_bounds__(256, 1) w4a8WgmmaKernel(const W4A8Args p) {
             acc[i + 3] += static_cast<float>(d[i + 3] >> 4) * s1;
           }
         } else {
-          const int q0 = p.qScale[static_cast<size_t>(rowA) * p.G + grp];
-          const int q1 = p.qScale[static_cast<size_t>(rowA + 8) * p.G + grp];
+          const size_t sb = (static_cast<size_t>(rowA >> 4) * p.G + grp) * 16 + g;  // tiled [N/16][G][16]
+          const int q0 = p.qScale[sb];
+          const int q1 = p.qScale[sb + 8];
 #pragma unroll
           for (int i = 0; i < 64; i += 4) {
             acc[i] += q0 * (d[i] >> 4);

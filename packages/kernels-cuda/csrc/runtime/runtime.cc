@@ -232,6 +232,39 @@ Napi::Value EventElapsed(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), ms);
 }
 
+// Graph capture of a stream's launches, so that benchmarks (and a runtime's decode step) replay many small
+// kernels without per-launch CPU overhead.
+Napi::Value StreamBeginCapture(const Napi::CallbackInfo& info) {
+  Check(info.Env(), cudaStreamBeginCapture(Stream(info[0]), cudaStreamCaptureModeThreadLocal),
+        "cudaStreamBeginCapture");
+  return info.Env().Undefined();
+}
+
+// streamEndCapture(stream) → executable graph handle.
+Napi::Value StreamEndCapture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cudaGraph_t graph = nullptr;
+  Check(env, cudaStreamEndCapture(Stream(info[0]), &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  Check(env, err, "cudaGraphInstantiate");
+  return Big(env, exec);
+}
+
+Napi::Value GraphLaunch(const Napi::CallbackInfo& info) {
+  Check(info.Env(),
+        cudaGraphLaunch(reinterpret_cast<cudaGraphExec_t>(Ptr(info[0], "graph")), Stream(info[1])),
+        "cudaGraphLaunch");
+  return info.Env().Undefined();
+}
+
+Napi::Value GraphDestroy(const Napi::CallbackInfo& info) {
+  Check(info.Env(), cudaGraphExecDestroy(reinterpret_cast<cudaGraphExec_t>(Ptr(info[0], "graph"))),
+        "cudaGraphExecDestroy");
+  return info.Env().Undefined();
+}
+
 Napi::Value L2Flush(const Napi::CallbackInfo& info) {
   // Overwrites a scratch buffer larger than L2 so that the next timed kernel starts with a cold cache.
   Check(info.Env(),
@@ -267,6 +300,10 @@ void RegisterRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("eventSynchronize", Napi::Function::New(env, EventSynchronize));
   exports.Set("eventElapsedTime", Napi::Function::New(env, EventElapsed));
   exports.Set("l2Flush", Napi::Function::New(env, L2Flush));
+  exports.Set("streamBeginCapture", Napi::Function::New(env, StreamBeginCapture));
+  exports.Set("streamEndCapture", Napi::Function::New(env, StreamEndCapture));
+  exports.Set("graphLaunch", Napi::Function::New(env, GraphLaunch));
+  exports.Set("graphDestroy", Napi::Function::New(env, GraphDestroy));
 }
 
 }  // namespace q
