@@ -13,7 +13,8 @@ if (!s.available) {
   console.log(`bench gemm skipped: ${s.reason}`);
   process.exit(0);
 }
-const ms = opt('--ms')?.split(',').map(Number) ?? (args.includes('--quick') ? [1, 16, 2048, 4096] : undefined);
+const ms =
+  opt('--ms')?.split(',').map(Number) ?? (args.includes('--quick') ? [1, 16, 2048, 4096] : undefined);
 const shapes = opt('--shapes')
   ?.split(',')
   .map((i) => BENCH_SHAPES[Number(i)]);

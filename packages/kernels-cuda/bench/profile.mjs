@@ -2,8 +2,7 @@
 // One shape, a few launches, for Nsight Compute:
 //   ncu --kernel-name regex:w4a8 --launch-skip 2 --launch-count 1 node packages/kernels-cuda/bench/profile.mjs \
 //     --m 4096 --k 4096 --n 4096 --mode per-channel [--variant 16]
-import { DeviceTensor, gemmW4A8, synchronize } from '@q/kernels-cuda';
-import { DeviceGemmWeights } from '@q/kernels-cuda';
+import { DeviceGemmWeights, DeviceTensor, gemmW4A8, synchronize } from '@q/kernels-cuda';
 
 const args = process.argv.slice(2);
 const opt = (n, d) => {
@@ -18,11 +17,26 @@ const variant = Number(opt('--variant', 0));
 const gs = mode === 'per-channel' ? k : 128;
 const groups = k / gs;
 const rnd = (len) => Uint8Array.from({ length: len }, () => (Math.random() * 256) | 0);
-const packed = DeviceTensor.fromHost('u8', [(n / 16) * Math.ceil(k / 64) * 512], rnd((n / 16) * Math.ceil(k / 64) * 512));
+const packed = DeviceTensor.fromHost(
+  'u8',
+  [(n / 16) * Math.ceil(k / 64) * 512],
+  rnd((n / 16) * Math.ceil(k / 64) * 512),
+);
 const scales = DeviceTensor.fromHost('f32', [n, groups], new Float32Array(n * groups).fill(0.01));
 const q = DeviceTensor.fromHost('i32', [n, groups], new Int32Array(n * groups).fill(700));
 const unit = DeviceTensor.fromHost('f32', [n], new Float32Array(n).fill(1e-5));
-const w = new DeviceGemmWeights({ n, k, kPadded: k, groupSize: gs, groups, device: 0, packed, scales, intQ: q, unit });
+const w = new DeviceGemmWeights({
+  n,
+  k,
+  kPadded: k,
+  groupSize: gs,
+  groups,
+  device: 0,
+  packed,
+  scales,
+  intQ: q,
+  unit,
+});
 const a = DeviceTensor.fromHost('i8', [m, k], rnd(m * k));
 const as = DeviceTensor.fromHost('f32', [m], new Float32Array(m).fill(0.02));
 const out = DeviceTensor.alloc('bf16', [m, n]);

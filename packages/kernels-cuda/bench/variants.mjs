@@ -32,7 +32,12 @@ for (const gs of ['channel', 128, 64]) {
   const wf = new Float32Array(n * k).map(() => rand() - 0.5);
   const w0 = quantizeInt4(wf, n, k, { groupSize: gs });
   const w = gs === 'channel' ? w0 : withIntegerScale(w0);
-  const act = quantizeActPerToken(new Float32Array(m * k).map(() => (rand() - 0.5) * 8), m, k, { kPadded: w.kPadded });
+  const act = quantizeActPerToken(
+    new Float32Array(m * k).map(() => (rand() - 0.5) * 8),
+    m,
+    k,
+    { kPadded: w.kPadded },
+  );
   const dw = uploadGemmWeights(packForGemm(w));
   const a = DeviceTensor.fromHost('i8', [m, w.kPadded], act.q);
   const sc = DeviceTensor.fromHost('f32', [m], act.scales);
@@ -52,7 +57,9 @@ for (const gs of ['channel', 128, 64]) {
       let bad = 0;
       for (let i = 0; i < want.length; i++) if (got[i] !== want[i]) bad++;
       check[`${mode}/g${gs}/v${variant}`] = bad;
-      console.log(`check ${mode} groupSize=${gs} variant=${variant}: ${bad === 0 ? 'exact' : `${bad} of ${want.length} differ`}`);
+      console.log(
+        `check ${mode} groupSize=${gs} variant=${variant}: ${bad === 0 ? 'exact' : `${bad} of ${want.length} differ`}`,
+      );
     }
   }
   for (const t of [a, sc, out]) t.dispose();
@@ -63,7 +70,12 @@ const only = args.includes('--no-time') ? [] : [1, 2, 16];
 for (const variant of only) {
   const ms = variant === 16 ? [16, 128, 2048, 4096] : [1, 16, 32, 64];
   console.log(`--- variant ${variant}`);
-  timings[variant] = benchGemm({ variant, ms, shapes: [BENCH_SHAPES[1], BENCH_SHAPES[2], BENCH_SHAPES[6]], trials: 5 }).rows;
+  timings[variant] = benchGemm({
+    variant,
+    ms,
+    shapes: [BENCH_SHAPES[1], BENCH_SHAPES[2], BENCH_SHAPES[6]],
+    trials: 5,
+  }).rows;
 }
 const i = args.indexOf('--json');
 if (i >= 0) writeFileSync(args[i + 1], JSON.stringify({ gpu: s.devices[0]?.name, check, timings }, null, 2));

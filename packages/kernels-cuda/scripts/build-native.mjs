@@ -26,9 +26,10 @@ function skip(reason) {
 if (!existsSync(join(csrc, 'addon.cc'))) skip('no csrc/addon.cc');
 const nvcc = process.env.NVCC ?? 'nvcc';
 const probe = spawnSync(nvcc, ['--version'], { encoding: 'utf8' });
-if (probe.error || probe.status !== 0) skip(`nvcc not found (${nvcc}); install the CUDA toolkit to build the addon`);
-const nodeInclude = [join(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node'].find((d) =>
-  existsSync(join(d, 'node_api.h')),
+if (probe.error || probe.status !== 0)
+  skip(`nvcc not found (${nvcc}); install the CUDA toolkit to build the addon`);
+const nodeInclude = [join(dirname(process.execPath), '..', 'include', 'node'), '/usr/include/node'].find(
+  (d) => existsSync(join(d, 'node_api.h')),
 );
 if (!nodeInclude) skip('Node headers (node_api.h) not found next to node or in /usr/include/node');
 let napiInclude;
@@ -38,7 +39,9 @@ try {
   napiInclude = join(pkgDir, 'node_modules', 'node-addon-api');
 }
 if (!existsSync(join(napiInclude, 'napi.h'))) skip('node-addon-api headers not found');
-const nvccBin = dirname(probe.stdout ? (spawnSync('which', [nvcc], { encoding: 'utf8' }).stdout.trim() || nvcc) : nvcc);
+const nvccBin = dirname(
+  probe.stdout ? spawnSync('which', [nvcc], { encoding: 'utf8' }).stdout.trim() || nvcc : nvcc,
+);
 const cudaInclude = [
   process.env.CUDA_HOME && join(process.env.CUDA_HOME, 'include'),
   join(nvccBin, '..', 'include'),
@@ -66,7 +69,19 @@ const jobs = sources.map((src) => {
       src,
       obj,
       cmd: nvcc,
-      args: [...common, ...gencode, '-Xcompiler', '-fPIC', '-Xptxas', '-v', '-lineinfo', '-c', src, '-o', obj],
+      args: [
+        ...common,
+        ...gencode,
+        '-Xcompiler',
+        '-fPIC',
+        '-Xptxas',
+        '-v',
+        '-lineinfo',
+        '-c',
+        src,
+        '-o',
+        obj,
+      ],
     };
   }
   return {
@@ -133,7 +148,18 @@ if (results.some((r) => r.code !== 0)) {
 const tmp = join(outDir, `${name}.tmp`);
 const link = await run(
   nvcc,
-  ['-shared', '-cudart', 'static', ...gencode, '-o', tmp, ...jobs.map((j) => j.obj), '-ldl', '-lpthread', '-lrt'],
+  [
+    '-shared',
+    '-cudart',
+    'static',
+    ...gencode,
+    '-o',
+    tmp,
+    ...jobs.map((j) => j.obj),
+    '-ldl',
+    '-lpthread',
+    '-lrt',
+  ],
   'link',
 );
 if (link.code !== 0) {
@@ -142,4 +168,6 @@ if (link.code !== 0) {
   process.exit(1);
 }
 renameSync(tmp, join(outDir, name));
-console.log(`build:native: built build/${name} for sm_${archs.join(', sm_')} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+console.log(
+  `build:native: built build/${name} for sm_${archs.join(', sm_')} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
+);

@@ -207,7 +207,10 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   const stream = Stream.create(device);
   const rows: BenchGemmRow[] = [];
   const owned: { dispose(): void }[] = [];
-  const alloc = <D extends 'u8' | 'f32' | 'i32' | 'i8' | 'bf16'>(dtype: D, shape: number[]): DeviceTensor<D> => {
+  const alloc = <D extends 'u8' | 'f32' | 'i32' | 'i8' | 'bf16'>(
+    dtype: D,
+    shape: number[],
+  ): DeviceTensor<D> => {
     const t = DeviceTensor.alloc(dtype, shape, { device });
     owned.push(t);
     return t;
@@ -224,7 +227,19 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
       `GEMM benchmark on ${props.name} (sm_${props.major}${props.minor}), group size ${groupSize}, median µs per GEMM (${timing === 'graph' ? 'CUDA-graph replay' : 'stream launches'})`,
     );
     console.log(
-      ['shape', 'M', 'cuBLAS bf16', 'per-channel', 'group-float', 'group-int', 'x per-ch', 'x g-float', 'x g-int', 'TB/s g-int', 'TOPS g-int'].join(' | '),
+      [
+        'shape',
+        'M',
+        'cuBLAS bf16',
+        'per-channel',
+        'group-float',
+        'group-int',
+        'x per-ch',
+        'x g-float',
+        'x g-int',
+        'TB/s g-int',
+        'TOPS g-int',
+      ].join(' | '),
     );
   }
   try {
@@ -298,7 +313,10 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
           for (const mode of MODES) {
             w4[mode] = timeIt(
               (i) => {
-                const ws = weightSets[i % weightSets.length] as { pc: DeviceGemmWeights; grp: DeviceGemmWeights };
+                const ws = weightSets[i % weightSets.length] as {
+                  pc: DeviceGemmWeights;
+                  grp: DeviceGemmWeights;
+                };
                 gemmW4A8({
                   a: qacts[i % qacts.length] as DeviceTensor,
                   aScale,
@@ -317,7 +335,11 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
           }
           const ops = 2 * m * s.n * s.k;
           const bytes = (mode: GemmScaleMode): number =>
-            (s.n * s.k) / 2 + m * s.k + m * s.n * 2 + m * 4 + (mode === 'per-channel' ? s.n * 4 : s.n * groups * 4);
+            (s.n * s.k) / 2 +
+            m * s.k +
+            m * s.n * 2 +
+            m * 4 +
+            (mode === 'per-channel' ? s.n * 4 : s.n * groups * 4);
           const rec = <T>(f: (mode: GemmScaleMode) => T): Record<GemmScaleMode, T> =>
             Object.fromEntries(MODES.map((mo) => [mo, f(mo)])) as Record<GemmScaleMode, T>;
           const row: BenchGemmRow = {
@@ -398,7 +420,10 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
     try {
       writeAtomic(options.json, `${JSON.stringify(result, null, 2)}\n`);
     } catch (e) {
-      throw new QError('E_IO', `benchGemm: could not write ${options.json}: ${e instanceof Error ? e.message : String(e)}`);
+      throw new QError(
+        'E_IO',
+        `benchGemm: could not write ${options.json}: ${e instanceof Error ? e.message : String(e)}`,
+      );
     }
   }
   return result;

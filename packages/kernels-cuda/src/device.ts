@@ -5,9 +5,9 @@
  */
 import {
   allocStorage,
-  byteLength as dtypeByteLength,
   type DType,
   describeValue,
+  byteLength as dtypeByteLength,
   numel,
   QError,
   type Shape,
@@ -52,12 +52,18 @@ export function deviceCount(): number {
 /** Throws E_NO_DEVICE unless `device` names an existing device; returns it. */
 export function checkDevice(device: number, what = 'device'): number {
   if (!Number.isInteger(device) || device < 0) {
-    throw new QError('E_NO_DEVICE', `Expected a device index (a non-negative integer) for ${what} but received ${describeValue(device)}`);
+    throw new QError(
+      'E_NO_DEVICE',
+      `Expected a device index (a non-negative integer) for ${what} but received ${describeValue(device)}`,
+    );
   }
   const b = loadNative();
   const c = b.deviceCount();
   if (c.error !== undefined) {
-    throw new QError('E_NO_DEVICE', `Expected a usable CUDA driver for ${what} ${device} but the driver reported ${c.error}`);
+    throw new QError(
+      'E_NO_DEVICE',
+      `Expected a usable CUDA driver for ${what} ${device} but the driver reported ${c.error}`,
+    );
   }
   if (device >= c.count) {
     throw new QError(
@@ -148,7 +154,11 @@ export class Stream {
    */
   static create(device = 0): Stream {
     useDevice(device);
-    return new Stream(device, callNative('cudaStreamCreate', (b) => b.streamCreate()), true);
+    return new Stream(
+      device,
+      callNative('cudaStreamCreate', (b) => b.streamCreate()),
+      true,
+    );
   }
 
   /** The default stream of `device` (never destroyed). */
@@ -210,7 +220,11 @@ export class Graph {
    */
   static capture(stream: Stream, body: () => void): Graph {
     const h = stream.handle;
-    if (h === 0n) throw new QError('E_ARG', 'Expected a created stream for Graph.capture but received the default stream');
+    if (h === 0n)
+      throw new QError(
+        'E_ARG',
+        'Expected a created stream for Graph.capture but received the default stream',
+      );
     useDevice(stream.device);
     callNative('cudaStreamBeginCapture', (b) => b.streamBeginCapture(h));
     try {
@@ -223,7 +237,10 @@ export class Graph {
       }
       throw e;
     }
-    return new Graph(stream.device, callNative('cudaStreamEndCapture', (b) => b.streamEndCapture(h)));
+    return new Graph(
+      stream.device,
+      callNative('cudaStreamEndCapture', (b) => b.streamEndCapture(h)),
+    );
   }
 
   launch(stream: Stream): void {
@@ -274,7 +291,10 @@ export class Event {
    */
   static create(device = 0): Event {
     useDevice(device);
-    return new Event(device, callNative('cudaEventCreate', (b) => b.eventCreate()));
+    return new Event(
+      device,
+      callNative('cudaEventCreate', (b) => b.eventCreate()),
+    );
   }
 
   get handle(): bigint {
@@ -334,7 +354,8 @@ export class PinnedBuffer {
    * ```
    */
   static alloc(bytes: number, device = 0): PinnedBuffer {
-    if (!Number.isInteger(bytes) || bytes < 0) throw new QError('E_ARG', `Expected a byte count for bytes but received ${describeValue(bytes)}`);
+    if (!Number.isInteger(bytes) || bytes < 0)
+      throw new QError('E_ARG', `Expected a byte count for bytes but received ${describeValue(bytes)}`);
     useDevice(device);
     return new PinnedBuffer(callNative('cudaHostAlloc', (b) => b.hostAlloc(BigInt(bytes))));
   }
@@ -408,7 +429,10 @@ export class DeviceTensor<D extends DType = DType> {
   static alloc<D extends DType>(dtype: D, shape: Shape, options: DeviceTensorOptions = {}): DeviceTensor<D> {
     for (const d of shape) {
       if (!Number.isInteger(d) || d < 0) {
-        throw new QError('E_SHAPE', `Expected non-negative integer dimensions for shape but received [${shape.join(', ')}]`);
+        throw new QError(
+          'E_SHAPE',
+          `Expected non-negative integer dimensions for shape but received [${shape.join(', ')}]`,
+        );
       }
     }
     const device = options.device ?? 0;
@@ -426,7 +450,12 @@ export class DeviceTensor<D extends DType = DType> {
    * const view = DeviceTensor.wrap(ptr, 'f16', [8, 4096], { device: 0 });
    * ```
    */
-  static wrap<D extends DType>(ptr: bigint, dtype: D, shape: Shape, options: DeviceTensorOptions = {}): DeviceTensor<D> {
+  static wrap<D extends DType>(
+    ptr: bigint,
+    dtype: D,
+    shape: Shape,
+    options: DeviceTensorOptions = {},
+  ): DeviceTensor<D> {
     return new DeviceTensor(dtype, shape, options.device ?? 0, ptr, false);
   }
 
@@ -456,7 +485,8 @@ export class DeviceTensor<D extends DType = DType> {
   }
 
   get ptr(): bigint {
-    if (this.#ptr === undefined) throw disposedError(`device tensor [${this.shape.join(', ')}] ${this.dtype}`);
+    if (this.#ptr === undefined)
+      throw disposedError(`device tensor [${this.shape.join(', ')}] ${this.dtype}`);
     return this.#ptr;
   }
 
@@ -514,7 +544,10 @@ export class DeviceTensor<D extends DType = DType> {
     const p = this.ptr;
     const s = src.ptr;
     if (src.byteLength !== this.byteLength) {
-      throw new QError('E_SHAPE', `Expected ${this.byteLength} bytes for copyFrom source but received ${src.byteLength}`);
+      throw new QError(
+        'E_SHAPE',
+        `Expected ${this.byteLength} bytes for copyFrom source but received ${src.byteLength}`,
+      );
     }
     useDevice(this.device);
     callNative('copyFrom', (b) => b.memcpyDtoD(p, s, BigInt(this.byteLength), streamHandle(stream)));

@@ -27,7 +27,10 @@ export function addonFileName(platform: string = process.platform, arch: string 
 }
 
 /** Name of the prebuilt platform package, e.g. `@q/kernels-cuda-linux-x64-gnu`. */
-export function platformPackageName(platform: string = process.platform, arch: string = process.arch): string {
+export function platformPackageName(
+  platform: string = process.platform,
+  arch: string = process.arch,
+): string {
   return `@q/kernels-cuda-${platform}-${arch}${platform === 'linux' ? '-gnu' : ''}`;
 }
 
@@ -77,15 +80,21 @@ function solutions(attempts: readonly AddonAttempt[], platform: string, arch: st
   if (platform !== 'linux' || arch !== 'x64')
     s.push(`q's CUDA addon is built for linux x64 only; this is ${platform} ${arch}.`);
   if (/GLIBC|GLIBCXX/.test(all))
-    s.push('The C library is too old for the prebuilt addon: build it here with `pnpm build:native` (needs nvcc).');
+    s.push(
+      'The C library is too old for the prebuilt addon: build it here with `pnpm build:native` (needs nvcc).',
+    );
   if (/wrong ELF class|invalid ELF header|cannot open shared object file: Exec format/.test(all))
     s.push('The .node file was built for another platform or architecture: rebuild it on this machine.');
   if (/libcuda|libcudart/.test(all))
-    s.push('A CUDA library was not found: install the NVIDIA driver (the addon links the CUDA runtime statically).');
+    s.push(
+      'A CUDA library was not found: install the NVIDIA driver (the addon links the CUDA runtime statically).',
+    );
   s.push(
     `Build the addon from source: \`pnpm --filter @q/kernels-cuda build:native\` (needs the CUDA toolkit, nvcc ≥ 12.4), which writes build/${addonFileName(platform, arch)}.`,
   );
-  s.push(`Install the prebuilt binary package ${platformPackageName(platform, arch)} (same version: ${VERSION}).`);
+  s.push(
+    `Install the prebuilt binary package ${platformPackageName(platform, arch)} (same version: ${VERSION}).`,
+  );
   s.push('Point Q_CUDA_ADDON at a q_cuda .node file built for this version.');
   return s;
 }
@@ -101,7 +110,9 @@ function solutions(attempts: readonly AddonAttempt[], platform: string, arch: st
  */
 export function resolveAddon(
   environment: AddonEnvironment = defaultEnvironment(),
-): { binding: NativeBinding; path: string; attempts: AddonAttempt[] } | { error: QError; attempts: AddonAttempt[] } {
+):
+  | { binding: NativeBinding; path: string; attempts: AddonAttempt[] }
+  | { error: QError; attempts: AddonAttempt[] } {
   const { env, platform, arch } = environment;
   const attempts: AddonAttempt[] = [];
   const tryPath = (source: AddonAttempt['source'], path: string): NativeBinding | undefined => {
@@ -233,7 +244,11 @@ export function gpuStatus(): GpuStatus {
   }
   try {
     const c = binding.deviceCount();
-    const base = { addonPath: nativePath(), driverVersion: c.driverVersion, runtimeVersion: c.runtimeVersion };
+    const base = {
+      addonPath: nativePath(),
+      driverVersion: c.driverVersion,
+      runtimeVersion: c.runtimeVersion,
+    };
     if (c.error !== undefined) {
       return { available: false, reason: `the CUDA driver is not usable: ${c.error}`, devices: [], ...base };
     }
@@ -249,7 +264,12 @@ export function gpuStatus(): GpuStatus {
         ...base,
       };
     }
-    return { available: true, reason: `${ok.length} usable CUDA device(s): ${ok.map((d) => d.name).join(', ')}`, devices, ...base };
+    return {
+      available: true,
+      reason: `${ok.length} usable CUDA device(s): ${ok.map((d) => d.name).join(', ')}`,
+      devices,
+      ...base,
+    };
   } catch (e) {
     return { available: false, reason: e instanceof Error ? e.message : String(e), devices: [] };
   }

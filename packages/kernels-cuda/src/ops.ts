@@ -14,19 +14,28 @@ function shapeText(t: DeviceTensor): string {
 
 function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
   if (!allowed.includes(t.dtype)) {
-    throw new QError('E_DTYPE', `${op}: Expected dtype ${allowed.join(' or ')} for ${name} but received ${t.dtype}`);
+    throw new QError(
+      'E_DTYPE',
+      `${op}: Expected dtype ${allowed.join(' or ')} for ${name} but received ${t.dtype}`,
+    );
   }
 }
 
 function needShape(op: string, name: string, t: DeviceTensor, shape: readonly number[], hint = ''): void {
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    throw new QError('E_SHAPE', `${op}: Expected shape [${shape.join(', ')}]${hint} for ${name} but received ${shapeText(t)}`);
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected shape [${shape.join(', ')}]${hint} for ${name} but received ${shapeText(t)}`,
+    );
   }
 }
 
 function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
   if (t.shape.length !== 2) {
-    throw new QError('E_SHAPE', `${op}: Expected a 2-D tensor [rows, cols] for ${name} but received ${shapeText(t)}`);
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected a 2-D tensor [rows, cols] for ${name} but received ${shapeText(t)}`,
+    );
   }
   return [t.shape[0] as number, t.shape[1] as number];
 }
@@ -34,7 +43,10 @@ function needRank2(op: string, name: string, t: DeviceTensor): [number, number] 
 function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
   const p = t.ptr;
   if (p % BigInt(bytes) !== 0n) {
-    throw new QError('E_ARG', `${op}: Expected a ${bytes}-byte aligned device pointer for ${name} but received 0x${p.toString(16)}`);
+    throw new QError(
+      'E_ARG',
+      `${op}: Expected a ${bytes}-byte aligned device pointer for ${name} but received 0x${p.toString(16)}`,
+    );
   }
   return p;
 }
@@ -48,7 +60,10 @@ function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined
       device = t.device;
       first = name;
     } else if (t.device !== device) {
-      throw new QError('E_ARG', `${op}: Expected ${name} on device ${device} (where ${first} is) but received device ${t.device}`);
+      throw new QError(
+        'E_ARG',
+        `${op}: Expected ${name} on device ${device} (where ${first} is) but received device ${t.device}`,
+      );
     }
   }
   return device ?? 0;
@@ -85,28 +100,48 @@ function actQuant(op: string, o: QuantizeActOptions, gain?: DeviceTensor, eps = 
   const [m, k] = needRank2(op, 'x', o.x);
   const [mo, ldq] = needRank2(op, 'out', o.out);
   if (mo !== m || ldq < k) {
-    throw new QError('E_SHAPE', `${op}: Expected out of shape [${m}, ≥${k}] for x ${shapeText(o.x)} but received ${shapeText(o.out)}`);
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected out of shape [${m}, ≥${k}] for x ${shapeText(o.x)} but received ${shapeText(o.out)}`,
+    );
   }
   let staticScale = 0;
   if (o.mode === 'static') {
     const s = o.staticScale;
     if (typeof s !== 'number' || !Number.isFinite(s) || !(Math.fround(s) > 0)) {
-      throw new QError('E_ARG', `${op}: Expected a positive finite staticScale for mode 'static' but received ${String(s)}`);
+      throw new QError(
+        'E_ARG',
+        `${op}: Expected a positive finite staticScale for mode 'static' but received ${String(s)}`,
+      );
     }
     staticScale = Math.fround(s);
   } else if (o.mode === 'dynamic') {
-    if (o.scales === undefined) throw new QError('E_ARG', `${op}: Expected scales (f32 [${m}]) for mode 'dynamic' but received undefined`);
+    if (o.scales === undefined)
+      throw new QError(
+        'E_ARG',
+        `${op}: Expected scales (f32 [${m}]) for mode 'dynamic' but received undefined`,
+      );
     needDtype(op, 'scales', o.scales, ['f32']);
     needShape(op, 'scales', o.scales, [m]);
   } else {
     throw new QError('E_ARG', `${op}: Expected mode 'dynamic' or 'static' but received ${String(o.mode)}`);
   }
   if (gain !== undefined) {
-    if (gain.dtype !== o.x.dtype) throw new QError('E_DTYPE', `${op}: Expected dtype ${o.x.dtype} (that of x) for gain but received ${gain.dtype}`);
+    if (gain.dtype !== o.x.dtype)
+      throw new QError(
+        'E_DTYPE',
+        `${op}: Expected dtype ${o.x.dtype} (that of x) for gain but received ${gain.dtype}`,
+      );
     needShape(op, 'gain', gain, [k]);
-    if (!(eps >= 0) || !Number.isFinite(eps)) throw new QError('E_ARG', `${op}: Expected a finite eps ≥ 0 but received ${eps}`);
+    if (!(eps >= 0) || !Number.isFinite(eps))
+      throw new QError('E_ARG', `${op}: Expected a finite eps ≥ 0 but received ${eps}`);
   }
-  const device = sameDevice(op, { x: o.x, out: o.out, scales: o.mode === 'dynamic' ? o.scales : undefined, gain });
+  const device = sameDevice(op, {
+    x: o.x,
+    out: o.out,
+    scales: o.mode === 'dynamic' ? o.scales : undefined,
+    gain,
+  });
   const args = {
     x: needAligned(op, 'x', o.x, 2),
     gain: gain === undefined ? 0n : gain.ptr,
@@ -224,18 +259,25 @@ export function tileScales<T extends Float32Array | Int32Array>(src: T, n: numbe
  * const w = uploadGemmWeights(packForGemm(int4), { device: 0 });
  * ```
  */
-export function uploadGemmWeights(p: PackedGemmWeights, options: { device?: number } = {}): DeviceGemmWeights {
+export function uploadGemmWeights(
+  p: PackedGemmWeights,
+  options: { device?: number } = {},
+): DeviceGemmWeights {
   const device = options.device ?? 0;
   const made: DeviceTensor[] = [];
   try {
     const packed = DeviceTensor.fromHost('u8', [p.packed.length], p.packed, { device });
     made.push(packed);
-    const scales = DeviceTensor.fromHost('f32', [p.n, p.groups], tileScales(p.scales, p.n, p.groups), { device });
+    const scales = DeviceTensor.fromHost('f32', [p.n, p.groups], tileScales(p.scales, p.n, p.groups), {
+      device,
+    });
     made.push(scales);
     let intQ: DeviceTensor<'i32'> | undefined;
     let unit: DeviceTensor<'f32'> | undefined;
     if (p.intScale) {
-      intQ = DeviceTensor.fromHost('i32', [p.n, p.groups], tileScales(p.intScale.q, p.n, p.groups), { device });
+      intQ = DeviceTensor.fromHost('i32', [p.n, p.groups], tileScales(p.intScale.q, p.n, p.groups), {
+        device,
+      });
       made.push(intQ);
       unit = DeviceTensor.fromHost('f32', [p.n], p.intScale.unit, { device });
       made.push(unit);
@@ -295,7 +337,10 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   const w = o.weights;
   const mode = MODES[o.mode];
   if (mode === undefined) {
-    throw new QError('E_ARG', `${op}: Expected mode per-channel, group-float or group-int but received ${String(o.mode)}`);
+    throw new QError(
+      'E_ARG',
+      `${op}: Expected mode per-channel, group-float or group-int but received ${String(o.mode)}`,
+    );
   }
   needDtype(op, 'a', o.a, ['i8']);
   const [m, k] = needRank2(op, 'a', o.a);
@@ -303,20 +348,32 @@ export function gemmW4A8(o: GemmW4A8Options): void {
     throw new QError('E_SHAPE', `${op}: k=${k} is not a multiple of groupSize=${w.groupSize}`);
   }
   if (k !== w.kPadded) {
-    throw new QError('E_SHAPE', `${op}: Expected a of shape [${m}, ${w.kPadded}] (k = the weights' kPadded) but received ${shapeText(o.a)}`);
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected a of shape [${m}, ${w.kPadded}] (k = the weights' kPadded) but received ${shapeText(o.a)}`,
+    );
   }
   if (o.mode === 'per-channel' && w.groups !== 1) {
-    throw new QError('E_ARG', `${op}: Expected per-channel weights (1 group) for mode per-channel but received ${w.groups} groups of ${w.groupSize}`);
+    throw new QError(
+      'E_ARG',
+      `${op}: Expected per-channel weights (1 group) for mode per-channel but received ${w.groups} groups of ${w.groupSize}`,
+    );
   }
   if (o.mode !== 'per-channel' && w.groupSize % 64 !== 0) {
     throw new QError('E_UNSUPPORTED', `${op}: groupSize=${w.groupSize} is not a multiple of 64`);
   }
   if (o.mode === 'group-int' && (w.intQ === undefined || w.unit === undefined)) {
-    throw new QError('E_ARG', `${op}: Expected weights with intScale for mode group-int but received weights without it`);
+    throw new QError(
+      'E_ARG',
+      `${op}: Expected weights with intScale for mode group-int but received weights without it`,
+    );
   }
   needDtype(op, 'aScale', o.aScale, ['f32']);
   if (!(o.aScale.shape.length === 1 && (o.aScale.shape[0] === m || o.aScale.shape[0] === 1))) {
-    throw new QError('E_SHAPE', `${op}: Expected shape [${m}] or [1] for aScale but received ${shapeText(o.aScale)}`);
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected shape [${m}] or [1] for aScale but received ${shapeText(o.aScale)}`,
+    );
   }
   needDtype(op, 'out', o.out, ['f16', 'bf16', 'i32']);
   needShape(op, 'out', o.out, [m, w.n]);
@@ -325,13 +382,18 @@ export function gemmW4A8(o: GemmW4A8Options): void {
     needShape(op, 'bias', o.bias, [w.n]);
   }
   if (o.residual !== undefined) {
-    if (o.out.dtype === 'i32') throw new QError('E_ARG', `${op}: Expected no residual with an i32 out (raw accumulators)`);
+    if (o.out.dtype === 'i32')
+      throw new QError('E_ARG', `${op}: Expected no residual with an i32 out (raw accumulators)`);
     if (o.residual.dtype !== o.out.dtype) {
-      throw new QError('E_DTYPE', `${op}: Expected dtype ${o.out.dtype} (that of out) for residual but received ${o.residual.dtype}`);
+      throw new QError(
+        'E_DTYPE',
+        `${op}: Expected dtype ${o.out.dtype} (that of out) for residual but received ${o.residual.dtype}`,
+      );
     }
     needShape(op, 'residual', o.residual, [m, w.n]);
   }
-  if (o.bias !== undefined && o.out.dtype === 'i32') throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
+  if (o.bias !== undefined && o.out.dtype === 'i32')
+    throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
   const device = sameDevice(op, {
     a: o.a,
     aScale: o.aScale,
@@ -390,10 +452,22 @@ export function gemmHalf(o: GemmHalfOptions): void {
   const op = 'gemmHalf';
   needDtype(op, 'a', o.a, HALF);
   const [m, k] = needRank2(op, 'a', o.a);
-  if (o.w.dtype !== o.a.dtype) throw new QError('E_DTYPE', `${op}: Expected dtype ${o.a.dtype} (that of a) for w but received ${o.w.dtype}`);
+  if (o.w.dtype !== o.a.dtype)
+    throw new QError(
+      'E_DTYPE',
+      `${op}: Expected dtype ${o.a.dtype} (that of a) for w but received ${o.w.dtype}`,
+    );
   const [n, kw] = needRank2(op, 'w', o.w);
-  if (kw !== k) throw new QError('E_SHAPE', `${op}: Expected w of shape [N, ${k}] for a ${shapeText(o.a)} but received ${shapeText(o.w)}`);
-  if (o.out.dtype !== o.a.dtype) throw new QError('E_DTYPE', `${op}: Expected dtype ${o.a.dtype} (that of a) for out but received ${o.out.dtype}`);
+  if (kw !== k)
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected w of shape [N, ${k}] for a ${shapeText(o.a)} but received ${shapeText(o.w)}`,
+    );
+  if (o.out.dtype !== o.a.dtype)
+    throw new QError(
+      'E_DTYPE',
+      `${op}: Expected dtype ${o.a.dtype} (that of a) for out but received ${o.out.dtype}`,
+    );
   needShape(op, 'out', o.out, [m, n]);
   const device = sameDevice(op, { a: o.a, w: o.w, out: o.out });
   const args = {

@@ -40,9 +40,13 @@ function nib(packed: Uint8Array, idx: number): number {
  * Checks the GEMM's constraints on int4 weights; throws a QError naming the numbers.
  */
 export function checkGemmWeights(w: Int4Weights, what = 'packForGemm'): void {
-  if (w.format !== 'int4') throw new QError('E_FORMAT', `${what}: Expected int4 weights but received format ${String(w.format)}`);
+  if (w.format !== 'int4')
+    throw new QError('E_FORMAT', `${what}: Expected int4 weights but received format ${String(w.format)}`);
   if (!w.symmetric || w.zeros !== undefined) {
-    throw new QError('E_UNSUPPORTED', `${what}: Expected symmetric int4 weights (the GEMM has no zero points) but received asymmetric ones`);
+    throw new QError(
+      'E_UNSUPPORTED',
+      `${what}: Expected symmetric int4 weights (the GEMM has no zero points) but received asymmetric ones`,
+    );
   }
   if (!Number.isInteger(w.n) || w.n <= 0 || w.n % 16 !== 0) {
     throw new QError('E_SHAPE', `${what}: n=${w.n} is not a positive multiple of 16`);
@@ -52,20 +56,35 @@ export function checkGemmWeights(w: Int4Weights, what = 'packForGemm'): void {
   }
   if (w.kPadded < w.k) throw new QError('E_SHAPE', `${what}: kPadded=${w.kPadded} is smaller than k=${w.k}`);
   if (w.kPadded % 16 !== 0) {
-    throw new QError('E_SHAPE', `${what}: k=${w.kPadded} is not a multiple of 16 (pad k to a multiple of 16)`);
+    throw new QError(
+      'E_SHAPE',
+      `${what}: k=${w.kPadded} is not a multiple of 16 (pad k to a multiple of 16)`,
+    );
   }
   const groups = w.kPadded / w.groupSize;
   if (groups > 1 && w.groupSize % 64 !== 0) {
-    throw new QError('E_UNSUPPORTED', `${what}: groupSize=${w.groupSize} is not a multiple of 64 (the GEMM's k tile)`);
+    throw new QError(
+      'E_UNSUPPORTED',
+      `${what}: groupSize=${w.groupSize} is not a multiple of 64 (the GEMM's k tile)`,
+    );
   }
   if (w.packed.length !== (w.n * w.kPadded) / 2) {
-    throw new QError('E_SHAPE', `${what}: Expected ${(w.n * w.kPadded) / 2} packed bytes for n=${w.n}, kPadded=${w.kPadded} but received ${w.packed.length}`);
+    throw new QError(
+      'E_SHAPE',
+      `${what}: Expected ${(w.n * w.kPadded) / 2} packed bytes for n=${w.n}, kPadded=${w.kPadded} but received ${w.packed.length}`,
+    );
   }
   if (w.scales.length !== w.n * groups) {
-    throw new QError('E_SHAPE', `${what}: Expected ${w.n * groups} scales for n=${w.n}, groups=${groups} but received ${w.scales.length}`);
+    throw new QError(
+      'E_SHAPE',
+      `${what}: Expected ${w.n * groups} scales for n=${w.n}, groups=${groups} but received ${w.scales.length}`,
+    );
   }
   if (w.intScale !== undefined && (w.intScale.q.length !== w.n * groups || w.intScale.unit.length !== w.n)) {
-    throw new QError('E_SHAPE', `${what}: Expected intScale.q of length ${w.n * groups} and unit of length ${w.n} but received ${w.intScale.q.length} and ${w.intScale.unit.length}`);
+    throw new QError(
+      'E_SHAPE',
+      `${what}: Expected intScale.q of length ${w.n * groups} and unit of length ${w.n} but received ${w.intScale.q.length} and ${w.intScale.unit.length}`,
+    );
   }
 }
 
@@ -126,10 +145,14 @@ export function packForGemm(w: Int4Weights): PackedGemmWeights {
  * ```
  */
 export function unpackFromGemm(p: PackedGemmWeights): Uint8Array {
-  if (p.layout !== GEMM_LAYOUT) throw new QError('E_FORMAT', `Expected layout ${GEMM_LAYOUT} but received ${String(p.layout)}`);
+  if (p.layout !== GEMM_LAYOUT)
+    throw new QError('E_FORMAT', `Expected layout ${GEMM_LAYOUT} but received ${String(p.layout)}`);
   const { n, kPadded, kTiles } = p;
   if (p.packed.length !== (n / 16) * kTiles * 512) {
-    throw new QError('E_SHAPE', `Expected ${(n / 16) * kTiles * 512} packed bytes but received ${p.packed.length}`);
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${(n / 16) * kTiles * 512} packed bytes but received ${p.packed.length}`,
+    );
   }
   const out = new Uint8Array((n * kPadded) / 2);
   const put = (idx: number, v: number): void => {

@@ -96,7 +96,10 @@ describe.skipIf(noGpu)('activation quantization on the GPU', () => {
           let ss = 0;
           for (let j = 0; j < k; j++) ss += (f32[i * k + j] as number) ** 2;
           const rstd = 1 / Math.sqrt(ss / k + eps);
-          const y = Array.from({ length: k }, (_, j) => (f32[i * k + j] as number) * rstd * (gF[j] as number));
+          const y = Array.from(
+            { length: k },
+            (_, j) => (f32[i * k + j] as number) * rstd * (gF[j] as number),
+          );
           const amax = Math.max(...y.map(Math.abs));
           const scale = amax / 127 || 1;
           expect(Math.abs((gotS[i] as number) - scale) / scale, `row ${i} scale`).toBeLessThan(1e-5);

@@ -5,16 +5,11 @@
  * the half-precision output.
  */
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '@q/core';
-import {
-  DeviceTensor,
-  gemmW4A8,
-  packForGemm,
-  uploadGemmWeights,
-} from '@q/kernels-cuda';
+import { DeviceTensor, gemmW4A8, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
 import {
   type GemmScaleMode,
-  gemmW4A8GoldenInt,
   gemmW4A8Golden,
+  gemmW4A8GoldenInt,
   type Int4Weights,
   quantizeActPerToken,
   quantizeInt4,
@@ -33,9 +28,21 @@ interface Case {
 const M_SWEEP = [1, 3, 16, 33, 128, 1000, 4096];
 // N and K shrink as M grows so that the float64-free CPU golden stays fast.
 function nkFor(m: number): Array<[number, number]> {
-  if (m <= 33) return [[256, 4096], [144, 640], [128, 200]];
-  if (m <= 128) return [[256, 2048], [128, 200]];
-  return [[128, 512], [64, 200]];
+  if (m <= 33)
+    return [
+      [256, 4096],
+      [144, 640],
+      [128, 200],
+    ];
+  if (m <= 128)
+    return [
+      [256, 2048],
+      [128, 200],
+    ];
+  return [
+    [128, 512],
+    [64, 200],
+  ];
 }
 
 const cases: Case[] = [];
@@ -44,7 +51,8 @@ for (const m of M_SWEEP) {
     for (const g of [64, 128] as const) cases.push({ m, n, k, groupSize: g });
   }
   // Per-channel: one group of k; 1040 and 272 are not multiples of the 64-wide k tile.
-  for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272]) cases.push({ m, n: m <= 33 ? 160 : 128, k, groupSize: 'channel' });
+  for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272])
+    cases.push({ m, n: m <= 33 ? 160 : 128, k, groupSize: 'channel' });
 }
 
 function makeWeights(rand: () => number, n: number, k: number, groupSize: number | 'channel'): Int4Weights {
@@ -53,7 +61,7 @@ function makeWeights(rand: () => number, n: number, k: number, groupSize: number
   // Rows with different magnitudes so that the per-group scales differ.
   for (let r = 0; r < n; r++) {
     const s = 0.01 + rand() * 0.1;
-    for (let j = 0; j < k; j++) w[r * k + j] = g() * s * (1 + 3 * Math.floor(j / 64) % 2);
+    for (let j = 0; j < k; j++) w[r * k + j] = g() * s * (1 + ((3 * Math.floor(j / 64)) % 2));
   }
   const q = quantizeInt4(w, n, k, { groupSize });
   return groupSize === 'channel' ? q : withIntegerScale(q);
@@ -71,7 +79,8 @@ function makeActs(rand: () => number, m: number, k: number, kPadded: number) {
 
 function halfToF32(dtype: 'f16' | 'bf16', bits: Uint16Array): Float32Array {
   const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = dtype === 'f16' ? f16BitsToF32(bits[i] as number) : bf16BitsToF32(bits[i] as number);
+  for (let i = 0; i < bits.length; i++)
+    out[i] = dtype === 'f16' ? f16BitsToF32(bits[i] as number) : bf16BitsToF32(bits[i] as number);
   return out;
 }
 
@@ -117,7 +126,10 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
               bad++;
               if (first < 0) first = i;
             }
-          expect(bad, `${mode}: ${bad} of ${want.length} int32 accumulators differ; first at ${first}: got ${got[first]}, want ${want[first]}`).toBe(0);
+          expect(
+            bad,
+            `${mode}: ${bad} of ${want.length} int32 accumulators differ; first at ${first}: got ${got[first]}, want ${want[first]}`,
+          ).toBe(0);
 
           // Float epilogue, with and without bias + residual.
           const ref = gemmW4A8Golden(args);
@@ -126,11 +138,21 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
             let residual: DeviceTensor | undefined;
             let biasT: DeviceTensor | undefined;
             if (withExtras) {
-              for (let i = 0; i < resid.length; i++) residBits[i] = outDtype === 'f16' ? f32ToF16Bits(resid[i] as number) : f32ToBf16Bits(resid[i] as number);
+              for (let i = 0; i < resid.length; i++)
+                residBits[i] =
+                  outDtype === 'f16' ? f32ToF16Bits(resid[i] as number) : f32ToBf16Bits(resid[i] as number);
               residual = DeviceTensor.fromHost(outDtype, [c.m, c.n], residBits);
               biasT = DeviceTensor.fromHost('f32', [c.n], bias);
             }
-            gemmW4A8({ a, aScale, weights: dw, mode, out: outH, ...(biasT ? { bias: biasT } : {}), ...(residual ? { residual } : {}) });
+            gemmW4A8({
+              a,
+              aScale,
+              weights: dw,
+              mode,
+              out: outH,
+              ...(biasT ? { bias: biasT } : {}),
+              ...(residual ? { residual } : {}),
+            });
             const gotF = halfToF32(outDtype, outH.download() as Uint16Array);
             residual?.dispose();
             biasT?.dispose();
@@ -152,7 +174,10 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
                 worstI = i;
               }
             }
-            expect(worst, `${mode} ${outDtype} extras=${withExtras}: worst error ratio ${worst} at ${worstI}`).toBeLessThanOrEqual(1);
+            expect(
+              worst,
+              `${mode} ${outDtype} extras=${withExtras}: worst error ratio ${worst} at ${worstI}`,
+            ).toBeLessThanOrEqual(1);
           }
         }
       } finally {

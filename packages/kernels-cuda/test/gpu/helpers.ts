@@ -18,7 +18,9 @@ export function randn(rand: () => number): () => number {
 
 /** Fresh data every run, reproducible from the printed seed (Q_TEST_SEED pins it). */
 export function freshSeed(label: string): number {
-  const seed = process.env.Q_TEST_SEED ? Number(process.env.Q_TEST_SEED) : (Date.now() ^ (process.pid << 8)) >>> 0;
+  const seed = process.env.Q_TEST_SEED
+    ? Number(process.env.Q_TEST_SEED)
+    : (Date.now() ^ (process.pid << 8)) >>> 0;
   console.log(`${label}: seed ${seed}`);
   return seed;
 }

@@ -2,7 +2,17 @@
 // A small end-to-end pass over every kernel, meant to run under
 //   compute-sanitizer --tool memcheck --error-exitcode 1 node packages/kernels-cuda/test/gpu/memcheck.mjs
 // Shapes are chosen to hit the edges: M not a multiple of 8, K not a multiple of the 64-wide tile, ldq > K.
-import { DeviceTensor, gemmHalf, gemmW4A8, gpuStatus, packForGemm, quantizeAct, rmsNormQuantize, synchronize, uploadGemmWeights } from '@q/kernels-cuda';
+import {
+  DeviceTensor,
+  gemmHalf,
+  gemmW4A8,
+  gpuStatus,
+  packForGemm,
+  quantizeAct,
+  rmsNormQuantize,
+  synchronize,
+  uploadGemmWeights,
+} from '@q/kernels-cuda';
 import { quantizeInt4, withIntegerScale } from '@q/quant';
 
 const s = gpuStatus();
@@ -25,10 +35,21 @@ for (const [m, n, k, gs] of [
   [19, 32, 256, 64],
   [70, 16, 384, 128],
 ]) {
-  const w = quantizeInt4(new Float32Array(n * k).map(() => rand() - 0.5), n, k, { groupSize: gs });
+  const w = quantizeInt4(
+    new Float32Array(n * k).map(() => rand() - 0.5),
+    n,
+    k,
+    { groupSize: gs },
+  );
   const wi = gs === 'channel' ? w : withIntegerScale(w);
   const dw = uploadGemmWeights(packForGemm(wi));
-  const x = T(DeviceTensor.fromHost('bf16', [m, k], new Uint16Array(m * k).map(() => 0x3f00 + Math.floor(rand() * 200))));
+  const x = T(
+    DeviceTensor.fromHost(
+      'bf16',
+      [m, k],
+      new Uint16Array(m * k).map(() => 0x3f00 + Math.floor(rand() * 200)),
+    ),
+  );
   const q = T(DeviceTensor.alloc('i8', [m, wi.kPadded]));
   const sc = T(DeviceTensor.alloc('f32', [m]));
   quantizeAct({ x, out: q, scales: sc, mode: 'dynamic' });
