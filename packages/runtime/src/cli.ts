@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { runCli } from './cli-main';
-import { shutdownThreads } from './cpu/gemm';
+import { shutdownThreads } from './cpu/threads';
 
 runCli(process.argv.slice(2)).then(
   async (code) => {

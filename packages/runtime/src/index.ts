@@ -12,9 +12,10 @@
  */
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
-export { matmulT, shutdownThreads, threadCount } from './cpu/gemm';
+export { matmulT, threadCount } from './cpu/gemm';
 export { FloatLinear, type Linear, QuantLinear, type QuantLinearForward } from './cpu/linear';
 export { Rng } from './cpu/prng';
+export { shutdownThreads } from './cpu/threads';
 export {
   DEMO_RECIPES,
   type DemoOptions,

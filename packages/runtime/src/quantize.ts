@@ -48,7 +48,7 @@ export function modelFromQuantized(q: QuantizedModel): Model {
   };
   return Model.fromGetters(q.config, vec, (name, n, k) => {
     const l = q.linears.get(name);
-    if (l) return new QuantLinear(l, linearForward);
+    if (l) return new QuantLinear(l, linearForward, true);
     const w = q.tensors.get(`${name}.weight`);
     if (!w) return undefined;
     const b = q.tensors.get(`${name}.bias`);

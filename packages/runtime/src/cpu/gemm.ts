@@ -226,14 +226,14 @@ function getPool(): Pool | null {
   return pool;
 }
 
-/** Terminates the matmul worker threads (they are re-created on demand).
+/** Terminates the float matmul worker threads (they are re-created on demand).
  *
  * @example
  * ```ts
- * await shutdownThreads(); // lets a script exit without waiting for idle workers
+ * await shutdownGemmThreads();
  * ```
  */
-export async function shutdownThreads(): Promise<void> {
+export async function shutdownGemmThreads(): Promise<void> {
   const p = pool;
   pool = undefined;
   if (p) await Promise.all(p.workers.map((w) => w.terminate()));

@@ -1,6 +1,7 @@
 import { QError } from '@q/core';
 import type { QuantizedLinear } from '@q/quant';
 import { matmulT, PARALLEL_MIN_MACS, toShared } from './gemm';
+import { parallelLinearForward } from './quant-pool';
 
 /**
  * One linear layer y = x · Wᵀ (+ b) over rows of x. Every projection of the model goes through this
@@ -80,9 +81,14 @@ export class QuantLinear implements Linear {
   readonly outFeatures: number;
   readonly format: 'f32' | 'int4' | 'int8';
 
+  /**
+   * `parallel`: `run` is `@q/quant`'s `linearForward`, so large inputs may be split by rows over worker threads
+   * that run the same function (bit-identical; only from a build, see `cpu/quant-pool.ts`).
+   */
   constructor(
     readonly layer: QuantizedLinear,
     private readonly run: QuantLinearForward,
+    private readonly parallel = false,
   ) {
     this.name = layer.name;
     this.inFeatures = layer.weights.k;
@@ -91,6 +97,8 @@ export class QuantLinear implements Linear {
   }
 
   forward(x: Float32Array, rows: number): Float32Array {
-    return this.run(x, rows, this.layer);
+    return this.parallel
+      ? parallelLinearForward(x, rows, this.layer, this.run)
+      : this.run(x, rows, this.layer);
   }
 }
