@@ -87,7 +87,10 @@ export function gpuAvailability(): { available: boolean; message: string } {
     try {
       const s = (k.gpuStatus as () => { available: boolean; reason: string })();
       return s.available
-        ? { available: true, message: `GPU available: ${s.reason}` }
+        ? {
+            available: true,
+            message: `GPU detected (${s.reason}); the numbers above come from the CPU reference path, which a GPU run must reproduce`,
+          }
         : { available: false, message: `GPU part skipped: ${s.reason}` };
     } catch (e) {
       return { available: false, message: `GPU part skipped: ${(e as Error).message}` };
