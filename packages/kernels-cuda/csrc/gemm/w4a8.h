@@ -27,6 +27,6 @@ struct W4A8Args {
 
 extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* a);
 
-// The sm_90a wgmma path (w4a8_wgmma.cu): N % 128 == 0; swap exchanges the descriptor's LBO/SBO (a check).
+// The sm_90a wgmma path (w4a8_wgmma.cu): N % 128 == 0; wide: 256 tokens per block (per-channel).
 extern "C" bool q_wgmma_supported();
-extern "C" cudaError_t q_w4a8_gemm_wgmma(const W4A8Args* a, int mode, bool swap);
+extern "C" cudaError_t q_w4a8_gemm_wgmma(const W4A8Args* a, int mode, bool wide);

@@ -281,13 +281,16 @@ extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   // The raw int32 output of group-float is Σ_g P_g, which the per-channel kernel computes.
   if (mode == Q_MODE_GROUP_FLOAT && a.outType == Q_OUT_I32) mode = Q_MODE_PER_CHANNEL;
   // Variants: 0 auto; 1/2/4/8 force the mma.sync kernel with that many 8-token tiles per block; 16 forces the
-  // wgmma kernel, 17 the wgmma kernel with LBO/SBO exchanged (a layout check).
-  if (a.variant == 16 || a.variant == 17 ||
+  // wgmma kernel with 128 tokens per block, 18 with 256 (per-channel; other modes use 128).
+  if (a.variant == 16 || a.variant == 18 ||
       (a.variant == 0 && a.M > 64 && a.N % 128 == 0 && q_wgmma_supported())) {
     if (a.N % 128 != 0) return cudaErrorInvalidValue;
-    return q_w4a8_gemm_wgmma(&a, mode, a.variant == 17);
+    const bool wide = a.variant == 18;  // measured no faster than two 128-token blocks per SM (NOTES.md)
+    return q_w4a8_gemm_wgmma(&a, mode, wide);
   }
-  int mt = a.M <= 8 ? 1 : (a.M <= 16 ? 2 : (a.M <= 32 ? 4 : 8));
+  // 8-token tiles per block. Above 32 tokens the group modes stay at 4 tiles (a second block row re-reads the
+  // weights from L2): with 8 tiles their two accumulator sets need ~170 registers and occupancy halves.
+  int mt = a.M <= 8 ? 1 : (a.M <= 16 ? 2 : (a.M <= 32 || mode != Q_MODE_PER_CHANNEL ? 4 : 8));
   if (a.variant >= 1 && a.variant <= 8) mt = a.variant;
   switch (mode) {
     case Q_MODE_PER_CHANNEL:

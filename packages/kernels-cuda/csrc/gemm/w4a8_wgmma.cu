@@ -31,12 +31,9 @@
 
 namespace {
 
-constexpr int kStages = 4;  // 96 KB: two per-channel blocks fit on one SM
-constexpr int kBlockRows = 128;    // weight rows per block (2 warpgroups × 64)
-constexpr int kBlockTokens = 128;  // tokens per block (wgmma N)
-constexpr int kActStage = kBlockTokens * 128;  // bytes of activations per stage (k = 128)
-constexpr int kWStage = kBlockRows * 128 / 2;  // bytes of packed weights per stage
-constexpr int kStageBytes = kActStage + kWStage;
+constexpr int kStages = 4;       // 96 KB with 128 tokens: two per-channel blocks fit on one SM
+constexpr int kBlockRows = 128;  // weight rows per block (2 warpgroups × 64)
+constexpr int kWStage = kBlockRows * 128 / 2;  // bytes of packed weights per stage (k = 128)
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define Q_HAS_WGMMA 1
@@ -53,6 +50,26 @@ __device__ __forceinline__ void wgmma128(int (&d)[64], uint32_t a0, uint32_t a1,
       "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p;\n}\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "n"(0), "r"(scaleD));
+}
+
+// The same with 256 tokens (per-channel prefill: twice the work per byte of weights and activations staged).
+__device__ __forceinline__ void wgmma256(int (&d)[128], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint64_t desc, int scaleD) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k32.s32.s8.s8 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]), "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]), "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]), "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]), "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63]), "+r"(d[64]), "+r"(d[65]), "+r"(d[66]), "+r"(d[67]), "+r"(d[68]), "+r"(d[69]), "+r"(d[70]), "+r"(d[71]), "+r"(d[72]), "+r"(d[73]), "+r"(d[74]), "+r"(d[75]), "+r"(d[76]), "+r"(d[77]), "+r"(d[78]), "+r"(d[79]), "+r"(d[80]), "+r"(d[81]), "+r"(d[82]), "+r"(d[83]), "+r"(d[84]), "+r"(d[85]), "+r"(d[86]), "+r"(d[87]), "+r"(d[88]), "+r"(d[89]), "+r"(d[90]), "+r"(d[91]), "+r"(d[92]), "+r"(d[93]), "+r"(d[94]), "+r"(d[95]), "+r"(d[96]), "+r"(d[97]), "+r"(d[98]), "+r"(d[99]), "+r"(d[100]), "+r"(d[101]), "+r"(d[102]), "+r"(d[103]), "+r"(d[104]), "+r"(d[105]), "+r"(d[106]), "+r"(d[107]), "+r"(d[108]), "+r"(d[109]), "+r"(d[110]), "+r"(d[111]), "+r"(d[112]), "+r"(d[113]), "+r"(d[114]), "+r"(d[115]), "+r"(d[116]), "+r"(d[117]), "+r"(d[118]), "+r"(d[119]), "+r"(d[120]), "+r"(d[121]), "+r"(d[122]), "+r"(d[123]), "+r"(d[124]), "+r"(d[125]), "+r"(d[126]), "+r"(d[127])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(scaleD));
+}
+
+template <int BT>
+__device__ __forceinline__ void wgmmaN(int (&d)[BT / 2], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                       uint64_t desc, int scaleD) {
+  if constexpr (BT == 128) {
+    wgmma128(d, a0, a1, a2, a3, desc, scaleD);
+  } else {
+    wgmma256(d, a0, a1, a2, a3, desc, scaleD);
+  }
 }
 
 __device__ __forceinline__ void cpAsync16(uint32_t dst, const void* src, int srcBytes) {
@@ -81,10 +98,15 @@ __device__ __forceinline__ void storeOutW(const W4A8Args& p, int m, int n, float
   }
 }
 
-template <int MODE, bool SWAP>
+template <int MODE, bool SWAP, int BT>
 // Per-channel needs ~100 registers, so two blocks share an SM and hide each other's barrier and copy
 // stalls; the group modes keep a second accumulator set and run one block per SM.
-__global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8WgmmaKernel(const W4A8Args p) {
+// BT: tokens per block (wgmma N), 128 or 256.
+__global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL && BT == 128 ? 2 : 1)
+    w4a8WgmmaKernel(const W4A8Args p) {
+  constexpr int kBlockTokens = BT;
+  constexpr int kActStage = BT * 128;  // bytes of activations per stage (k = 128)
+  constexpr int kStageBytes = kActStage + kWStage;
 #ifdef Q_HAS_WGMMA
   extern __shared__ __align__(128) uint8_t smem[];
   const int tid = threadIdx.x;
@@ -100,9 +122,9 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
   // k32 step, half) combinations, with the lane's k position t. A warp then writes 8 tokens × 4 positions of
   // one combination: 32 distinct banks.
   const int r0 = tid >> 2;
-  const int8_t* arow[2];
+  const int8_t* arow[BT / 64];
 #pragma unroll
-  for (int j = 0; j < 2; ++j) {
+  for (int j = 0; j < BT / 64; ++j) {
     int m = m0 + r0 + 64 * j;
     m = m < p.M ? m : p.M - 1;
     arow[j] = p.a + static_cast<size_t>(m) * p.lda + 16 * t;
@@ -119,7 +141,7 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
         const int k = kk * 64;
         const bool ok = kk < kTiles && k + 16 * t < p.K;
 #pragma unroll
-        for (int j = 0; j < 2; ++j) {
+        for (int j = 0; j < BT / 64; ++j) {
           const int r = r0 + 64 * j;
 #pragma unroll
           for (int c = 0; c < 4; ++c) {  // c = 2·s + half: physical k offset 8s + 4·half inside the lane's 16
@@ -139,12 +161,12 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
 
   const int tpg = MODE == Q_MODE_PER_CHANNEL ? (1 << 30) : p.groupSize / 64;
   typedef typename std::conditional<MODE == Q_MODE_GROUP_FLOAT, float, int>::type AccT;
-  int d[64];
-  AccT acc[64];
+  int d[BT / 2];
+  AccT acc[MODE == Q_MODE_PER_CHANNEL ? 1 : BT / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < BT / 2; ++i) {
     d[i] = 0;
-    acc[i] = 0;
+    if constexpr (MODE != Q_MODE_PER_CHANNEL) acc[i] = 0;
   }
 
 #pragma unroll
@@ -171,20 +193,21 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
                    : "r"(st + kActStage + sub * (kWStage / 2) + tid * 16));
       const int first = (MODE == Q_MODE_PER_CHANNEL ? kk : kk % tpg) == 0 ? 0 : 1;
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-      wgmma128(d, (wv.x << 4) & 0xF0F0F0F0u, wv.x & 0xF0F0F0F0u, (wv.y << 4) & 0xF0F0F0F0u, wv.y & 0xF0F0F0F0u,
+      wgmmaN<BT>(d, (wv.x << 4) & 0xF0F0F0F0u, wv.x & 0xF0F0F0F0u, (wv.y << 4) & 0xF0F0F0F0u, wv.y & 0xF0F0F0F0u,
                descB(st + (4 * sub) * 128, lbo, sbo), first);
-      wgmma128(d, (wv.z << 4) & 0xF0F0F0F0u, wv.z & 0xF0F0F0F0u, (wv.w << 4) & 0xF0F0F0F0u, wv.w & 0xF0F0F0F0u,
+      wgmmaN<BT>(d, (wv.z << 4) & 0xF0F0F0F0u, wv.z & 0xF0F0F0F0u, (wv.w << 4) & 0xF0F0F0F0u, wv.w & 0xF0F0F0F0u,
                descB(st + (4 * sub + 2) * 128, lbo, sbo), 1);
       asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-      if (MODE != Q_MODE_PER_CHANNEL && kk % tpg == tpg - 1) {
+      if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+       if (kk % tpg == tpg - 1) {
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
         const int grp = kk / tpg;
-        if (MODE == Q_MODE_GROUP_FLOAT) {
+        if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
           const size_t sb = (static_cast<size_t>(rowA >> 4) * p.G + grp) * 16 + g;  // tiled [N/16][G][16]
           const float s0 = p.wScale[sb];
           const float s1 = p.wScale[sb + 8];
 #pragma unroll
-          for (int i = 0; i < 64; i += 4) {
+          for (int i = 0; i < BT / 2; i += 4) {
             acc[i] += static_cast<float>(d[i] >> 4) * s0;
             acc[i + 1] += static_cast<float>(d[i + 1] >> 4) * s0;
             acc[i + 2] += static_cast<float>(d[i + 2] >> 4) * s1;
@@ -195,13 +218,14 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
           const int q0 = p.qScale[sb];
           const int q1 = p.qScale[sb + 8];
 #pragma unroll
-          for (int i = 0; i < 64; i += 4) {
+          for (int i = 0; i < BT / 2; i += 4) {
             acc[i] += q0 * (d[i] >> 4);
             acc[i + 1] += q0 * (d[i + 1] >> 4);
             acc[i + 2] += q1 * (d[i + 2] >> 4);
             acc[i + 3] += q1 * (d[i + 3] >> 4);
           }
         }
+      }
       }
     }
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
@@ -215,16 +239,16 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
   const float un0 = MODE == Q_MODE_GROUP_INT && p.outType != Q_OUT_I32 ? p.unit[rowA] : 0.f;
   const float un1 = MODE == Q_MODE_GROUP_INT && p.outType != Q_OUT_I32 ? p.unit[rowA + 8] : 0.f;
 #pragma unroll
-  for (int i = 0; i < 64; ++i) {
+  for (int i = 0; i < BT / 2; ++i) {
     const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
     const bool hi = (i >> 1) & 1;
     const int n = rowA + (hi ? 8 : 0);
     if (m >= p.M) continue;
     const float as = p.aScale[static_cast<size_t>(m) * p.aScaleStride];
-    if (MODE == Q_MODE_PER_CHANNEL) {
+    if constexpr (MODE == Q_MODE_PER_CHANNEL) {
       const int P = d[i] >> 4;
       storeOutW(p, m, n, static_cast<float>(P) * as * (hi ? ws1 : ws0), P);
-    } else if (MODE == Q_MODE_GROUP_FLOAT) {
+    } else if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
       storeOutW(p, m, n, static_cast<float>(acc[i]) * as, 0);
     } else {
       const int a = static_cast<int>(acc[i]);
@@ -234,13 +258,14 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL ? 2 : 1) w4a8W
 #endif
 }
 
-template <int MODE, bool SWAP>
+template <int MODE, int BT>
 cudaError_t launchWgmma(const W4A8Args& a) {
-  const int smemBytes = kStages * kStageBytes;
-  cudaError_t e = cudaFuncSetAttribute(w4a8WgmmaKernel<MODE, SWAP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes);
+  const int smemBytes = kStages * (BT * 128 + kWStage);
+  cudaError_t e =
+      cudaFuncSetAttribute(w4a8WgmmaKernel<MODE, false, BT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes);
   if (e != cudaSuccess) return e;
-  dim3 grid((a.M + kBlockTokens - 1) / kBlockTokens, a.N / kBlockRows);
-  w4a8WgmmaKernel<MODE, SWAP><<<grid, 256, smemBytes, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
+  dim3 grid((a.M + BT - 1) / BT, a.N / kBlockRows);
+  w4a8WgmmaKernel<MODE, false, BT><<<grid, 256, smemBytes, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
   return cudaGetLastError();
 }
 
@@ -255,14 +280,15 @@ extern "C" bool q_wgmma_supported() {
   return major == 9 && minor == 0;
 }
 
-extern "C" cudaError_t q_w4a8_gemm_wgmma(const W4A8Args* args, int mode, bool swap) {
+// wide: 256 tokens per block (per-channel only; the group modes' second accumulator set would not fit).
+extern "C" cudaError_t q_w4a8_gemm_wgmma(const W4A8Args* args, int mode, bool wide) {
   const W4A8Args& a = *args;
   switch (mode) {
     case Q_MODE_PER_CHANNEL:
-      return swap ? launchWgmma<Q_MODE_PER_CHANNEL, true>(a) : launchWgmma<Q_MODE_PER_CHANNEL, false>(a);
+      return wide ? launchWgmma<Q_MODE_PER_CHANNEL, 256>(a) : launchWgmma<Q_MODE_PER_CHANNEL, 128>(a);
     case Q_MODE_GROUP_FLOAT:
-      return swap ? launchWgmma<Q_MODE_GROUP_FLOAT, true>(a) : launchWgmma<Q_MODE_GROUP_FLOAT, false>(a);
+      return launchWgmma<Q_MODE_GROUP_FLOAT, 128>(a);
     default:
-      return swap ? launchWgmma<Q_MODE_GROUP_INT, true>(a) : launchWgmma<Q_MODE_GROUP_INT, false>(a);
+      return launchWgmma<Q_MODE_GROUP_INT, 128>(a);
   }
 }
