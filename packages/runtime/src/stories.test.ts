@@ -60,7 +60,7 @@ describe.skipIf(!present)('stories260K', () => {
     }
     const ppl64 = Math.exp(nll / ids.length);
     console.log(
-      `stories260K ppl: f32 ${r.ppl.toFixed(4)}, f64 ${ppl64.toFixed(4)} over ${ids.length} tokens`,
+      `stories260K ppl: f32 ${r.ppl.toFixed(6)}, f64 ${ppl64.toFixed(6)} (relative ${(r.ppl / ppl64 - 1).toExponential(2)}) over ${ids.length} tokens`,
     );
     expect(Math.abs(r.ppl / ppl64 - 1)).toBeLessThan(1e-3);
   });

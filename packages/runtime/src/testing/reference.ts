@@ -93,19 +93,23 @@ export function referenceForward(c: ModelConfig, w: F64Weights, tokens: readonly
       for (let h = 0; h < c.numHeads; h++) {
         const kvh = Math.floor((h * c.numKvHeads) / c.numHeads);
         const sc: number[] = [];
+        const qt = qs[t] as number[];
         for (let s = 0; s <= t; s++) {
+          const ksr = ks[s] as number[];
           let dot = 0;
-          for (let i = 0; i < hd; i++)
-            dot += (qs[t]?.[h * hd + i] as number) * (ks[s]?.[kvh * hd + i] as number);
+          for (let i = 0; i < hd; i++) dot += (qt[h * hd + i] as number) * (ksr[kvh * hd + i] as number);
           sc.push(dot / Math.sqrt(hd));
         }
-        const mx = Math.max(...sc);
+        let mx = Number.NEGATIVE_INFINITY;
+        for (const v of sc) mx = Math.max(mx, v);
         const e = sc.map((v) => Math.exp(v - mx));
         const z = e.reduce((a, v) => a + v, 0);
-        for (let s = 0; s <= t; s++)
+        for (let s = 0; s <= t; s++) {
+          const vsr = vs[s] as number[];
+          const pr = (e[s] as number) / z;
           for (let i = 0; i < hd; i++)
-            att[h * hd + i] =
-              (att[h * hd + i] as number) + ((e[s] as number) / z) * (vs[s]?.[kvh * hd + i] as number);
+            att[h * hd + i] = (att[h * hd + i] as number) + pr * (vsr[kvh * hd + i] as number);
+        }
       }
       const o = linear(att, need(w, `${p}.self_attn.o_proj.weight`), d);
       const x1 = x.map((v, i) => v + (o[i] as number));
