@@ -124,7 +124,8 @@ export function generate(model: Model, prompt: readonly number[], options: Gener
   const maxTokens = options.maxTokens ?? 64;
   const stops = new Set(options.stopTokens ?? model.config.eosTokenIds);
   const rng = new Rng(options.seed ?? 0);
-  const cache = model.createCache(1, ctx);
+  // Sized to what this call can use, not the model's full context (which can be 128K positions).
+  const cache = model.createCache(1, Math.min(ctx, prompt.length + maxTokens));
   const out: number[] = [];
   let logits = model.forward([prompt], { cache, logits: 'last' });
   while (out.length < maxTokens) {
@@ -132,7 +133,7 @@ export function generate(model: Model, prompt: readonly number[], options: Gener
     if (stops.has(next)) break;
     out.push(next);
     options.onToken?.(next);
-    if ((cache.lengths[0] as number) >= ctx) break;
+    if ((cache.lengths[0] as number) >= cache.capacity) break;
     logits = model.forward([[next]], { cache, logits: 'last' });
   }
   return out;

@@ -165,6 +165,27 @@ parentPort.on('message', (job) => {
 `;
 }
 
+/**
+ * Blocks until `expected` workers have counted themselves done in ctrl[0]. A worker that died cannot report
+ * (its error event would need this thread's event loop), so ten silent minutes end the wait with E_TIMEOUT.
+ */
+export function waitForWorkers(ctrl: Int32Array, expected: number): void {
+  let silent = 0;
+  let last = -1;
+  for (;;) {
+    const done = Atomics.load(ctrl, 0);
+    if (done >= expected) return;
+    if (done !== last) silent = 0;
+    last = done;
+    if (Atomics.wait(ctrl, 0, done, 60_000) === 'timed-out' && ++silent >= 10) {
+      throw new QError(
+        'E_TIMEOUT',
+        `Expected ${expected} worker threads to finish a matmul within 10 minutes but ${done} did`,
+      );
+    }
+  }
+}
+
 /** Below this many multiply-adds a matmul runs on the calling thread: a worker round trip costs ~0.1 ms. */
 export const PARALLEL_MIN_MACS = 1 << 21;
 
@@ -308,11 +329,7 @@ export function matmulT(
     posted++;
   }
   gemmRange(xs, m, k, w, sharedBias, outS, n, 0, Math.min(chunk, n));
-  for (;;) {
-    const done = Atomics.load(p.ctrl, 0);
-    if (done >= posted) break;
-    Atomics.wait(p.ctrl, 0, done, 60_000);
-  }
+  waitForWorkers(p.ctrl, posted);
   if (Atomics.load(p.ctrl, 1) !== 0) {
     throw new QError(
       'E_INTERNAL',

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { QError } from '@q/core';
 import type { QuantizedLinear } from '@q/quant';
-import { PARALLEL_MIN_MACS, threadCount } from './gemm';
+import { PARALLEL_MIN_MACS, threadCount, waitForWorkers } from './gemm';
 
 /**
  * Worker threads that run `@q/quant`'s `linearForward` on slices of rows. Rows are independent in every
@@ -141,11 +141,7 @@ export function parallelLinearForward(
   }
   const mine = Math.min(chunk, rows);
   out.set(run(x.subarray(0, mine * k), mine, layer), 0);
-  for (;;) {
-    const done = Atomics.load(p.ctrl, 0);
-    if (done >= posted) break;
-    Atomics.wait(p.ctrl, 0, done, 60_000);
-  }
+  waitForWorkers(p.ctrl, posted);
   if (Atomics.load(p.ctrl, 1) !== 0) {
     throw new QError(
       'E_INTERNAL',
