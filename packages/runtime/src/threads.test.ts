@@ -50,3 +50,40 @@ describe.skipIf(!built)('worker threads', () => {
     expect(two).toMatchObject({ ppl: one.ppl, kl: one.kl, top1: one.top1, referencePpl: one.referencePpl });
   });
 });
+
+describe.skipIf(!built)('q quantize killed by a signal', () => {
+  it('never leaves a partial directory under the final name (SIGINT and SIGKILL at several moments)', async () => {
+    const { spawn } = await import('node:child_process');
+    const config = smallConfig({
+      hiddenSize: 256,
+      intermediateSize: 512,
+      headDim: 64,
+      numHeads: 4,
+      numKvHeads: 2,
+    });
+    const dir = path.join(tmp, 'float-signals');
+    writeHfModel(dir, { config, weights: randomWeights(config, 32), tokenizer: bpeTokenizerJson() });
+    const outcomes: string[] = [];
+    for (const signal of ['SIGINT', 'SIGKILL'] as const) {
+      for (const delay of [100, 250, 400, 700]) {
+        const out = path.join(tmp, `sig-${signal}-${delay}`);
+        const child = spawn(process.execPath, [cli, 'quantize', dir, '--recipe', 'odyssey', '--out', out], {
+          stdio: 'ignore',
+        });
+        const timer = setTimeout(() => child.kill(signal), delay);
+        await new Promise((resolve) => child.on('exit', resolve));
+        clearTimeout(timer);
+        if (fs.existsSync(out)) {
+          // Present means complete: the manifest, the weights it lists and the tokenizer.
+          expect(fs.existsSync(path.join(out, 'manifest.json'))).toBe(true);
+          expect(fs.existsSync(path.join(out, 'tokenizer.json'))).toBe(true);
+          expect(loadModel(out).source).toBe('quantized');
+          outcomes.push('complete');
+        } else outcomes.push('absent');
+        if (signal === 'SIGINT')
+          expect(fs.readdirSync(tmp).filter((n) => n.includes('.partial'))).toEqual([]);
+      }
+    }
+    console.log(`quantize interrupted at 100-700 ms: ${outcomes.join(', ')}`);
+  });
+});
