@@ -6,6 +6,7 @@ import * as kernels from '@q/kernels-cuda';
 import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import pkg from '../package.json';
 import { formatDemoTable, runDemo } from './demo';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
@@ -119,6 +120,7 @@ export function createProgram(io: CliIO = processIO): Command {
   const json = (v: unknown) => io.stdout(`${JSON.stringify(v, null, 2)}\n`);
   const program = new Command('q')
     .description('W4A8 LLM quantization and inference for Node.js: quantize, evaluate, generate, demo')
+    .version(pkg.version, '-V, --version', 'print the version of @q/runtime')
     .showHelpAfterError()
     .configureOutput({ writeOut: (s) => io.stdout(s), writeErr: (s) => io.stderr(s) })
     .exitOverride();

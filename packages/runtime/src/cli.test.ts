@@ -50,6 +50,12 @@ describe('q --help', () => {
     });
   }
 
+  it('--version prints the package version', async () => {
+    const r = await q('--version');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
   it('an unknown recipe is a usage error listing the recipes', async () => {
     const r = await q('quantize', 'model.bin', '--recipe', 'nope');
     expect(r.code).toBe(2);
