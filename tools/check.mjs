@@ -41,7 +41,10 @@ if (built) step('release checks', process.execPath, [join(root, 'tools', 'releas
 else failures.push('release checks (skipped: build failed)');
 
 if (failures.length) console.log(`\nFailed steps: ${failures.join(', ')}`);
-const sum = spawnSync(process.execPath, [join(root, 'tools', 'summary.mjs'), join(reports, 'vitest.json')], {
+const summaryArgs = [join(root, 'tools', 'summary.mjs'), join(reports, 'vitest.json')];
+// The tests step already counts its own failures; every other failed step adds one.
+const otherFailures = failures.filter((f) => f !== 'tests').length;
+const sum = spawnSync(process.execPath, [...summaryArgs, '--failed-steps', String(otherFailures)], {
   stdio: 'inherit',
 });
 process.exit(failures.length === 0 && sum.status === 0 ? 0 : 1);

@@ -7,7 +7,15 @@ let passed = 0;
 let failed = 0;
 let skipped = 0;
 let ok = true;
-for (const file of process.argv.slice(2)) {
+// `--failed-steps N`: gate steps that failed outside the test runner (lint, build, release checks) count as
+// failures too, so the closing line never reads "0 failed" for a gate that failed.
+const args = process.argv.slice(2);
+const stepsAt = args.indexOf('--failed-steps');
+if (stepsAt >= 0) {
+  failed += Number(args[stepsAt + 1] ?? 0);
+  args.splice(stepsAt, 2);
+}
+for (const file of args) {
   if (!existsSync(file)) {
     console.error(`summary: report ${file} is missing (the test run did not finish)`);
     ok = false;

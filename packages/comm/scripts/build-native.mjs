@@ -4,7 +4,16 @@
 // dlopen'ed at run time. Skips with a printed reason (exit 0) when nvcc or the Node headers are absent.
 // Environment: NVCC, CUDA_HOME, Q_CUDA_ARCHS (e.g. "80,90a"), Q_BUILD_JOBS (parallel compiles, default 2).
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative } from 'node:path';
@@ -15,7 +24,8 @@ const csrc = join(pkgDir, 'csrc');
 const pkg = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
 const outDir = join(pkgDir, 'build');
 // Objects stay out of build/ so that only the .node file travels and ships.
-const objDir = join(tmpdir(), `q-comm-obj-${pkg.version}`);
+// A fresh folder per build: concurrent builds of different checkouts never share object files.
+const objDir = mkdtempSync(join(tmpdir(), 'q-comm-obj-'));
 const name = `q_comm-${process.platform}-${process.arch}-v${pkg.version}.node`;
 
 function skip(reason) {
@@ -56,6 +66,7 @@ const walk = (dir) =>
   );
 const sources = walk(csrc).filter((f) => f.endsWith('.cc') || f.endsWith('.cu'));
 mkdirSync(objDir, { recursive: true });
+mkdirSync(outDir, { recursive: true });
 
 const jobs = sources.map((src) => {
   const obj = join(objDir, `${relative(csrc, src).replaceAll('/', '_')}.o`);
@@ -165,6 +176,7 @@ if (link.code !== 0) {
   process.exit(1);
 }
 renameSync(tmp, join(outDir, name));
+rmSync(objDir, { recursive: true, force: true });
 console.log(
   `build:native: built build/${name} for sm_${archs.join(', sm_')} in ${((Date.now() - t0) / 1000).toFixed(1)} s`,
 );
