@@ -6,6 +6,7 @@ export * from './half';
 export * from './hf-config';
 export * from './int4';
 export * from './llama2c';
+export * from './random';
 export * from './safetensors';
 export * from './tensor';
 export * from './tokenizer-llama2c';

@@ -1,20 +1,14 @@
-import { type ModelConfig, Tensor } from '@q/core';
+import { type ModelConfig, Rng, Tensor } from '@q/core';
 
 /**
  * Deterministic test fixtures: a seeded PRNG, Gaussian samples and a tiny Llama-shaped model.
  * Not part of the public API (not exported from index.ts).
  */
 
-/** Mulberry32: a small, fast, seeded 32-bit PRNG; plenty for test data. */
+/** A seeded uniform source in [0, 1) (@q/core's Rng); plenty for test data. */
 export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** Standard normal samples (Box-Muller) from a uniform source. */

@@ -1,5 +1,4 @@
-import { Llama2cTokenizer, type ModelConfig, Tensor } from '@q/core';
-import { Rng } from './cpu/prng';
+import { Llama2cTokenizer, type ModelConfig, Rng, Tensor } from '@q/core';
 import { tensorNames } from './names';
 import { type TextTokenizer, wrapLlama2cTokenizer } from './tokenizer';
 

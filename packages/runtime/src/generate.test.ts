@@ -1,5 +1,5 @@
+import { Rng } from '@q/core';
 import { describe, expect, it } from 'vitest';
-import { Rng } from './cpu/prng';
 import { argmax, generate, sampleToken } from './generate';
 import { Model } from './model';
 import { randomWeights, smallConfig } from './testing/random-model';

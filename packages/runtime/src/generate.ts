@@ -1,5 +1,4 @@
-import { QError } from '@q/core';
-import { Rng } from './cpu/prng';
+import { QError, Rng } from '@q/core';
 import type { Model } from './model';
 
 /** Options of `generate`. Temperature 0 (the default) is greedy decoding. */

@@ -10,11 +10,12 @@
  * console.log(tokenizer.decode(ids));
  * ```
  */
+
+export { Rng } from '@q/core';
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
 export { matmulT, threadCount } from './cpu/gemm';
 export { FloatLinear, type Linear, QuantLinear, type QuantLinearForward } from './cpu/linear';
-export { Rng } from './cpu/prng';
 export { shutdownThreads } from './cpu/threads';
 export {
   DEMO_RECIPES,

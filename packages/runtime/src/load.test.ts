@@ -1,9 +1,8 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { isQError, type Tensor, writeLlama2cCheckpoint } from '@q/core';
+import { isQError, Rng, type Tensor, writeLlama2cCheckpoint } from '@q/core';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Rng } from './cpu/prng';
 import { generate } from './generate';
 import { loadModel } from './load';
 import { bpeTokenizerJson, wordLevelTokenizerJson, writeHfModel } from './testing/hf-fixture';

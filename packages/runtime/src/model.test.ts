@@ -1,7 +1,7 @@
 import type { ModelConfig } from '@q/core';
+import { Rng } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import { matmulT } from './cpu/gemm';
-import { Rng } from './cpu/prng';
 import { shutdownThreads } from './cpu/threads';
 import { Model } from './model';
 import { randomWeights, smallConfig, toF64Map } from './testing/random-model';

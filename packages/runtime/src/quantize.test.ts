@@ -1,9 +1,9 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { Rng } from '@q/core';
 import { linearForward } from '@q/quant';
 import { afterAll, describe, expect, it } from 'vitest';
-import { Rng } from './cpu/prng';
 import { loadModel } from './load';
 import { quantizeLoaded, saveQuantizedModel } from './quantize';
 import { bpeTokenizerJson, writeHfModel } from './testing/hf-fixture';

@@ -1,6 +1,5 @@
 // Test-only: random small Llama-family weights under Hugging Face names, from a seeded PRNG.
-import { type ModelConfig, Tensor } from '@q/core';
-import { Rng } from '../cpu/prng';
+import { type ModelConfig, Rng, Tensor } from '@q/core';
 
 export function smallConfig(over: Partial<ModelConfig> = {}): ModelConfig {
   return {

@@ -1,5 +1,5 @@
 /**
- * A small seeded PRNG (SplitMix32 feeding xoshiro128**), so sampling, the demo model and tests are reproducible
+ * A small seeded PRNG (SplitMix32 feeding xoshiro128**), so sampling, synthetic models and test data are reproducible
  * from one integer seed on every platform.
  *
  * @example
