@@ -27,7 +27,7 @@ function step(name, cmd, args, env = {}) {
 }
 
 const bin = (b) => join(root, 'node_modules', '.bin', b);
-step('lint', bin('biome'), ['check', '.']);
+step('lint', bin('turbo'), ['run', 'lint', 'lint:root', '--output-logs=errors-only']);
 const built = step('build', bin('turbo'), ['run', 'build', 'build:native', '--output-logs=errors-only']);
 step('typecheck', bin('turbo'), ['run', 'typecheck', '--output-logs=errors-only']);
 step('tests', bin('vitest'), [
