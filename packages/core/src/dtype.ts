@@ -31,7 +31,15 @@ export const DTYPE_BITS: Readonly<Record<DType, number>> = {
   i4: 4,
 };
 
-/** Asserts that `x` names a dtype; throws `E_DTYPE` listing the valid ones otherwise. */
+/**
+ * Asserts that `x` names a dtype; throws `E_DTYPE` listing the valid ones otherwise.
+ *
+ * @example
+ * ```ts
+ * assertDType('f16'); // ok
+ * assertDType('f64'); // throws QError E_DTYPE listing the valid dtypes
+ * ```
+ */
 export function assertDType(x: unknown, name = 'dtype'): asserts x is DType {
   if (typeof x !== 'string' || !(DTYPES as readonly string[]).includes(x)) {
     throw new QError(
@@ -41,17 +49,40 @@ export function assertDType(x: unknown, name = 'dtype'): asserts x is DType {
   }
 }
 
-/** Bytes needed to hold `count` elements of `dtype` (int4 rounds up to whole bytes). */
+/**
+ * Bytes needed to hold `count` elements of `dtype` (int4 rounds up to whole bytes).
+ *
+ * @example
+ * ```ts
+ * byteLength('i4', 5) // 3
+ * byteLength('bf16', 5) // 10
+ * ```
+ */
 export function byteLength(dtype: DType, count: number): number {
   return Math.ceil((count * DTYPE_BITS[dtype]) / 8);
 }
 
-/** Length of the backing typed array (in array elements) for `count` tensor elements. */
+/**
+ * Length of the backing typed array (in array elements) for `count` tensor elements.
+ *
+ * @example
+ * ```ts
+ * storageLength('i4', 5) // 3 (bytes of a Uint8Array)
+ * storageLength('f32', 5) // 5
+ * ```
+ */
 export function storageLength(dtype: DType, count: number): number {
   return dtype === 'i4' ? Math.ceil(count / 2) : count;
 }
 
-/** Allocates a zeroed backing array for `count` elements of `dtype`. */
+/**
+ * Allocates a zeroed backing array for `count` elements of `dtype`.
+ *
+ * @example
+ * ```ts
+ * allocStorage('bf16', 4) // Uint16Array(4)
+ * ```
+ */
 export function allocStorage<D extends DType>(dtype: D, count: number): TypedArrayOf<D> {
   const n = storageLength(dtype, count);
   switch (dtype) {
@@ -72,7 +103,14 @@ export function allocStorage<D extends DType>(dtype: D, count: number): TypedArr
   }
 }
 
-/** Wraps a byte range as the typed array of `dtype` (copies when the offset is misaligned). */
+/**
+ * Wraps a byte range as the typed array of `dtype` (copies when the offset is misaligned).
+ *
+ * @example
+ * ```ts
+ * viewBytes('f32', new Uint8Array(8)) // Float32Array(2) over the same bytes
+ * ```
+ */
 export function viewBytes<D extends DType>(dtype: D, bytes: Uint8Array): TypedArrayOf<D> {
   const bpe = dtype === 'i4' ? 1 : DTYPE_BITS[dtype] / 8;
   let buf = bytes;

@@ -55,7 +55,14 @@ export class QError extends Error {
   }
 }
 
-/** True when `e` is a QError, optionally with the given code. Works across duplicated package copies. */
+/**
+ * True when `e` is a QError, optionally with the given code. Works across duplicated package copies.
+ *
+ * @example
+ * ```ts
+ * try { assertDType('x'); } catch (e) { isQError(e, 'E_DTYPE'); } // true
+ * ```
+ */
 export function isQError(e: unknown, code?: QErrorCode): e is QError {
   if (typeof e !== 'object' || e === null) return false;
   const maybe = e as { name?: unknown; code?: unknown };
@@ -63,7 +70,14 @@ export function isQError(e: unknown, code?: QErrorCode): e is QError {
   return code === undefined || maybe.code === code;
 }
 
-/** Formats a value for "Expected X for Y but received Z" messages without dumping huge arrays. */
+/**
+ * Formats a value for "Expected X for Y but received Z" messages without dumping huge arrays.
+ *
+ * @example
+ * ```ts
+ * describeValue([1, 2, 3]) // '[1, 2, 3]'
+ * ```
+ */
 export function describeValue(v: unknown): string {
   if (typeof v === 'string') return JSON.stringify(v.length > 80 ? `${v.slice(0, 77)}...` : v);
   if (typeof v === 'bigint') return `${v}n`;
@@ -80,7 +94,15 @@ export function describeValue(v: unknown): string {
   }
 }
 
-/** Throws `QError(code, "Expected <expected> for <name> but received <value>")`. */
+/**
+ * Throws `QError(code, "Expected <expected> for <name> but received <value>")`.
+ *
+ * @example
+ * ```ts
+ * expected('E_ARG', 'groupSize', 'a multiple of 32', 100);
+ * // throws QError: Expected a multiple of 32 for groupSize but received 100
+ * ```
+ */
 export function expected(code: QErrorCode, name: string, expectedWhat: string, received: unknown): never {
   throw new QError(code, `Expected ${expectedWhat} for ${name} but received ${describeValue(received)}`);
 }

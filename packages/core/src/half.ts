@@ -119,25 +119,53 @@ export function bf16BitsToF32(h: number): number {
   return bitsToF32((h & 0xffff) << 16);
 }
 
-/** Converts a whole array of f32 values to f16 bits. */
+/**
+ * Converts a whole array of f32 values to f16 bits.
+ *
+ * @example
+ * ```ts
+ * f32ArrayToF16([1, 0.5]) // Uint16Array [0x3c00, 0x3800]
+ * ```
+ */
 export function f32ArrayToF16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
   for (let i = 0; i < src.length; i++) out[i] = f32ToF16Bits(src[i] as number);
   return out;
 }
 
-/** Converts a whole array of f16 bits to f32 values. */
+/**
+ * Converts a whole array of f16 bits to f32 values.
+ *
+ * @example
+ * ```ts
+ * f16ArrayToF32(Uint16Array.of(0x3c00)) // Float32Array [1]
+ * ```
+ */
 export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
   for (let i = 0; i < src.length; i++) out[i] = f16BitsToF32(src[i] as number);
   return out;
 }
 
-/** Converts a whole array of f32 values to bf16 bits. */
+/**
+ * Converts a whole array of f32 values to bf16 bits.
+ *
+ * @example
+ * ```ts
+ * f32ArrayToBf16([1, -2]) // Uint16Array [0x3f80, 0xc000]
+ * ```
+ */
 export function f32ArrayToBf16(src: ArrayLike<number>, out = new Uint16Array(src.length)): Uint16Array {
   for (let i = 0; i < src.length; i++) out[i] = f32ToBf16Bits(src[i] as number);
   return out;
 }
 
-/** Converts a whole array of bf16 bits to f32 values. */
+/**
+ * Converts a whole array of bf16 bits to f32 values.
+ *
+ * @example
+ * ```ts
+ * bf16ArrayToF32(Uint16Array.of(0x3f80)) // Float32Array [1]
+ * ```
+ */
 export function bf16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
   for (let i = 0; i < src.length; i++) out[i] = bf16BitsToF32(src[i] as number);
   return out;

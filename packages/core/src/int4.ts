@@ -71,7 +71,14 @@ export function unpackInt4(packed: Uint8Array, count: number, out = new Int8Arra
   return out;
 }
 
-/** Reads element i of a plainly packed int4 array. */
+/**
+ * Reads element i of a plainly packed int4 array.
+ *
+ * @example
+ * ```ts
+ * getInt4(Uint8Array.of(0xf1), 1) // -1
+ * ```
+ */
 export function getInt4(packed: Uint8Array, i: number): number {
   const b = packed[i >> 1] as number;
   const nib = (i & 1) === 0 ? b & 0xf : b >> 4;
@@ -117,6 +124,11 @@ export function fromHighNibble(lanes: Int8Array, out = new Int8Array(lanes.lengt
 /**
  * Extracts the two high-nibble lanes of one plainly packed byte with the FastGEMM bit tricks:
  * `(b << 4) & 0xF0` is 16·(element 2i) and `b & 0xF0` is 16·(element 2i+1), both as signed int8.
+ *
+ * @example
+ * ```ts
+ * byteToHighNibblePair(0xf1) // [16, -16]
+ * ```
  */
 export function byteToHighNibblePair(b: number): [number, number] {
   const lo = (((b << 4) & 0xf0) << 24) >> 24;

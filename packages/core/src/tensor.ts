@@ -16,14 +16,28 @@ function checkShape(shape: Shape, name = 'shape'): void {
   }
 }
 
-/** Number of elements of a shape. */
+/**
+ * Number of elements of a shape.
+ *
+ * @example
+ * ```ts
+ * numel([2, 3, 4]) // 24
+ * ```
+ */
 export function numel(shape: Shape): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
 }
 
-/** Row-major strides of a shape, in elements. */
+/**
+ * Row-major strides of a shape, in elements.
+ *
+ * @example
+ * ```ts
+ * contiguousStrides([2, 3, 4]) // [12, 4, 1]
+ * ```
+ */
 export function contiguousStrides(shape: Shape): number[] {
   const s = new Array<number>(shape.length);
   let acc = 1;
