@@ -50,7 +50,7 @@ for (const gs of ['channel', 128, 64]) {
       for (let i = 0; i < want.length; i++)
         for (let g = 0; g < gold.groups; g++) want[i] += gold.values[i * gold.groups + g];
     }
-    for (const variant of [1, 2, 4, 8, 16, 18]) {
+    for (const variant of [1, 2, 4, 8, 16, 18, 20, 21, 22]) {
       out.fillBytes(0xa5);
       gemmW4A8({ a, aScale: sc, weights: dw, mode, out, variant });
       const got = out.download();

@@ -315,7 +315,11 @@ export interface GemmW4A8Options {
   /** [M, N] in the dtype of out, added last (the residual connection). */
   residual?: DeviceTensor;
   stream?: Stream;
-  /** Forces a kernel variant (benchmarks only): 1, 2, 4 or 8 token tiles of 8 per block. */
+  /**
+   * Forces a kernel variant (benchmarks and tests only): 1, 2, 4 or 8 token tiles of 8 per block (mma.sync);
+   * 16 / 18 the block-synchronous wgmma kernel with 128 / 256 tokens; 20 the warp-specialized wgmma kernel
+   * (sm_90a, N % 128 == 0), 21 / 22 the same with 128 / 192 tokens per tile in every mode.
+   */
   variant?: number;
 }
 

@@ -5,7 +5,7 @@
  * the half-precision output.
  */
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '@q/core';
-import { DeviceTensor, gemmW4A8, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
+import { DeviceTensor, gemmW4A8, gpuStatus, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
 import {
   type GemmScaleMode,
   gemmW4A8Golden,
@@ -53,6 +53,14 @@ for (const m of M_SWEEP) {
   // Per-channel: one group of k; 1040 and 272 are not multiples of the 64-wide k tile.
   for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272])
     cases.push({ m, n: m <= 33 ? 160 : 128, k, groupSize: 'channel' });
+}
+
+// Above 64 tokens with N % 128 == 0 the sm_90a warp-specialized kernel serves the call; its other tile widths
+// (variant 21: 128 tokens, 22: 192 tokens per tile) are checked on the same cases so that dispatch may pick them.
+function variantsFor(c: Case): number[] {
+  return c.m > 64 && c.n % 128 === 0 && gpuStatus().devices[0]?.computeCapability === '9.0'
+    ? [0, 21, 22]
+    : [0];
 }
 
 function makeWeights(rand: () => number, n: number, k: number, groupSize: number | 'channel'): Int4Weights {
@@ -103,11 +111,12 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
       const resid = new Float32Array(c.m * c.n).map(() => rand() * 2 - 1);
       const residBits = new Uint16Array(resid.length);
       try {
-        for (const mode of modes) {
+        for (const [mode, variant] of modes.flatMap((md) => variantsFor(c).map((v) => [md, v] as const))) {
           const args = { a: act.q, aScales: act.scales, m: c.m, weights: w, mode };
+          const vTag = variant ? ` (variant ${variant})` : '';
           // Integer part: bit-exact.
           outI.fillBytes(0xa5);
-          gemmW4A8({ a, aScale, weights: dw, mode, out: outI });
+          gemmW4A8({ a, aScale, weights: dw, mode, out: outI, variant });
           const got = outI.download();
           const gold = gemmW4A8GoldenInt(args);
           let want = gold.values;
@@ -128,7 +137,7 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
             }
           expect(
             bad,
-            `${mode}: ${bad} of ${want.length} int32 accumulators differ; first at ${first}: got ${got[first]}, want ${want[first]}`,
+            `${mode}${vTag}: ${bad} of ${want.length} int32 accumulators differ; first at ${first}: got ${got[first]}, want ${want[first]}`,
           ).toBe(0);
 
           // Float epilogue, with and without bias + residual.
@@ -149,6 +158,7 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
               aScale,
               weights: dw,
               mode,
+              variant,
               out: outH,
               ...(biasT ? { bias: biasT } : {}),
               ...(residual ? { residual } : {}),
@@ -176,7 +186,7 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
             }
             expect(
               worst,
-              `${mode} ${outDtype} extras=${withExtras}: worst error ratio ${worst} at ${worstI}`,
+              `${mode}${vTag} ${outDtype} extras=${withExtras}: worst error ratio ${worst} at ${worstI}`,
             ).toBeLessThanOrEqual(1);
           }
         }

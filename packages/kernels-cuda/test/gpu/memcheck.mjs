@@ -2,6 +2,7 @@
 // A small end-to-end pass over every kernel, meant to run under
 //   compute-sanitizer --tool memcheck --error-exitcode 1 node packages/kernels-cuda/test/gpu/memcheck.mjs
 // Shapes are chosen to hit the edges: M not a multiple of 8, K not a multiple of the 64-wide tile, ldq > K.
+// (On sm_90 the last two shapes take the warp-specialized wgmma path.)
 import {
   DeviceTensor,
   gemmHalf,
@@ -34,6 +35,9 @@ for (const [m, n, k, gs] of [
   [3, 48, 272, 'channel'],
   [19, 32, 256, 64],
   [70, 16, 384, 128],
+  // Above 64 tokens with N % 128 == 0: the warp-specialized wgmma kernel (TMA past M and K, odd k tiles).
+  [130, 128, 336, 'channel'],
+  [200, 256, 640, 64],
 ]) {
   const w = quantizeInt4(
     new Float32Array(n * k).map(() => rand() - 0.5),

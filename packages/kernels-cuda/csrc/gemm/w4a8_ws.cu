@@ -1,0 +1,417 @@
+// W4A8 GEMM, warp-specialized prefill path for Hopper (sm_90a).
+//
+// C^T = W · A^T as in w4a8_wgmma.cu: the packed int4 weights are wgmma's register operand A, the int8
+// activations the shared-memory operand B, both K-major. What differs:
+//
+// - Roles. Warpgroup 0 is the producer (setmaxnreg down to 40): one thread streams every stage with TMA
+//   (activations: one 2-D cp.async.bulk.tensor box of BT tokens × 128 k, 128-byte swizzle, zero fill past M
+//   and K) and cp.async.bulk (weights: eight 1 KB runs of the packed layout, 16 rows × k128 each), both
+//   completing on the stage's "full" mbarrier. Warpgroups 1 and 2 are consumers (setmaxnreg up to 232), 64
+//   weight rows each; they never meet a block-wide barrier: each warp arrives on the stage's "empty" mbarrier
+//   once the wgmmas that read it have retired.
+// - Activations in natural k order. The packed weights hold, in lane t of a quad, the 16 consecutive k of
+//   [16t, 16t + 16) of each 64-k tile; wgmma's A fragment wants k = 4t..4t+3 and 16+4t..16+4t+3 of each k32
+//   step. A 4×4 transpose of 32-bit words across the quad (two shuffle rounds) gives exactly that, so B is the
+//   plain K-major activation tile TMA delivers, instead of a 4-byte-granular permuted copy.
+// - Persistent grid: one CTA per SM walks the (token tile, 128-row tile) pairs, token tiles fastest so the
+//   CTAs in flight share weight tiles in L2; the producer runs ahead into the next tile while the consumers
+//   write the epilogue.
+// - Group modes: the group boundary falls on a 64-k tile (group sizes are multiples of 64); at its end the
+//   consumer retires its wgmmas, folds P_g = acc >> 4 into an int32 (Integer Scale) or f32 sum in registers,
+//   and restarts the accumulators with scale-d = 0; the other consumer warpgroup keeps the tensor cores busy.
+//
+// Constraints: N % 128 == 0, K % 16 == 0, lda % 16 == 0, activations 16-byte aligned, group modes
+// groupSize % 64 == 0. M arbitrary.
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes from the runtime's driver entry point
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <type_traits>
+
+#include "w4a8.h"
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define Q_WS_WGMMA 1
+#include "wgmma_rs.h"
+#endif
+
+namespace {
+
+constexpr int kRows = 128;                  // weight rows per CTA: 2 consumer warpgroups × 64
+constexpr int kWStageBytes = kRows * 64;    // packed weights per stage: 128 rows × k128 × 4 bits
+constexpr int kThreads = 384;
+
+template <int BT>
+struct WsCfg {
+  static constexpr int kActBytes = BT * 128;  // one stage of activations, k = 128
+  static constexpr int kStageBytes = kActBytes + kWStageBytes;
+  static constexpr int kStages = (200 * 1024) / kStageBytes < 6 ? (200 * 1024) / kStageBytes : 6;
+  static constexpr int kSmem = kStages * kStageBytes + 1024 /* alignment */ + 256 /* barriers */;
+};
+
+#ifdef Q_WS_WGMMA
+__device__ __forceinline__ void mbarInit(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ uint32_t mbarTry(uint32_t bar, uint32_t parity) {
+  uint32_t ok;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(ok)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return ok;
+}
+// A stage that never completes is a bug (a byte count or parity out of step): trap after ~10 s instead of
+// hanging the process, so the caller sees a launch failure.
+__device__ __forceinline__ void mbarWait(uint32_t bar, uint32_t parity) {
+  if (mbarTry(bar, parity)) return;
+  const long long t0 = clock64();
+  while (!mbarTry(bar, parity)) {
+    if (clock64() - t0 > 20000000000LL) __trap();
+  }
+}
+__device__ __forceinline__ void mbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbarExpectTx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+      "[%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void bulkLoad(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                   dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+// K-major B operand, 128-byte swizzle: 8-token × 128-byte atoms 1024 bytes apart (SBO); the k32 step is
+// selected by advancing the start address 32 bytes inside the atom, as the swizzle is applied on the address.
+__device__ __forceinline__ uint64_t descSw128(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(1) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) | (static_cast<uint64_t>(1) << 62);
+}
+// Swaps word slot `mine ? x : y` with lane ^ xorMask: one round of the quad's 4×4 word transpose.
+__device__ __forceinline__ void swapRound(uint32_t& x, uint32_t& y, bool mine, int xorMask) {
+  const uint32_t send = mine ? x : y;
+  const uint32_t recv = __shfl_xor_sync(0xffffffffu, send, xorMask);
+  if (mine) {
+    x = recv;
+  } else {
+    y = recv;
+  }
+}
+
+template <int BT>
+__device__ __forceinline__ void wgmmaRs(int (&d)[BT / 2], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                        uint64_t desc, int scaleD) {
+  if constexpr (BT == 128) {
+    wgmmaRs128(d, a0, a1, a2, a3, desc, scaleD);
+  } else if constexpr (BT == 192) {
+    wgmmaRs192(d, a0, a1, a2, a3, desc, scaleD);
+  } else {
+    wgmmaRs256(d, a0, a1, a2, a3, desc, scaleD);
+  }
+}
+#endif
+
+__device__ __forceinline__ void storeOutWs(const W4A8Args& p, int m, int n, float v, int iv) {
+  const size_t idx = static_cast<size_t>(m) * p.N + n;
+  if (p.outType == Q_OUT_I32) {
+    static_cast<int32_t*>(p.out)[idx] = iv;
+    return;
+  }
+  if (p.bias) v += p.bias[n];
+  if (p.outType == Q_OUT_F16) {
+    if (p.residual) v += __half2float(static_cast<const __half*>(p.residual)[idx]);
+    static_cast<__half*>(p.out)[idx] = __float2half_rn(v);
+  } else {
+    if (p.residual) v += __bfloat162float(static_cast<const __nv_bfloat16*>(p.residual)[idx]);
+    static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
+  }
+}
+
+// BT: tokens per tile (wgmma N). tilesM: token tiles; the tile index runs token tiles fastest.
+template <int MODE, int BT>
+__global__ void __launch_bounds__(kThreads, 1)
+    w4a8WsKernel(const __grid_constant__ CUtensorMap actMap, const W4A8Args p, int tilesM, int nTiles) {
+#ifdef Q_WS_WGMMA
+  using C = WsCfg<BT>;
+  constexpr int S = C::kStages;
+  extern __shared__ uint8_t smemRaw[];
+  const uint32_t rawBase = static_cast<uint32_t>(__cvta_generic_to_shared(smemRaw));
+  const uint32_t sbase = (rawBase + 1023) & ~1023u;  // 128-byte swizzle atoms need 1024-byte alignment
+  const uint32_t bars = sbase + S * C::kStageBytes;  // full[S], then empty[S]
+  const int tid = threadIdx.x;
+  const int kTiles = p.kTiles;
+  const int nStages = (kTiles + 1) / 2;
+
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+      mbarInit(bars + 8 * s, 1);
+      mbarInit(bars + 8 * (S + s), 8);  // one arrival per consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&actMap)) : "memory");
+  }
+  __syncthreads();
+
+  const int wg = tid >> 7;
+  if (wg == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (tid == 0) {
+      int it = 0;
+      for (int tile = blockIdx.x; tile < nTiles; tile += gridDim.x) {
+        const int m0 = (tile % tilesM) * BT;
+        const int n0 = (tile / tilesM) * kRows;
+        const uint8_t* wsrc = static_cast<const uint8_t*>(p.w) + static_cast<size_t>(n0 / 16) * kTiles * 512;
+        for (int ks = 0; ks < nStages; ++ks, ++it) {
+          const int slot = it % S;
+          const uint32_t full = bars + 8 * slot, empty = bars + 8 * (S + slot);
+          mbarWait(empty, ((it / S) & 1) ^ 1);
+          const int nt = kTiles - 2 * ks < 2 ? 1 : 2;
+          const uint32_t st = sbase + slot * C::kStageBytes;
+          mbarExpectTx(full, C::kActBytes + 8 * nt * 512);
+          tmaLoad2d(st, &actMap, ks * 128, m0, full);
+#pragma unroll
+          for (int r = 0; r < 8; ++r)
+            bulkLoad(st + C::kActBytes + r * 1024, wsrc + (static_cast<size_t>(r) * kTiles + 2 * ks) * 512, nt * 512,
+                     full);
+        }
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int lane = tid & 31;
+  const int g = lane >> 2, t = lane & 3;
+  const int rg = (tid - 128) >> 5;  // this warp's 16-row group in the CTA tile, 0..7
+  const bool t0 = t & 1, t1 = (t >> 1) & 1;
+  const int tpg = MODE == Q_MODE_PER_CHANNEL ? (1 << 30) : p.groupSize / 64;
+  typedef typename std::conditional<MODE == Q_MODE_GROUP_FLOAT, float, int>::type AccT;
+  int d[BT / 2];
+  AccT acc[MODE == Q_MODE_PER_CHANNEL ? 1 : BT / 2];
+  int it = 0;
+  for (int tile = blockIdx.x; tile < nTiles; tile += gridDim.x) {
+    const int m0 = (tile % tilesM) * BT;
+    const int n0 = (tile / tilesM) * kRows;
+    const int rowA = n0 + rg * 16 + g;  // rows of this thread's accumulators: rowA, rowA + 8
+    if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+#pragma unroll
+      for (int i = 0; i < BT / 2; ++i) acc[i] = 0;
+    }
+    int prevEmpty = -1;
+    for (int ks = 0; ks < nStages; ++ks, ++it) {
+      const int slot = it % S;
+      mbarWait(bars + 8 * slot, (it / S) & 1);
+      const uint32_t st = sbase + slot * C::kStageBytes;
+      const int nt = kTiles - 2 * ks < 2 ? 1 : 2;
+      // Per-channel: both 64-k tiles' A fragments are ready before the first wgmma of the stage, so the four
+      // wgmmas go out back to back. The group modes at 192 tokens load each tile's fragment just before its
+      // wgmmas (registers: two accumulator sets of 96).
+      constexpr bool kAhead = MODE == Q_MODE_PER_CHANNEL || BT < 192;
+      uint32_t x[2][4];
+      auto loadFrag = [&](int sub) {
+        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(x[sub][0]), "=r"(x[sub][1]), "=r"(x[sub][2]), "=r"(x[sub][3])
+                     : "r"(st + C::kActBytes + rg * 1024 + sub * 512 + lane * 16));
+        // Quad transpose: afterwards word q of lane t holds k = 16q + 4t .. +3 of this 64-k tile.
+        swapRound(x[sub][0], x[sub][2], t1, 2);
+        swapRound(x[sub][1], x[sub][3], t1, 2);
+        swapRound(x[sub][0], x[sub][1], t0, 1);
+        swapRound(x[sub][2], x[sub][3], t0, 1);
+      };
+      if constexpr (kAhead) {
+#pragma unroll
+        for (int sub = 0; sub < 2; ++sub)
+          if (sub < nt) loadFrag(sub);
+      }
+#pragma unroll
+      for (int sub = 0; sub < 2; ++sub) {
+        const int kk = 2 * ks + sub;
+        if (sub >= nt) break;
+        const bool groupEnd = MODE != Q_MODE_PER_CHANNEL && kk % tpg == tpg - 1;
+        // The group's scales are requested before its last wgmmas, so their latency hides behind them.
+        AccT sc0 = 0, sc1 = 0;
+        if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+          if (groupEnd) {
+            const size_t sb = (static_cast<size_t>(rowA >> 4) * p.G + kk / tpg) * 16 + g;  // tiled [N/16][G][16]
+            if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
+              sc0 = __ldg(p.wScale + sb);
+              sc1 = __ldg(p.wScale + sb + 8);
+            } else {
+              sc0 = __ldg(p.qScale + sb);
+              sc1 = __ldg(p.qScale + sb + 8);
+            }
+          }
+        }
+        const int first = (MODE == Q_MODE_PER_CHANNEL ? kk : kk % tpg) == 0 ? 0 : 1;
+        if constexpr (!kAhead) loadFrag(sub);
+        const uint32_t* w = x[sub];
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        wgmmaRs<BT>(d, (w[0] << 4) & 0xF0F0F0F0u, w[0] & 0xF0F0F0F0u, (w[1] << 4) & 0xF0F0F0F0u, w[1] & 0xF0F0F0F0u,
+                    descSw128(st + sub * 64), first);
+        wgmmaRs<BT>(d, (w[2] << 4) & 0xF0F0F0F0u, w[2] & 0xF0F0F0F0u, (w[3] << 4) & 0xF0F0F0F0u, w[3] & 0xF0F0F0F0u,
+                    descSw128(st + sub * 64 + 32), 1);
+        if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+          if (groupEnd) {
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+            for (int i = 0; i < BT / 2; i += 4) {
+              if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
+                acc[i] += static_cast<float>(d[i] >> 4) * sc0;
+                acc[i + 1] += static_cast<float>(d[i + 1] >> 4) * sc0;
+                acc[i + 2] += static_cast<float>(d[i + 2] >> 4) * sc1;
+                acc[i + 3] += static_cast<float>(d[i + 3] >> 4) * sc1;
+              } else {
+                acc[i] += sc0 * (d[i] >> 4);
+                acc[i + 1] += sc0 * (d[i + 1] >> 4);
+                acc[i + 2] += sc1 * (d[i + 2] >> 4);
+                acc[i + 3] += sc1 * (d[i + 3] >> 4);
+              }
+            }
+          }
+        }
+      }
+      // One group per stage (possibly empty in the group modes): after waiting for all but it, the previous
+      // stage's wgmmas have retired and its buffers go back to the producer.
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+      prevEmpty = slot;
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+
+    // Epilogue: accumulator i of n8 chunk j = i / 4 is (row rowA + 8·((i>>1)&1), token m0 + 8j + 2t + (i&1)).
+    // Token scales are loaded 16 at a time before the stores: the stores may alias them as far as the compiler
+    // knows, so loads interleaved with stores would each wait a full memory latency.
+    const bool i32 = p.outType == Q_OUT_I32;
+    float rs0 = 0.f, rs1 = 0.f;  // per-row factor: per-channel scale or Integer Scale unit
+    if (!i32 && MODE != Q_MODE_GROUP_FLOAT) {
+      const float* rsrc = MODE == Q_MODE_PER_CHANNEL ? p.wScale : p.unit;
+      rs0 = __ldg(rsrc + rowA);
+      rs1 = __ldg(rsrc + rowA + 8);
+    }
+#pragma unroll
+    for (int c = 0; c < BT / 64; ++c) {
+      float as[16];
+#pragma unroll
+      for (int e = 0; e < 16; ++e) {
+        int m = m0 + 64 * c + 8 * (e >> 1) + 2 * t + (e & 1);
+        m = m < p.M ? m : p.M - 1;
+        as[e] = i32 ? 0.f : __ldg(p.aScale + static_cast<size_t>(m) * p.aScaleStride);
+      }
+#pragma unroll
+      for (int i = 32 * c; i < 32 * c + 32; ++i) {
+        const int e = 2 * ((i >> 2) - 8 * c) + (i & 1);
+        const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
+        const bool hi = (i >> 1) & 1;
+        const int n = rowA + (hi ? 8 : 0);
+        if (m >= p.M) continue;
+        if constexpr (MODE == Q_MODE_PER_CHANNEL) {
+          const int P = d[i] >> 4;
+          storeOutWs(p, m, n, static_cast<float>(P) * as[e] * (hi ? rs1 : rs0), P);
+        } else if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
+          storeOutWs(p, m, n, static_cast<float>(acc[i]) * as[e], 0);
+        } else {
+          const int a = static_cast<int>(acc[i]);
+          storeOutWs(p, m, n, static_cast<float>(a) * as[e] * (hi ? rs1 : rs0), a);
+        }
+      }
+    }
+  }
+#endif
+}
+
+typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                  const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+EncodeTiledFn encoder() {
+  static EncodeTiledFn fn = nullptr;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) ==
+            cudaSuccess &&
+        q == cudaDriverEntryPointSuccess)
+      fn = reinterpret_cast<EncodeTiledFn>(f);
+  }
+  return fn;
+}
+
+template <int MODE, int BT>
+cudaError_t launchWs(const W4A8Args& a) {
+  using C = WsCfg<BT>;
+  EncodeTiledFn enc = encoder();
+  if (!enc) return cudaErrorNotSupported;
+  CUtensorMap map;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.K), static_cast<cuuint64_t>(a.M)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.lda)};
+  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(BT)};
+  const cuuint32_t estr[2] = {1, 1};
+  if (enc(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(a.a), dims, strides, box, estr,
+          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return cudaErrorInvalidValue;
+  cudaError_t e = cudaFuncSetAttribute(w4a8WsKernel<MODE, BT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  if (e != cudaSuccess) return e;
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  const int tilesM = (a.M + BT - 1) / BT;
+  const int nTiles = tilesM * (a.N / kRows);
+  const int grid = nTiles < sms ? nTiles : sms;
+  w4a8WsKernel<MODE, BT><<<grid, kThreads, C::kSmem, reinterpret_cast<cudaStream_t>(a.stream)>>>(map, a, tilesM,
+                                                                                                  nTiles);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+// The warp-specialized sm_90a path: per-channel with 256 tokens per tile, the group modes with 128 (their
+// second accumulator set would not fit beside 256). False when this binary or device cannot run it, or the
+// arguments break its constraints; the caller then takes another path.
+// Q_W4A8_WS=0 in the environment turns the path off (the previous wgmma kernel serves instead).
+extern "C" bool q_ws_applicable(const W4A8Args* a, bool forced) {
+  static const bool off = [] {
+    const char* v = getenv("Q_W4A8_WS");
+    return v != nullptr && v[0] == '0';
+  }();
+  return (forced || !off) && q_wgmma_supported() && a->N % kRows == 0 && a->lda % 16 == 0 && a->K % 16 == 0 &&
+         (reinterpret_cast<uintptr_t>(a->a) & 15) == 0 && encoder() != nullptr &&
+         (a->mode == Q_MODE_PER_CHANNEL || a->groupSize % 64 == 0);
+}
+
+template <int BT>
+cudaError_t launchWsMode(const W4A8Args& a, int mode) {
+  switch (mode) {
+    case Q_MODE_PER_CHANNEL:
+      return launchWs<Q_MODE_PER_CHANNEL, BT>(a);
+    case Q_MODE_GROUP_FLOAT:
+      return launchWs<Q_MODE_GROUP_FLOAT, BT>(a);
+    default:
+      return launchWs<Q_MODE_GROUP_INT, BT>(a);
+  }
+}
+
+// tokens: tokens per tile, 0 for the default (256 per-channel, 192 group modes), or 128 / 192 (benchmarks).
+extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* args, int mode, int tokens) {
+  const W4A8Args& a = *args;
+  if (tokens == 128) return launchWsMode<128>(a, mode);
+  if (tokens == 192) return launchWsMode<192>(a, mode);
+  return mode == Q_MODE_PER_CHANNEL ? launchWs<Q_MODE_PER_CHANNEL, 256>(a) : launchWsMode<192>(a, mode);
+}
