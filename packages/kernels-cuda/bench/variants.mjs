@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Checks and times kernel variants in one call: node packages/kernels-cuda/bench/variants.mjs [--json out]
-// 1. every variant (mma.sync with 1/2/4/8 token tiles, wgmma with 128 and with 256 tokens per block) against
+// 1. every variant (mma.sync with 1/2/4/8 token tiles, wgmma with 128 and with 256 tokens per block, the
+//    warp-specialized wgmma kernel 20-24) against
 //    @q/quant's golden integer GEMM on one small problem per mode;
 // 2. the median time of each variant on a few layer shapes and M values.
 import { writeFileSync } from 'node:fs';
@@ -27,6 +28,10 @@ const rand = () => {
   return seed / 2 ** 32;
 };
 const [m, n, k] = [200, 256, 640];
+// --check 20,23 narrows the variants checked.
+const ci = args.indexOf('--check');
+const checkVariants =
+  ci >= 0 ? args[ci + 1].split(',').map(Number) : [1, 2, 4, 8, 16, 18, 20, 21, 22, 23, 24];
 const check = {};
 for (const gs of ['channel', 128, 64]) {
   const wf = new Float32Array(n * k).map(() => rand() - 0.5);
@@ -50,7 +55,7 @@ for (const gs of ['channel', 128, 64]) {
       for (let i = 0; i < want.length; i++)
         for (let g = 0; g < gold.groups; g++) want[i] += gold.values[i * gold.groups + g];
     }
-    for (const variant of [1, 2, 4, 8, 16, 18, 20, 21, 22]) {
+    for (const variant of checkVariants) {
       out.fillBytes(0xa5);
       gemmW4A8({ a, aScale: sc, weights: dw, mode, out, variant });
       const got = out.download();

@@ -34,5 +34,6 @@ extern "C" cudaError_t q_w4a8_gemm_wgmma(const W4A8Args* a, int mode, bool wide)
 // The warp-specialized sm_90a prefill path (w4a8_ws.cu): TMA producer warpgroup, two wgmma consumer warpgroups.
 // forced: ignore the Q_W4A8_WS=0 switch (benchmark variant 20).
 extern "C" bool q_ws_applicable(const W4A8Args* a, bool forced);
-// tokens: tokens per tile; 0 picks the default (256 per-channel, 128 group modes), 128 or 192 for benchmarks.
+// tokens: tokens per tile; 0 picks the default (256 per-channel, 192 group modes), 128 or 192 for benchmarks,
+// -160 / -128 the group modes with split accumulators at 160 / 128 tokens.
 extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* a, int mode, int tokens);

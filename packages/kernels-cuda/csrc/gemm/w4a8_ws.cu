@@ -113,8 +113,16 @@ __device__ __forceinline__ void swapRound(uint32_t& x, uint32_t& y, bool mine, i
 template <int BT>
 __device__ __forceinline__ void wgmmaRs(int (&d)[BT / 2], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
                                         uint64_t desc, int scaleD) {
-  if constexpr (BT == 128) {
+  if constexpr (BT == 64) {
+    wgmmaRs64(d, a0, a1, a2, a3, desc, scaleD);
+  } else if constexpr (BT == 80) {
+    wgmmaRs80(d, a0, a1, a2, a3, desc, scaleD);
+  } else if constexpr (BT == 96) {
+    wgmmaRs96(d, a0, a1, a2, a3, desc, scaleD);
+  } else if constexpr (BT == 128) {
     wgmmaRs128(d, a0, a1, a2, a3, desc, scaleD);
+  } else if constexpr (BT == 160) {
+    wgmmaRs160(d, a0, a1, a2, a3, desc, scaleD);
   } else if constexpr (BT == 192) {
     wgmmaRs192(d, a0, a1, a2, a3, desc, scaleD);
   } else {
@@ -140,7 +148,9 @@ __device__ __forceinline__ void storeOutWs(const W4A8Args& p, int m, int n, floa
 }
 
 // BT: tokens per tile (wgmma N). tilesM: token tiles; the tile index runs token tiles fastest.
-template <int MODE, int BT>
+// SPLIT (group modes): each consumer keeps two half-width accumulator sets (tokens [0, BT/2) and [BT/2, BT))
+// and folds one half while the other half's wgmmas run, instead of draining the tensor cores at every group.
+template <int MODE, int BT, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a8WsKernel(const __grid_constant__ CUtensorMap actMap, const W4A8Args p, int tilesM, int nTiles) {
 #ifdef Q_WS_WGMMA
@@ -209,40 +219,48 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < BT / 2; ++i) acc[i] = 0;
     }
-    int prevEmpty = -1;
-    for (int ks = 0; ks < nStages; ++ks, ++it) {
-      const int slot = it % S;
-      mbarWait(bars + 8 * slot, (it / S) & 1);
-      const uint32_t st = sbase + slot * C::kStageBytes;
-      const int nt = kTiles - 2 * ks < 2 ? 1 : 2;
-      // Per-channel: both 64-k tiles' A fragments are ready before the first wgmma of the stage, so the four
-      // wgmmas go out back to back. The group modes at 192 tokens load each tile's fragment just before its
-      // wgmmas (registers: two accumulator sets of 96).
-      constexpr bool kAhead = MODE == Q_MODE_PER_CHANNEL || BT < 192;
-      uint32_t x[2][4];
-      auto loadFrag = [&](int sub) {
-        asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                     : "=r"(x[sub][0]), "=r"(x[sub][1]), "=r"(x[sub][2]), "=r"(x[sub][3])
-                     : "r"(st + C::kActBytes + rg * 1024 + sub * 512 + lane * 16));
-        // Quad transpose: afterwards word q of lane t holds k = 16q + 4t .. +3 of this 64-k tile.
-        swapRound(x[sub][0], x[sub][2], t1, 2);
-        swapRound(x[sub][1], x[sub][3], t1, 2);
-        swapRound(x[sub][0], x[sub][1], t0, 1);
-        swapRound(x[sub][2], x[sub][3], t0, 1);
+    if constexpr (SPLIT) {
+      constexpr int H = BT / 4;  // accumulators per half
+      int dA[H], dB[H];
+      bool pendingB = false;
+      AccT pb0 = 0, pb1 = 0;
+      // Folds half h (0: dA, 1: dB) of the group sums into acc with the group's row scales.
+      auto fold = [&](const int (&dh)[H], int h, AccT s0, AccT s1) {
+#pragma unroll
+        for (int i = 0; i < H; i += 4) {
+          if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
+            acc[h * H + i] += static_cast<float>(dh[i] >> 4) * s0;
+            acc[h * H + i + 1] += static_cast<float>(dh[i + 1] >> 4) * s0;
+            acc[h * H + i + 2] += static_cast<float>(dh[i + 2] >> 4) * s1;
+            acc[h * H + i + 3] += static_cast<float>(dh[i + 3] >> 4) * s1;
+          } else {
+            acc[h * H + i] += s0 * (dh[i] >> 4);
+            acc[h * H + i + 1] += s0 * (dh[i + 1] >> 4);
+            acc[h * H + i + 2] += s1 * (dh[i + 2] >> 4);
+            acc[h * H + i + 3] += s1 * (dh[i + 3] >> 4);
+          }
+        }
       };
-      if constexpr (kAhead) {
+      int prevEmpty = -1;
+      for (int ks = 0; ks < nStages; ++ks, ++it) {
+        const int slot = it % S;
+        mbarWait(bars + 8 * slot, (it / S) & 1);
+        const uint32_t st = sbase + slot * C::kStageBytes;
+        const int nt = kTiles - 2 * ks < 2 ? 1 : 2;
 #pragma unroll
-        for (int sub = 0; sub < 2; ++sub)
-          if (sub < nt) loadFrag(sub);
-      }
-#pragma unroll
-      for (int sub = 0; sub < 2; ++sub) {
-        const int kk = 2 * ks + sub;
-        if (sub >= nt) break;
-        const bool groupEnd = MODE != Q_MODE_PER_CHANNEL && kk % tpg == tpg - 1;
-        // The group's scales are requested before its last wgmmas, so their latency hides behind them.
-        AccT sc0 = 0, sc1 = 0;
-        if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+        for (int sub = 0; sub < 2; ++sub) {
+          const int kk = 2 * ks + sub;
+          if (sub >= nt) break;
+          uint32_t w[4];
+          asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                       : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                       : "r"(st + C::kActBytes + rg * 1024 + sub * 512 + lane * 16));
+          swapRound(w[0], w[2], t1, 2);
+          swapRound(w[1], w[3], t1, 2);
+          swapRound(w[0], w[1], t0, 1);
+          swapRound(w[2], w[3], t0, 1);
+          const bool groupEnd = kk % tpg == tpg - 1;
+          AccT sc0 = 0, sc1 = 0;
           if (groupEnd) {
             const size_t sb = (static_cast<size_t>(rowA >> 4) * p.G + kk / tpg) * 16 + g;  // tiled [N/16][G][16]
             if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
@@ -253,48 +271,131 @@ __global__ void __launch_bounds__(kThreads, 1)
               sc1 = __ldg(p.qScale + sb + 8);
             }
           }
+          const int first = kk % tpg == 0 ? 0 : 1;
+          const uint32_t a0 = (w[0] << 4) & 0xF0F0F0F0u, a1 = w[0] & 0xF0F0F0F0u;
+          const uint32_t a2 = (w[1] << 4) & 0xF0F0F0F0u, a3 = w[1] & 0xF0F0F0F0u;
+          const uint32_t b0 = (w[2] << 4) & 0xF0F0F0F0u, b1 = w[2] & 0xF0F0F0F0u;
+          const uint32_t b2 = (w[3] << 4) & 0xF0F0F0F0u, b3 = w[3] & 0xF0F0F0F0u;
+          const uint32_t dsc = st + sub * 64;
+          constexpr uint32_t kHalf = (BT / 2) * 128;  // bytes of the first half's tokens in the stage
+          asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+          wgmmaRs<BT / 2>(dA, a0, a1, a2, a3, descSw128(dsc), first);
+          wgmmaRs<BT / 2>(dA, b0, b1, b2, b3, descSw128(dsc + 32), 1);
+          asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+          // The previous group's second half has retired: fold it before dB is restarted.
+          asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+          if (pendingB) {
+            fold(dB, 1, pb0, pb1);
+            pendingB = false;
+          }
+          // Everything before this stage has retired: the previous stage's buffers go back to the producer.
+          if (sub == 0 && prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+          asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+          wgmmaRs<BT / 2>(dB, a0, a1, a2, a3, descSw128(dsc + kHalf), first);
+          wgmmaRs<BT / 2>(dB, b0, b1, b2, b3, descSw128(dsc + kHalf + 32), 1);
+          asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+          if (groupEnd) {  // first half retired; the second keeps the tensor cores busy meanwhile
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            fold(dA, 0, sc0, sc1);
+            pendingB = true;
+            pb0 = sc0;
+            pb1 = sc1;
+          }
         }
-        const int first = (MODE == Q_MODE_PER_CHANNEL ? kk : kk % tpg) == 0 ? 0 : 1;
-        if constexpr (!kAhead) loadFrag(sub);
-        const uint32_t* w = x[sub];
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        wgmmaRs<BT>(d, (w[0] << 4) & 0xF0F0F0F0u, w[0] & 0xF0F0F0F0u, (w[1] << 4) & 0xF0F0F0F0u, w[1] & 0xF0F0F0F0u,
-                    descSw128(st + sub * 64), first);
-        wgmmaRs<BT>(d, (w[2] << 4) & 0xF0F0F0F0u, w[2] & 0xF0F0F0F0u, (w[3] << 4) & 0xF0F0F0F0u, w[3] & 0xF0F0F0F0u,
-                    descSw128(st + sub * 64 + 32), 1);
-        if constexpr (MODE != Q_MODE_PER_CHANNEL) {
-          if (groupEnd) {
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-            for (int i = 0; i < BT / 2; i += 4) {
+        prevEmpty = slot;
+      }
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      if (pendingB) fold(dB, 1, pb0, pb1);
+      if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+    } else {
+    int prevEmpty = -1;
+      for (int ks = 0; ks < nStages; ++ks, ++it) {
+        const int slot = it % S;
+        mbarWait(bars + 8 * slot, (it / S) & 1);
+        const uint32_t st = sbase + slot * C::kStageBytes;
+        const int nt = kTiles - 2 * ks < 2 ? 1 : 2;
+        // Per-channel: both 64-k tiles' A fragments are ready before the first wgmma of the stage, so the four
+        // wgmmas go out back to back. The group modes at 192 tokens load each tile's fragment just before its
+        // wgmmas (registers: two accumulator sets of 96).
+        constexpr bool kAhead = MODE == Q_MODE_PER_CHANNEL || BT < 192;
+        uint32_t x[2][4];
+        auto loadFrag = [&](int sub) {
+          asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                       : "=r"(x[sub][0]), "=r"(x[sub][1]), "=r"(x[sub][2]), "=r"(x[sub][3])
+                       : "r"(st + C::kActBytes + rg * 1024 + sub * 512 + lane * 16));
+          // Quad transpose: afterwards word q of lane t holds k = 16q + 4t .. +3 of this 64-k tile.
+          swapRound(x[sub][0], x[sub][2], t1, 2);
+          swapRound(x[sub][1], x[sub][3], t1, 2);
+          swapRound(x[sub][0], x[sub][1], t0, 1);
+          swapRound(x[sub][2], x[sub][3], t0, 1);
+        };
+        if constexpr (kAhead) {
+  #pragma unroll
+          for (int sub = 0; sub < 2; ++sub)
+            if (sub < nt) loadFrag(sub);
+        }
+  #pragma unroll
+        for (int sub = 0; sub < 2; ++sub) {
+          const int kk = 2 * ks + sub;
+          if (sub >= nt) break;
+          const bool groupEnd = MODE != Q_MODE_PER_CHANNEL && kk % tpg == tpg - 1;
+          // The group's scales are requested before its last wgmmas, so their latency hides behind them.
+          AccT sc0 = 0, sc1 = 0;
+          if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+            if (groupEnd) {
+              const size_t sb = (static_cast<size_t>(rowA >> 4) * p.G + kk / tpg) * 16 + g;  // tiled [N/16][G][16]
               if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
-                acc[i] += static_cast<float>(d[i] >> 4) * sc0;
-                acc[i + 1] += static_cast<float>(d[i + 1] >> 4) * sc0;
-                acc[i + 2] += static_cast<float>(d[i + 2] >> 4) * sc1;
-                acc[i + 3] += static_cast<float>(d[i + 3] >> 4) * sc1;
+                sc0 = __ldg(p.wScale + sb);
+                sc1 = __ldg(p.wScale + sb + 8);
               } else {
-                acc[i] += sc0 * (d[i] >> 4);
-                acc[i + 1] += sc0 * (d[i + 1] >> 4);
-                acc[i + 2] += sc1 * (d[i + 2] >> 4);
-                acc[i + 3] += sc1 * (d[i + 3] >> 4);
+                sc0 = __ldg(p.qScale + sb);
+                sc1 = __ldg(p.qScale + sb + 8);
+              }
+            }
+          }
+          const int first = (MODE == Q_MODE_PER_CHANNEL ? kk : kk % tpg) == 0 ? 0 : 1;
+          if constexpr (!kAhead) loadFrag(sub);
+          const uint32_t* w = x[sub];
+          asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+          wgmmaRs<BT>(d, (w[0] << 4) & 0xF0F0F0F0u, w[0] & 0xF0F0F0F0u, (w[1] << 4) & 0xF0F0F0F0u, w[1] & 0xF0F0F0F0u,
+                      descSw128(st + sub * 64), first);
+          wgmmaRs<BT>(d, (w[2] << 4) & 0xF0F0F0F0u, w[2] & 0xF0F0F0F0u, (w[3] << 4) & 0xF0F0F0F0u, w[3] & 0xF0F0F0F0u,
+                      descSw128(st + sub * 64 + 32), 1);
+          if constexpr (MODE != Q_MODE_PER_CHANNEL) {
+            if (groupEnd) {
+              asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+              asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  #pragma unroll
+              for (int i = 0; i < BT / 2; i += 4) {
+                if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
+                  acc[i] += static_cast<float>(d[i] >> 4) * sc0;
+                  acc[i + 1] += static_cast<float>(d[i + 1] >> 4) * sc0;
+                  acc[i + 2] += static_cast<float>(d[i + 2] >> 4) * sc1;
+                  acc[i + 3] += static_cast<float>(d[i + 3] >> 4) * sc1;
+                } else {
+                  acc[i] += sc0 * (d[i] >> 4);
+                  acc[i + 1] += sc0 * (d[i + 1] >> 4);
+                  acc[i + 2] += sc1 * (d[i + 2] >> 4);
+                  acc[i + 3] += sc1 * (d[i + 3] >> 4);
+                }
               }
             }
           }
         }
+        // One group per stage (possibly empty in the group modes): after waiting for all but it, the previous
+        // stage's wgmmas have retired and its buffers go back to the producer.
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+        prevEmpty = slot;
       }
-      // One group per stage (possibly empty in the group modes): after waiting for all but it, the previous
-      // stage's wgmmas have retired and its buffers go back to the producer.
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
-      prevEmpty = slot;
+  
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
 
     // Epilogue: accumulator i of n8 chunk j = i / 4 is (row rowA + 8·((i>>1)&1), token m0 + 8j + 2t + (i&1)).
-    // Token scales are loaded 16 at a time before the stores: the stores may alias them as far as the compiler
+    // Token scales are loaded 8 at a time before the stores: the stores may alias them as far as the compiler
     // knows, so loads interleaved with stores would each wait a full memory latency.
     const bool i32 = p.outType == Q_OUT_I32;
     float rs0 = 0.f, rs1 = 0.f;  // per-row factor: per-channel scale or Integer Scale unit
@@ -304,17 +405,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       rs1 = __ldg(rsrc + rowA + 8);
     }
 #pragma unroll
-    for (int c = 0; c < BT / 64; ++c) {
-      float as[16];
+    for (int c = 0; c < BT / 32; ++c) {
+      float as[8];
 #pragma unroll
-      for (int e = 0; e < 16; ++e) {
-        int m = m0 + 64 * c + 8 * (e >> 1) + 2 * t + (e & 1);
+      for (int e = 0; e < 8; ++e) {
+        int m = m0 + 32 * c + 8 * (e >> 1) + 2 * t + (e & 1);
         m = m < p.M ? m : p.M - 1;
         as[e] = i32 ? 0.f : __ldg(p.aScale + static_cast<size_t>(m) * p.aScaleStride);
       }
 #pragma unroll
-      for (int i = 32 * c; i < 32 * c + 32; ++i) {
-        const int e = 2 * ((i >> 2) - 8 * c) + (i & 1);
+      for (int i = 16 * c; i < 16 * c + 16; ++i) {
+        const int e = 2 * ((i >> 2) - 4 * c) + (i & 1);
         const int m = m0 + 8 * (i >> 2) + 2 * t + (i & 1);
         const bool hi = (i >> 1) & 1;
         const int n = rowA + (hi ? 8 : 0);
@@ -353,7 +454,7 @@ EncodeTiledFn encoder() {
   return fn;
 }
 
-template <int MODE, int BT>
+template <int MODE, int BT, bool SPLIT = false>
 cudaError_t launchWs(const W4A8Args& a) {
   using C = WsCfg<BT>;
   EncodeTiledFn enc = encoder();
@@ -367,7 +468,7 @@ cudaError_t launchWs(const W4A8Args& a) {
           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
     return cudaErrorInvalidValue;
-  cudaError_t e = cudaFuncSetAttribute(w4a8WsKernel<MODE, BT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  cudaError_t e = cudaFuncSetAttribute(w4a8WsKernel<MODE, BT, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
   int dev = 0, sms = 0;
   cudaGetDevice(&dev);
@@ -375,7 +476,7 @@ cudaError_t launchWs(const W4A8Args& a) {
   const int tilesM = (a.M + BT - 1) / BT;
   const int nTiles = tilesM * (a.N / kRows);
   const int grid = nTiles < sms ? nTiles : sms;
-  w4a8WsKernel<MODE, BT><<<grid, kThreads, C::kSmem, reinterpret_cast<cudaStream_t>(a.stream)>>>(map, a, tilesM,
+  w4a8WsKernel<MODE, BT, SPLIT><<<grid, kThreads, C::kSmem, reinterpret_cast<cudaStream_t>(a.stream)>>>(map, a, tilesM,
                                                                                                   nTiles);
   return cudaGetLastError();
 }
@@ -408,9 +509,18 @@ cudaError_t launchWsMode(const W4A8Args& a, int mode) {
   }
 }
 
-// tokens: tokens per tile, 0 for the default (256 per-channel, 192 group modes), or 128 / 192 (benchmarks).
+// tokens: tokens per tile, 0 for the default (256 per-channel, 192 group modes), or 128 / 192 (benchmarks);
+// -160 / -128: the group modes with split accumulators (SPLIT above) at 160 / 128 tokens, per-channel at 256.
 extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* args, int mode, int tokens) {
   const W4A8Args& a = *args;
+  if (tokens < 0) {
+    if (mode == Q_MODE_PER_CHANNEL) return launchWs<Q_MODE_PER_CHANNEL, 256>(a);
+    if (tokens == -128)
+      return mode == Q_MODE_GROUP_FLOAT ? launchWs<Q_MODE_GROUP_FLOAT, 128, true>(a)
+                                        : launchWs<Q_MODE_GROUP_INT, 128, true>(a);
+    return mode == Q_MODE_GROUP_FLOAT ? launchWs<Q_MODE_GROUP_FLOAT, 160, true>(a)
+                                      : launchWs<Q_MODE_GROUP_INT, 160, true>(a);
+  }
   if (tokens == 128) return launchWsMode<128>(a, mode);
   if (tokens == 192) return launchWsMode<192>(a, mode);
   return mode == Q_MODE_PER_CHANNEL ? launchWs<Q_MODE_PER_CHANNEL, 256>(a) : launchWsMode<192>(a, mode);
