@@ -3,7 +3,7 @@
 # memcheck, the full benchmark (JSON), the prefill tile-width variants, and an Nsight Compute pass. Run from the
 # repository root, after tools/pack-device.sh, as:
 #   bash tools/device-run.sh bash packages/kernels-cuda/bench/device-check.sh
-# Results go to $OUT (default ./out): check.log, bench.json, bench.log, bench-v{16,21,22,23,24}.log, ncu.txt.
+# Results go to $OUT (default ./out): check.log, bench.json, bench.log, bench-variants.log, ncu.txt.
 # If the warp-specialized kernel (variant 20) is not exact or does not finish, the tests and the benchmark run
 # with Q_W4A8_WS=0 (the previous wgmma kernel) and check.log says so.
 set -uo pipefail
@@ -22,13 +22,13 @@ log="$OUT/check.log"
     echo "kernels in the binary: $(grep -c 'Function :' /tmp/sass.txt)"
   fi
 } > "$log" 2>&1
-# The established variants first, the split-accumulator ones (23, 24) in a second process, so that a fault in
+# The established variants first, the split-accumulator and cluster ones (23-25) in a second process, so that a fault in
 # one of those cannot hide the result of the others.
 timeout 60 "$node_bin" packages/kernels-cuda/bench/variants.mjs --no-time --check 1,2,4,8,16,18,20,21,22 > /tmp/variants.log 2>&1
 rc=$?
 cat /tmp/variants.log >> "$log"
-timeout 40 "$node_bin" packages/kernels-cuda/bench/variants.mjs --no-time --check 23,24 >> "$log" 2>&1
-echo "variants 23,24 rc $?" | tee -a "$log"
+timeout 40 "$node_bin" packages/kernels-cuda/bench/variants.mjs --no-time --check 23,24,25 >> "$log" 2>&1
+echo "variants 23,24,25 rc $?" | tee -a "$log"
 if [ "$rc" != 0 ] || grep -q "variant=20: [0-9]" /tmp/variants.log || ! grep -q "variant=20: exact" /tmp/variants.log; then
   echo "device-check: variant 20 not validated (rc $rc): tests and bench with Q_W4A8_WS=0" | tee -a "$log"
   export Q_W4A8_WS=0
@@ -37,23 +37,25 @@ timeout 120 "$node_bin" node_modules/vitest/vitest.mjs run --project gpu kernels
 trc=$?
 echo "tests rc $trc" | tee -a "$log"
 cat /tmp/tests.log >> "$log"; tail -8 /tmp/tests.log
-if [ "$trc" != 0 ]; then  # again without the split-accumulator variants
+if [ "$trc" != 0 ]; then  # again without variants 23-25
   Q_TEST_WS_VARIANTS=21,22 timeout 120 "$node_bin" node_modules/vitest/vitest.mjs run --project gpu kernels-cuda > /tmp/tests2.log 2>&1
-  echo "tests without variants 23,24 rc $?" | tee -a "$log"
+  echo "tests without variants 23-25 rc $?" | tee -a "$log"
   cat /tmp/tests2.log >> "$log"; tail -8 /tmp/tests2.log
 fi
+timeout 200 "$node_bin" packages/kernels-cuda/bench/gemm.mjs --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+echo "bench rc $?" | tee -a "$log"; tail -3 "$OUT/bench.log"
 if command -v compute-sanitizer >/dev/null; then
   timeout 90 compute-sanitizer --tool memcheck --error-exitcode 1 "$node_bin" packages/kernels-cuda/test/gpu/memcheck.mjs > /tmp/memcheck.log 2>&1
   echo "memcheck rc $?" | tee -a "$log"; tail -3 /tmp/memcheck.log | tee -a "$log"
 fi
-timeout 200 "$node_bin" packages/kernels-cuda/bench/gemm.mjs --json "$OUT/bench.json" > "$OUT/bench.log" 2>&1
-echo "bench rc $?" | tee -a "$log"; tail -3 "$OUT/bench.log"
-for v in 21 22 23 24; do
-  timeout 50 "$node_bin" packages/kernels-cuda/bench/gemm.mjs --variant $v --ms 128,256,1024,2048,4096,8192 > "$OUT/bench-v$v.log" 2>&1
+vb="$OUT/bench-variants.log"
+: > "$vb"
+for v in 21 22 23 24 25 16; do
+  case $v in 21) ms=128,256,2048,4096,8192 ;; 16) ms=128,256 ;; *) ms=2048,4096,8192 ;; esac
+  echo "=== variant $v" >> "$vb"
+  timeout 45 "$node_bin" packages/kernels-cuda/bench/gemm.mjs --variant $v --ms $ms >> "$vb" 2>&1
   echo "bench variant $v rc $?" | tee -a "$log"
 done
-timeout 30 "$node_bin" packages/kernels-cuda/bench/gemm.mjs --variant 16 --ms 128,256,1024 > "$OUT/bench-v16.log" 2>&1
-echo "bench variant 16 rc $?" | tee -a "$log"
 if command -v ncu >/dev/null; then
   for mode in per-channel group-int; do
     timeout 60 ncu --target-processes all --kernel-name regex:w4a8Ws --launch-skip 2 --launch-count 1 \

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Checks and times kernel variants in one call: node packages/kernels-cuda/bench/variants.mjs [--json out]
 // 1. every variant (mma.sync with 1/2/4/8 token tiles, wgmma with 128 and with 256 tokens per block, the
-//    warp-specialized wgmma kernel 20-24) against
+//    warp-specialized wgmma kernel 20-25) against
 //    @q/quant's golden integer GEMM on one small problem per mode;
 // 2. the median time of each variant on a few layer shapes and M values.
 import { writeFileSync } from 'node:fs';
@@ -31,7 +31,7 @@ const [m, n, k] = [200, 256, 640];
 // --check 20,23 narrows the variants checked.
 const ci = args.indexOf('--check');
 const checkVariants =
-  ci >= 0 ? args[ci + 1].split(',').map(Number) : [1, 2, 4, 8, 16, 18, 20, 21, 22, 23, 24];
+  ci >= 0 ? args[ci + 1].split(',').map(Number) : [1, 2, 4, 8, 16, 18, 20, 21, 22, 23, 24, 25];
 const check = {};
 for (const gs of ['channel', 128, 64]) {
   const wf = new Float32Array(n * k).map(() => rand() - 0.5);

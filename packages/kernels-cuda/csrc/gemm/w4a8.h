@@ -36,4 +36,5 @@ extern "C" cudaError_t q_w4a8_gemm_wgmma(const W4A8Args* a, int mode, bool wide)
 extern "C" bool q_ws_applicable(const W4A8Args* a, bool forced);
 // tokens: tokens per tile; 0 picks the default (256 per-channel, 192 group modes), 128 or 192 for benchmarks,
 // -160 / -128 the group modes with split accumulators at 160 / 128 tokens.
-extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* a, int mode, int tokens);
+// cluster: 2 for two-CTA clusters sharing the activation tile (default widths), otherwise 1.
+extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* a, int mode, int tokens, int cluster);

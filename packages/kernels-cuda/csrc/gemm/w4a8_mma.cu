@@ -292,11 +292,13 @@ extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   // wgmma kernel with 128 tokens per block, 18 with 256 (per-channel; other modes use 128).
   // 20 forces the warp-specialized wgmma kernel (w4a8_ws.cu), which auto picks above 64 tokens where it applies.
   // 21 and 22 force it with 128 / 192 tokens per tile in every mode; 23 and 24 with split accumulators in the
-  // group modes at 160 / 128 tokens (per-channel as 20).
-  const bool wsForced = a.variant >= 20 && a.variant <= 24;
+  // group modes at 160 / 128 tokens (per-channel as 20); 25 as 20, per-channel with two-CTA clusters that
+  // share the activation tile through TMA multicast.
+  const bool wsForced = a.variant >= 20 && a.variant <= 25;
   if (wsForced || (a.variant == 0 && a.M > 64 && q_ws_applicable(&a, false))) {
     if (!q_ws_applicable(&a, true)) return cudaErrorInvalidValue;
-    return q_w4a8_gemm_ws(&a, mode, a.variant == 21 ? 128 : a.variant == 22 ? 192 : a.variant == 23 ? -160 : a.variant == 24 ? -128 : 0);
+    return q_w4a8_gemm_ws(&a, mode, a.variant == 21 ? 128 : a.variant == 22 ? 192 : a.variant == 23 ? -160 : a.variant == 24 ? -128 : 0,
+                          a.variant == 25 ? 2 : 1);
   }
   if (a.variant == 16 || a.variant == 18 ||
       (a.variant == 0 && a.M > 64 && a.N % 128 == 0 && q_wgmma_supported())) {

@@ -87,6 +87,27 @@ __device__ __forceinline__ void tmaLoad2d(uint32_t dst, const CUtensorMap* map, 
       "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
       : "memory");
 }
+// The same box, written to the same offset of every CTA in ctaMask (cluster multicast); each destination's
+// mbarrier at offset `bar` receives the bytes.
+__device__ __forceinline__ void tmaLoad2dMulticast(uint32_t dst, const CUtensorMap* map, int c0, int c1, uint32_t bar,
+                                                   uint16_t ctaMask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
+      "[%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(ctaMask)
+      : "memory");
+}
+// Arrives on the mbarrier at the same offset in CTA `rank` of the cluster.
+__device__ __forceinline__ void mbarArriveRemote(uint32_t bar, uint32_t rank) {
+  asm volatile(
+      "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\nmbarrier.arrive.release.cluster.shared::cluster.b64 _, [r];\n}\n" ::"r"(
+          bar),
+      "r"(rank)
+      : "memory");
+}
+__device__ __forceinline__ void clusterSync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
 __device__ __forceinline__ void bulkLoad(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
   asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
                    dst),
@@ -148,9 +169,12 @@ __device__ __forceinline__ void storeOutWs(const W4A8Args& p, int m, int n, floa
 }
 
 // BT: tokens per tile (wgmma N). tilesM: token tiles; the tile index runs token tiles fastest.
+// CL = 2: clusters of two CTAs on neighbouring 128-row tiles of the same tokens; each CTA loads half of the
+// activation box and multicasts it to both, halving the activation traffic from L2. A stage is refilled only
+// when the consumers of both CTAs have released it (the empty barriers count 16 arrivals).
 // SPLIT (group modes): each consumer keeps two half-width accumulator sets (tokens [0, BT/2) and [BT/2, BT))
 // and folds one half while the other half's wgmmas run, instead of draining the tensor cores at every group.
-template <int MODE, int BT, bool SPLIT>
+template <int MODE, int BT, bool SPLIT, int CL>
 __global__ void __launch_bounds__(kThreads, 1)
     w4a8WsKernel(const __grid_constant__ CUtensorMap actMap, const W4A8Args p, int tilesM, int nTiles) {
 #ifdef Q_WS_WGMMA
@@ -167,21 +191,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
       mbarInit(bars + 8 * s, 1);
-      mbarInit(bars + 8 * (S + s), 8);  // one arrival per consumer warp
+      mbarInit(bars + 8 * (S + s), 8 * CL);  // one arrival per consumer warp of each CTA in the cluster
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&actMap)) : "memory");
   }
   __syncthreads();
+  if constexpr (CL > 1) clusterSync();  // the peer's barriers exist before anything is multicast into it
+  const int rank = CL > 1 ? static_cast<int>(blockIdx.x % CL) : 0;
 
   const int wg = tid >> 7;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid == 0) {
       int it = 0;
-      for (int tile = blockIdx.x; tile < nTiles; tile += gridDim.x) {
+      for (int tile = blockIdx.x / CL; tile < nTiles; tile += gridDim.x / CL) {
         const int m0 = (tile % tilesM) * BT;
-        const int n0 = (tile / tilesM) * kRows;
+        const int n0 = ((tile / tilesM) * CL + rank) * kRows;
         const uint8_t* wsrc = static_cast<const uint8_t*>(p.w) + static_cast<size_t>(n0 / 16) * kTiles * 512;
         for (int ks = 0; ks < nStages; ++ks, ++it) {
           const int slot = it % S;
@@ -190,13 +216,22 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int nt = kTiles - 2 * ks < 2 ? 1 : 2;
           const uint32_t st = sbase + slot * C::kStageBytes;
           mbarExpectTx(full, C::kActBytes + 8 * nt * 512);
-          tmaLoad2d(st, &actMap, ks * 128, m0, full);
+          if constexpr (CL > 1) {
+            tmaLoad2dMulticast(st + rank * (BT / CL) * 128, &actMap, ks * 128, m0 + rank * (BT / CL), full,
+                               static_cast<uint16_t>((1 << CL) - 1));
+          } else {
+            tmaLoad2d(st, &actMap, ks * 128, m0, full);
+          }
 #pragma unroll
           for (int r = 0; r < 8; ++r)
             bulkLoad(st + C::kActBytes + r * 1024, wsrc + (static_cast<size_t>(r) * kTiles + 2 * ks) * 512, nt * 512,
                      full);
         }
       }
+    }
+    if constexpr (CL > 1) {
+      __syncwarp();
+      clusterSync();  // the peer may still multicast into, and arrive on, this CTA's shared memory
     }
     return;
   }
@@ -207,13 +242,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int rg = (tid - 128) >> 5;  // this warp's 16-row group in the CTA tile, 0..7
   const bool t0 = t & 1, t1 = (t >> 1) & 1;
   const int tpg = MODE == Q_MODE_PER_CHANNEL ? (1 << 30) : p.groupSize / 64;
+  // Hands a stage back to the producers that refill it: this CTA's, and with CL = 2 the peer's (which
+  // multicasts its half of the activations into this CTA's stage).
+  auto release = [&](int slot) {
+    mbarArrive(bars + 8 * (S + slot));
+    if constexpr (CL > 1) mbarArriveRemote(bars + 8 * (S + slot), static_cast<uint32_t>(rank ^ 1));
+  };
   typedef typename std::conditional<MODE == Q_MODE_GROUP_FLOAT, float, int>::type AccT;
   int d[BT / 2];
   AccT acc[MODE == Q_MODE_PER_CHANNEL ? 1 : BT / 2];
   int it = 0;
-  for (int tile = blockIdx.x; tile < nTiles; tile += gridDim.x) {
+  for (int tile = blockIdx.x / CL; tile < nTiles; tile += gridDim.x / CL) {
     const int m0 = (tile % tilesM) * BT;
-    const int n0 = (tile / tilesM) * kRows;
+    const int n0 = ((tile / tilesM) * CL + rank) * kRows;
     const int rowA = n0 + rg * 16 + g;  // rows of this thread's accumulators: rowA, rowA + 8
     if constexpr (MODE != Q_MODE_PER_CHANNEL) {
 #pragma unroll
@@ -289,7 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             pendingB = false;
           }
           // Everything before this stage has retired: the previous stage's buffers go back to the producer.
-          if (sub == 0 && prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+          if (sub == 0 && prevEmpty >= 0 && lane == 0) release(prevEmpty);
           asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
           wgmmaRs<BT / 2>(dB, a0, a1, a2, a3, descSw128(dsc + kHalf), first);
           wgmmaRs<BT / 2>(dB, b0, b1, b2, b3, descSw128(dsc + kHalf + 32), 1);
@@ -306,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
       if (pendingB) fold(dB, 1, pb0, pb1);
-      if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+      if (prevEmpty >= 0 && lane == 0) release(prevEmpty);
     } else {
     int prevEmpty = -1;
       for (int ks = 0; ks < nStages; ++ks, ++it) {
@@ -386,11 +427,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         // stage's wgmmas have retired and its buffers go back to the producer.
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-        if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+        if (prevEmpty >= 0 && lane == 0) release(prevEmpty);
         prevEmpty = slot;
       }
       asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-      if (prevEmpty >= 0 && lane == 0) mbarArrive(bars + 8 * (S + prevEmpty));
+      if (prevEmpty >= 0 && lane == 0) release(prevEmpty);
   
     }
 
@@ -432,6 +473,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  if constexpr (CL > 1) clusterSync();
 #endif
 }
 
@@ -454,31 +496,44 @@ EncodeTiledFn encoder() {
   return fn;
 }
 
-template <int MODE, int BT, bool SPLIT = false>
+template <int MODE, int BT, bool SPLIT = false, int CL = 1>
 cudaError_t launchWs(const W4A8Args& a) {
   using C = WsCfg<BT>;
   EncodeTiledFn enc = encoder();
   if (!enc) return cudaErrorNotSupported;
+  if (CL > 1 && a.N % (kRows * CL) != 0) return launchWs<MODE, BT, SPLIT, 1>(a);
   CUtensorMap map;
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(a.K), static_cast<cuuint64_t>(a.M)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.lda)};
-  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(BT)};
+  const cuuint32_t box[2] = {128, static_cast<cuuint32_t>(BT / CL)};  // with CL = 2 each CTA loads half
   const cuuint32_t estr[2] = {1, 1};
   if (enc(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<int8_t*>(a.a), dims, strides, box, estr,
           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
     return cudaErrorInvalidValue;
-  cudaError_t e = cudaFuncSetAttribute(w4a8WsKernel<MODE, BT, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  auto kernel = w4a8WsKernel<MODE, BT, SPLIT, CL>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return e;
   int dev = 0, sms = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   const int tilesM = (a.M + BT - 1) / BT;
-  const int nTiles = tilesM * (a.N / kRows);
-  const int grid = nTiles < sms ? nTiles : sms;
-  w4a8WsKernel<MODE, BT, SPLIT><<<grid, kThreads, C::kSmem, reinterpret_cast<cudaStream_t>(a.stream)>>>(map, a, tilesM,
-                                                                                                  nTiles);
-  return cudaGetLastError();
+  const int nTiles = tilesM * (a.N / (kRows * CL));  // work items: tiles, or tile pairs of a cluster
+  const int slots = sms / CL;
+  const int grid = (nTiles < slots ? nTiles : slots) * CL;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = C::kSmem;
+  cfg.stream = reinterpret_cast<cudaStream_t>(a.stream);
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = CL;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, map, a, tilesM, nTiles);
 }
 
 }  // namespace
@@ -511,8 +566,11 @@ cudaError_t launchWsMode(const W4A8Args& a, int mode) {
 
 // tokens: tokens per tile, 0 for the default (256 per-channel, 192 group modes), or 128 / 192 (benchmarks);
 // -160 / -128: the group modes with split accumulators (SPLIT above) at 160 / 128 tokens, per-channel at 256.
-extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* args, int mode, int tokens) {
+// cluster 2: per-channel with two-CTA clusters sharing the activation tile (CL above; N % 256 == 0).
+extern "C" cudaError_t q_w4a8_gemm_ws(const W4A8Args* args, int mode, int tokens, int cluster) {
   const W4A8Args& a = *args;
+  // Only per-channel: the group modes' two accumulator sets spill with the cluster bookkeeping.
+  if (cluster == 2 && mode == Q_MODE_PER_CHANNEL) return launchWs<Q_MODE_PER_CHANNEL, 256, false, 2>(a);
   if (tokens < 0) {
     if (mode == Q_MODE_PER_CHANNEL) return launchWs<Q_MODE_PER_CHANNEL, 256>(a);
     if (tokens == -128)

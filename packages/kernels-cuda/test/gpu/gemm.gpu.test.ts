@@ -56,10 +56,10 @@ for (const m of M_SWEEP) {
 }
 
 // Above 64 tokens with N % 128 == 0 the sm_90a warp-specialized kernel serves the call; its other tile widths
-// (variant 21: 128 tokens, 22: 192 tokens per tile) and its split-accumulator group modes (23: 160 tokens, 24:
-// 128) are checked on the same cases so that dispatch may pick them.
+// (variant 21: 128 tokens, 22: 192 tokens per tile), its split-accumulator group modes (23: 160 tokens, 24:
+// 128) and its two-CTA-cluster per-channel form (25) are checked on the same cases so that dispatch may pick them.
 // Q_TEST_WS_VARIANTS narrows that list (comma-separated; empty for none).
-const WS_VARIANTS = (process.env.Q_TEST_WS_VARIANTS ?? '21,22,23,24')
+const WS_VARIANTS = (process.env.Q_TEST_WS_VARIANTS ?? '21,22,23,24,25')
   .split(',')
   .filter((v) => v !== '')
   .map(Number);
