@@ -50,9 +50,10 @@ for (const m of M_SWEEP) {
   for (const [n, k] of nkFor(m)) {
     for (const g of [64, 128] as const) cases.push({ m, n, k, groupSize: g });
   }
-  // Per-channel: one group of k; 1040 and 272 are not multiples of the 64-wide k tile.
+  // Per-channel: one group of k; 1040 and 272 are not multiples of the 64-wide k tile. N = 256 at M = 128 and
+  // 1000 lets the two-CTA cluster form (N % 256 == 0) run, with a token tile partly or wholly past M.
   for (const k of m <= 128 ? [4096, 1040, 272] : [1040, 272])
-    cases.push({ m, n: m <= 33 ? 160 : 128, k, groupSize: 'channel' });
+    cases.push({ m, n: m <= 33 ? 160 : m <= 1000 ? 256 : 128, k, groupSize: 'channel' });
 }
 
 // Above 64 tokens with N % 128 == 0 the sm_90a warp-specialized kernel serves the call; its other tile widths
