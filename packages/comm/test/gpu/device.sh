@@ -12,5 +12,6 @@ if [ -z "${Q_NCCL_LIB:-}" ]; then
 fi
 echo "NCCL library: ${Q_NCCL_LIB:-none found}" | tee -a "$OUT/topo.txt"
 cat "$OUT/topo.txt"
-timeout "${Q_TEST_TIMEOUT:-240}" node node_modules/vitest/vitest.mjs run --project gpu comm/test/gpu 2>&1 | tee "$OUT/test.log"
-timeout "${Q_BENCH_TIMEOUT:-220}" node packages/comm/bench/allreduce.mjs --json "$OUT/allreduce.json" 2>&1 | tee "$OUT/bench.log"
+WORLDS=${Q_WORLDS:-2,4}
+Q_COMM_TEST_WORLDS=$WORLDS timeout "${Q_TEST_TIMEOUT:-200}" node node_modules/vitest/vitest.mjs run --project gpu comm/test/gpu 2>&1 | tee "$OUT/test.log"
+timeout "${Q_BENCH_TIMEOUT:-200}" node packages/comm/bench/allreduce.mjs --worlds "$WORLDS" --json "$OUT/allreduce.json" 2>&1 | tee "$OUT/bench.log"
