@@ -297,8 +297,11 @@ extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   const bool wsForced = a.variant >= 20 && a.variant <= 25;
   if (wsForced || (a.variant == 0 && a.M > 64 && q_ws_applicable(&a, false))) {
     if (!q_ws_applicable(&a, true)) return cudaErrorInvalidValue;
-    return q_w4a8_gemm_ws(&a, mode, a.variant == 21 ? 128 : a.variant == 22 ? 192 : a.variant == 23 ? -160 : a.variant == 24 ? -128 : 0,
-                          a.variant == 25 ? 2 : 1);
+    int tokens = a.variant == 21 ? 128 : a.variant == 22 ? 192 : a.variant == 23 ? -160 : a.variant == 24 ? -128 : 0;
+    // Auto: 128-token tiles (variant 21) while the wider ones would leave SMs idle — per-channel up to 128
+    // tokens, the group modes up to 256; measured faster there on every benchmark shape (NOTES.md, version 16).
+    if (a.variant == 0 && a.M <= (mode == Q_MODE_PER_CHANNEL ? 128 : 256)) tokens = 128;
+    return q_w4a8_gemm_ws(&a, mode, tokens, a.variant == 25 ? 2 : 1);
   }
   if (a.variant == 16 || a.variant == 18 ||
       (a.variant == 0 && a.M > 64 && a.N % 128 == 0 && q_wgmma_supported())) {

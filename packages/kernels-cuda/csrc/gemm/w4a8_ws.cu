@@ -19,6 +19,10 @@
 // - Group modes: the group boundary falls on a 64-k tile (group sizes are multiples of 64); at its end the
 //   consumer retires its wgmmas, folds P_g = acc >> 4 into an int32 (Integer Scale) or f32 sum in registers,
 //   and restarts the accumulators with scale-d = 0; the other consumer warpgroup keeps the tensor cores busy.
+//   Two accumulator sets of BT/2 registers limit these modes to 192 tokens per tile.
+// - Variants kept for measurement (NOTES.md, version 16): SPLIT (two half-width accumulator sets, one folded
+//   while the other computes) and CL = 2 (two-CTA clusters sharing the activation tile by TMA multicast) are
+//   exact but were measured slower than the plain form, which is what dispatch uses.
 //
 // Constraints: N % 128 == 0, K % 16 == 0, lda % 16 == 0, activations 16-byte aligned, group modes
 // groupSize % 64 == 0. M arbitrary.
@@ -538,7 +542,7 @@ cudaError_t launchWs(const W4A8Args& a) {
 
 }  // namespace
 
-// The warp-specialized sm_90a path: per-channel with 256 tokens per tile, the group modes with 128 (their
+// The warp-specialized sm_90a path: per-channel with 256 tokens per tile, the group modes with 192 (their
 // second accumulator set would not fit beside 256). False when this binary or device cannot run it, or the
 // arguments break its constraints; the caller then takes another path.
 // Q_W4A8_WS=0 in the environment turns the path off (the previous wgmma kernel serves instead).
