@@ -250,7 +250,12 @@ export function gpuStatus(): GpuStatus {
       runtimeVersion: c.runtimeVersion,
     };
     if (c.error !== undefined) {
-      return { available: false, reason: `the CUDA driver is not usable: ${c.error}`, devices: [], ...base };
+      // cudaDriverGetVersion reports 0 when libcuda.so.1 cannot be loaded at all: say so plainly, since the
+      // runtime's own error for that case (InsufficientDriver) reads like a version problem.
+      const reason = c.driverVersion
+        ? `the CUDA driver is not usable: ${c.error}`
+        : `no NVIDIA driver found (libcuda.so.1 could not be loaded; ${c.error})`;
+      return { available: false, reason, devices: [], ...base };
     }
     if (c.count === 0) return { available: false, reason: 'no CUDA device found', devices: [], ...base };
     const devices: GpuDevice[] = [];
