@@ -16,7 +16,14 @@ import {
 import type { NativeBinding, NativeDeviceProperties } from './binding';
 import { loadNative } from './native';
 
-/** Runs a native call and turns the error it throws (with a q code in `code`) into a QError. */
+/**
+ * Runs a native call and turns the error it throws (with a q code in `code`) into a QError.
+ *
+ * @example
+ * ```ts
+ * const n = callNative('deviceCount', (b) => b.deviceCount().count);
+ * ```
+ */
 export function callNative<T>(what: string, fn: (b: NativeBinding) => T): T {
   const b = loadNative();
   try {
@@ -49,7 +56,15 @@ export function deviceCount(): number {
   return countCache;
 }
 
-/** Throws E_NO_DEVICE unless `device` names an existing device; returns it. */
+/**
+ * Throws E_NO_DEVICE unless `device` names an existing device; returns it.
+ *
+ * @example
+ * ```ts
+ * checkDevice(0); // 0 on a machine with a GPU
+ * checkDevice(3); // throws E_NO_DEVICE: Expected a device index in [0, 1) for device but received 3
+ * ```
+ */
 export function checkDevice(device: number, what = 'device'): number {
   if (!Number.isInteger(device) || device < 0) {
     throw new QError(
@@ -74,7 +89,14 @@ export function checkDevice(device: number, what = 'device'): number {
   return device;
 }
 
-/** Makes `device` current for this thread after checking it exists. */
+/**
+ * Makes `device` current for this thread after checking it exists.
+ *
+ * @example
+ * ```ts
+ * useDevice(1); // later allocations and launches on this thread go to GPU 1
+ * ```
+ */
 export function useDevice(device: number): void {
   checkDevice(device);
   callNative('cudaSetDevice', (b) => b.setDevice(device));
@@ -123,7 +145,17 @@ function disposedError(what: string): QError {
   return new QError('E_DISPOSED', `Expected a live ${what} but it was used after dispose()`);
 }
 
-/** A CUDA stream on one device. `Stream.default(device)` is the legacy default stream (handle 0n). */
+/**
+ * A CUDA stream on one device. `Stream.default(device)` is the legacy default stream (handle 0n).
+ *
+ * @example
+ * ```ts
+ * const s = Stream.create(0);
+ * const t = DeviceTensor.fromHost('f32', [4], Float32Array.of(1, 2, 3, 4));
+ * const back = t.download(s);
+ * s.dispose();
+ * ```
+ */
 export class Stream {
   readonly device: number;
   #handle: bigint | undefined;
@@ -199,6 +231,12 @@ function streamHandle(stream: Stream | undefined): bigint {
 
 /**
  * A captured sequence of launches on one stream, replayed as a CUDA graph (no CPU launch cost per kernel).
+ *
+ * @example
+ * ```ts
+ * const g = Graph.capture(stream, () => gemmW4A8({ a, aScale, weights, mode: 'group-int', out, stream }));
+ * g.launch(stream);
+ * ```
  */
 export class Graph {
   readonly device: number;
@@ -261,7 +299,20 @@ export class Graph {
   }
 }
 
-/** A CUDA event, for ordering and for timing (`Event.elapsedMs(start, end)`). */
+/**
+ * A CUDA event, for ordering and for timing (`Event.elapsedMs(start, end)`).
+ *
+ * @example
+ * ```ts
+ * const start = Event.create(0);
+ * const end = Event.create(0);
+ * start.record(stream);
+ * // ... launches ...
+ * end.record(stream);
+ * end.synchronize();
+ * console.log(Event.elapsedMs(start, end));
+ * ```
+ */
 export class Event {
   readonly device: number;
   #handle: bigint | undefined;
@@ -335,6 +386,13 @@ export class Event {
 /**
  * Page-locked host memory: copies from and to it run truly asynchronously. `bytes` is a view of it; keep the
  * buffer alive until the stream that copies it has synchronized.
+ *
+ * @example
+ * ```ts
+ * const host = PinnedBuffer.alloc(1 << 20);
+ * const t = DeviceTensor.alloc('u8', [1 << 20]);
+ * t.upload(new Uint8Array(host.buffer), stream);
+ * ```
  */
 export class PinnedBuffer {
   #buffer: ArrayBuffer | undefined;
@@ -399,6 +457,13 @@ const tensorRegistry = new FinalizationRegistry<Allocation>((a) => {
 /**
  * A tensor in device memory that owns its allocation. `ptr` is the raw device address (a BigInt) so another
  * addon can use it; after `dispose()` every use throws `E_DISPOSED`.
+ *
+ * @example
+ * ```ts
+ * const t = DeviceTensor.fromHost('f32', [2, 2], Float32Array.of(1, 2, 3, 4));
+ * const back = t.download(); // Float32Array [1, 2, 3, 4]
+ * t.dispose();
+ * ```
  */
 export class DeviceTensor<D extends DType = DType> {
   readonly dtype: D;

@@ -21,12 +21,26 @@ export interface AddonAttempt {
   error: string;
 }
 
-/** File name of the local build for a platform. */
+/**
+ * File name of the local build for a platform.
+ *
+ * @example
+ * ```ts
+ * addonFileName('linux', 'x64') // 'q_cuda-linux-x64-v0.1.0.node'
+ * ```
+ */
 export function addonFileName(platform: string = process.platform, arch: string = process.arch): string {
   return `q_cuda-${platform}-${arch}-v${VERSION}.node`;
 }
 
-/** Name of the prebuilt platform package, e.g. `@q/kernels-cuda-linux-x64-gnu`. */
+/**
+ * Name of the prebuilt platform package, e.g. `@q/kernels-cuda-linux-x64-gnu`.
+ *
+ * @example
+ * ```ts
+ * platformPackageName('linux', 'x64') // '@q/kernels-cuda-linux-x64-gnu'
+ * ```
+ */
 export function platformPackageName(
   platform: string = process.platform,
   arch: string = process.arch,
@@ -181,13 +195,28 @@ export function loadNative(): NativeBinding {
   return cached.binding;
 }
 
-/** Path of the loaded addon, or undefined when it did not load. */
+/**
+ * Path of the loaded addon, or undefined when it did not load.
+ *
+ * @example
+ * ```ts
+ * if (isAvailable()) console.log(`addon: ${nativePath()}`);
+ * ```
+ */
 export function nativePath(): string | undefined {
   if (cached === undefined) cached = resolveAddon();
   return 'path' in cached ? cached.path : undefined;
 }
 
-/** Forgets the cached load result (tests that change Q_CUDA_ADDON call this). */
+/**
+ * Forgets the cached load result (tests that change Q_CUDA_ADDON call this).
+ *
+ * @example
+ * ```ts
+ * process.env.Q_CUDA_ADDON = '/opt/q/q_cuda.node';
+ * resetNativeCache(); // the next call loads from the new path
+ * ```
+ */
 export function resetNativeCache(): void {
   cached = undefined;
 }

@@ -188,6 +188,13 @@ export function rmsNormQuantize(o: RmsNormQuantizeOptions): void {
 /**
  * W4A8 weights on the device, from `uploadGemmWeights`: the packed int4 tiles, and the group scales (and
  * Integer Scale factors) in the tiled order of `tileScales`.
+ *
+ * @example
+ * ```ts
+ * const dw = uploadGemmWeights(quantizeInt4(w, n, k, { groupSize: 128 }));
+ * gemmW4A8({ a, aScale, weights: dw, mode: 'group-float', out });
+ * dw.dispose();
+ * ```
  */
 export class DeviceGemmWeights {
   readonly n: number;
@@ -240,6 +247,11 @@ export class DeviceGemmWeights {
 /**
  * Group scales [n, groups] → the kernels' tiled order [n/16][groups][16], so that the 16 rows of a weight tile
  * read one group's scales from 64 contiguous bytes (row-major [n, groups] would touch 16 sectors).
+ *
+ * @example
+ * ```ts
+ * tileScales(Float32Array.from({ length: 32 * 2 }, (_, i) => i), 32, 2); // [n/16][groups][16] order
+ * ```
  */
 export function tileScales<T extends Float32Array | Int32Array>(src: T, n: number, groups: number): T {
   if (groups === 1) return src;

@@ -38,6 +38,11 @@ function nib(packed: Uint8Array, idx: number): number {
 
 /**
  * Checks the GEMM's constraints on int4 weights; throws a QError naming the numbers.
+ *
+ * @example
+ * ```ts
+ * checkGemmWeights(weights); // throws E_SHAPE naming n, k or groupSize when the kernel cannot take them
+ * ```
  */
 export function checkGemmWeights(w: Int4Weights, what = 'packForGemm'): void {
   if (w.format !== 'int4')
