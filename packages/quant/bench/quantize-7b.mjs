@@ -39,6 +39,7 @@ const arg = (name, fallback) => {
 const flag = (name) => args.includes(`--${name}`);
 const layers = Number(arg('layers', '32'));
 const dir = arg('dir', os.tmpdir());
+fs.mkdirSync(dir, { recursive: true });
 const workers = Number(arg('workers', String(Math.max(1, os.availableParallelism()))));
 const hash = !flag('no-hash');
 
