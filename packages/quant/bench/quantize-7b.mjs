@@ -226,7 +226,8 @@ function writeLayer(i) {
   st.results = [];
   written++;
   process.stdout.write(
-    `layer ${written}/${layers} written at ${((performance.now() - t0) / 1000).toFixed(1)} s\r`,
+    // One line that rewrites itself on a terminal; one line per layer in a log.
+    `layer ${written}/${layers} written at ${((performance.now() - t0) / 1000).toFixed(1)} s${process.stdout.isTTY ? '\r' : '\n'}`,
   );
 }
 
