@@ -55,7 +55,7 @@ export interface CommunicatorOptions {
   readonly maxFusedBytes?: number;
   /** Register IPC buffers for the fused kernel. Default: true when every rank is on this host. */
   readonly fused?: boolean;
-  /** Messages up to this size use the unquantized fused one-shot kernel under 'auto'. Default 512 KiB. */
+  /** Messages up to this size stay unquantized under 'auto' (measured on 2 and 4 H200: below ~4 MiB quantizing gains nothing). Default 4 MiB. */
   readonly smallBytes?: number;
   /** Fused messages up to this size run one-shot. Default 512 KiB. */
   readonly oneShotMaxBytes?: number;
@@ -143,7 +143,7 @@ export class Communicator {
     this.multiProcessorCount = init.sms;
     this.timeoutMs = init.timeoutMs;
     this.maxFusedBytes = init.opts.maxFusedBytes ?? 128 * 1024 * 1024;
-    this.smallBytes = init.opts.smallBytes ?? 512 * 1024;
+    this.smallBytes = init.opts.smallBytes ?? 4 * 1024 * 1024;
     this.oneShotMaxBytes = init.opts.oneShotMaxBytes ?? 512 * 1024;
     this.fusedAvailable = false;
   }
@@ -236,7 +236,7 @@ export class Communicator {
     const elems = Math.ceil(this.maxFusedBytes / 2);
     const chunk = align(Math.ceil(elems / w), GPU_GROUP);
     // Two halves, used by epoch parity, so a call never needs a closing barrier (see csrc/allreduce/allreduce.cu).
-    this.halfBytes = (w + 1) * align(chunk * 2, 16);
+    this.halfBytes = 2 * w * align(chunk * 2, 16);
     const dataBytes = 2 * this.halfBytes;
     let handle: Uint8Array = new Uint8Array(0);
     let failure = '';
@@ -668,12 +668,13 @@ export class Communicator {
       if (!this.fusedAvailable) {
         throw new QError(
           'E_UNSUPPORTED',
-          `Expected the fused kernel (one host, ≤ 8 ranks, IPC registered) for ${algo} but it is not set up on rank ${this.rank}`,
+          `Expected the fused kernel (one host, ≤ 8 ranks, IPC registered) for ${algo} but it is not set up on rank ${this.rank}: ${this.fusedUnavailableReason}`,
         );
       }
-      const need = (this.world + 1) * L.recordBytes;
+      const need = 2 * this.world * L.recordBytes;
       const have =
-        (this.world + 1) *
+        2 *
+        this.world *
         align(align(Math.ceil(Math.ceil(this.maxFusedBytes / 2) / this.world), GPU_GROUP) * 2, 16);
       if (need > have)
         throw new QError(

@@ -314,6 +314,36 @@ __device__ void phaseReduce(const ArLayout& L, const ArPtrs& src, char* dst, int
   }
 }
 
+// B, push form: reduce chunk L.rank from the records in src and write the result into every rank's record at
+// dst.p[r] (remote stores: NVLink writes need no round trip, unlike reads).
+template <typename T, int BITS, bool SYM, int MW>
+__device__ void phaseReducePush(const ArLayout& L, const ArPtrs& src, const ArPtrs& dst, int64_t u) {
+  Lane ln = lane();
+  int g = static_cast<int>(u * kGPW + ln.sub);
+  int64_t e = L.rank * L.chunk + static_cast<int64_t>(g) * kG + ln.t * 8;
+  bool valid = g < L.chunk / kG && e < L.n;
+  F8 acc = sumSources<T, BITS, SYM, MW>(L, src, g, ln.t, valid);
+  if constexpr (BITS == 0) {
+    if (valid) {
+      uint4 raw;
+      T* h = reinterpret_cast<T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 8; i++) {
+        if constexpr (std::is_same<T, __half>::value) h[i] = __float2half_rn(acc.v[i]);
+        else h[i] = __float2bfloat16_rn(acc.v[i]);
+      }
+#pragma unroll
+      for (int r = 0; r < MW; r++)
+        if (r < L.world) *reinterpret_cast<uint4*>(dst.p[r] + (static_cast<int64_t>(g) * kG + ln.t * 8) * sizeof(T)) = raw;
+    }
+  } else {
+    Raw q = quantize<BITS, SYM>(acc);
+#pragma unroll
+    for (int r = 0; r < MW; r++)
+      if (r < L.world) storeRaw<BITS, SYM>(dst.p[r], L, g, ln.t, q, valid);
+  }
+}
+
 // C: dequantize reduced record j (at src.p[j]) of every chunk into out; all W (remote) loads first.
 template <typename T, int BITS, bool SYM, int MW>
 __device__ void phaseDequant(const ArLayout& L, const ArPtrs& src, T* out, int64_t u) {
@@ -447,21 +477,26 @@ __global__ void __launch_bounds__(kThreads) fusedKernel(ArLayout L, const T* in,
     }
     return;
   }
-  ArPtrs own;
+  // Two-shot, push: phase A writes chunk j's record straight into rank j's slot [this rank]; phase B reduces the
+  // local slots and writes the result into every rank's gathered slot [this rank]; phase C reads only local
+  // memory. Layout of a half: W receive slots, then W gathered slots.
+  ArPtrs sendTo;
 #pragma unroll
-  for (int j = 0; j < MW; j++) own.p[j] = data.p[L.rank] + j * L.rb;
-  for (int64_t u = w0; u < units; u += stride) phaseQuantize<T, BITS, SYM, MW>(L, in, own, u);
+  for (int j = 0; j < MW; j++) sendTo.p[j] = j < L.world ? data.p[j] + L.rank * L.rb : nullptr;
+  for (int64_t u = w0; u < units; u += stride) phaseQuantize<T, BITS, SYM, MW>(L, in, sendTo, u);
   flagBarrier(L, sig, 0, epoch, deadline);
-  ArPtrs src;
+  ArPtrs recv, gatherTo;
 #pragma unroll
-  for (int r = 0; r < MW; r++) src.p[r] = r < L.world ? data.p[r] + L.rank * L.rb : nullptr;
-  char* reduced = data.p[L.rank] + L.world * L.rb;
-  for (int64_t u = w0; u < units; u += stride) phaseReduce<T, BITS, SYM, MW>(L, src, reduced, u);
+  for (int r = 0; r < MW; r++) {
+    recv.p[r] = r < L.world ? data.p[L.rank] + r * L.rb : nullptr;
+    gatherTo.p[r] = r < L.world ? data.p[r] + (L.world + L.rank) * L.rb : nullptr;
+  }
+  for (int64_t u = w0; u < units; u += stride) phaseReducePush<T, BITS, SYM, MW>(L, recv, gatherTo, u);
   flagBarrier(L, sig, 1, epoch, deadline);
-  ArPtrs red;
+  ArPtrs gathered;
 #pragma unroll
-  for (int j = 0; j < MW; j++) red.p[j] = j < L.world ? data.p[j] + L.world * L.rb : nullptr;
-  for (int64_t u = w0; u < units; u += stride) phaseDequant<T, BITS, SYM, MW>(L, red, out, u);
+  for (int j = 0; j < MW; j++) gathered.p[j] = j < L.world ? data.p[L.rank] + (L.world + j) * L.rb : nullptr;
+  for (int64_t u = w0; u < units; u += stride) phaseDequant<T, BITS, SYM, MW>(L, gathered, out, u);
 }
 
 int blocksFor(int64_t warpItems, int sms, int perSm) {
