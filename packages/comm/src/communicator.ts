@@ -545,7 +545,7 @@ export class Communicator {
 
   /**
    * The algorithm 'auto' runs for a message: with the fused kernel (one host, n % 8 == 0, f16/bf16, within
-   * maxFusedBytes): unquantized one-shot up to smallBytes (latency-bound: fewer bytes gain nothing), fused int8
+   * maxFusedBytes): unquantized up to smallBytes (4 MiB; below that fewer bytes gain nothing, measured), fused int8
    * above (or the wire format asked for). Across hosts: NCCL up to smallBytes, int8 over NCCL above.
    *
    * @example

@@ -13,8 +13,9 @@
 //
 // The fused kernel: phase A quantizes this rank's whole input into its own registered buffer; flag barrier;
 // one-shot: every rank reads every rank's records of every chunk and reduces locally (same bits as two-shot, as
-// steps 4-6 are deterministic); two-shot: rank j reduces chunk j into its reduced record, barrier, every rank
-// dequantizes all reduced records from their owners. Block b of every rank processes the same work items in every
+// steps 4-6 are deterministic); two-shot: phase A writes chunk j's record into rank j's buffer (remote stores:
+// NVLink writes need no round trip, about 15% faster than reading peers for the quantized kernels at 16-128 MiB), barrier, rank j
+// reduces its chunk and writes the result into every rank's buffer, barrier, every rank dequantizes locally. Block b of every rank processes the same work items in every
 // phase, so a barrier between block b of each rank pair is enough. The host alternates between two halves of the
 // registered buffer (epoch parity), so no closing barrier is needed: a rank reuses a half two calls later, after
 // the barrier of the call in between, which no peer passes before it finished reading. Peer data is read with
