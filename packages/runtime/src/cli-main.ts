@@ -453,58 +453,58 @@ Examples:
       },
     );
 
-  const k = kernels as unknown as Record<string, unknown>;
-  const c = comm as unknown as Record<string, unknown>;
-  const bench = program.command('bench').description('GPU benchmarks (need the CUDA addon)');
-  if (typeof k.benchGemm === 'function') {
-    bench
-      .command('gemm')
-      .description('W4A8 GEMM in each scale mode against cuBLAS bf16 on Llama-2 layer shapes')
-      .option('--json <file>', 'also write the results as JSON')
-      .option('--device <n>', 'CUDA device', int('--device', 0), 0)
-      .addHelpText('after', '\nExamples:\n  q bench gemm\n  q bench gemm --json gemm.json')
-      .action((o: { json?: string; device: number }) => {
-        (k.benchGemm as (opts: Record<string, unknown>) => unknown)({
-          device: o.device,
-          ...(o.json ? { json: o.json } : {}),
-        });
+  const bench = program.command('bench').description('GPU benchmarks (need the CUDA addon and a GPU)');
+  const jsonPath = (v: string | true | undefined, name: string): string | undefined =>
+    v === undefined ? undefined : v === true ? path.join('bench-results', `${name}.json`) : v;
+  bench
+    .command('gemm')
+    .description('W4A8 GEMM in each scale mode against cuBLAS bf16 on Llama-2 7B and 70B layer shapes')
+    .option('--json [file]', 'also write the results as JSON (default file: bench-results/gemm.json)')
+    .option('--device <n>', 'CUDA device', int('--device', 0), 0)
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --json gemm.json',
+    )
+    .action((o: { json?: string | true; device: number }) => {
+      const json = jsonPath(o.json, 'gemm');
+      if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+      kernels.benchGemm({ device: o.device, ...(json ? { json } : {}) });
+      if (json) io.stderr(`results written to ${json}\n`);
+    });
+  bench
+    .command('allreduce')
+    .description('quantized all-reduce against NCCL across the GPUs of this node')
+    .option('--worlds <list>', 'GPU counts, comma-separated (default 2,4, limited to the GPUs present)')
+    .option('--hidden <n>', 'hidden size of the messages (default 8192)', int('--hidden'))
+    .option('--json [file]', 'also write the results as JSON (default file: bench-results/allreduce.json)')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q bench allreduce\n  q bench allreduce --worlds 2 --json\n  q bench allreduce --json allreduce.json',
+    )
+    .action(async (o: { worlds?: string; hidden?: number; json?: string | true }) => {
+      const worlds = o.worlds?.split(',').map((w) => int('--worlds', 1)(w.trim()));
+      const results = await comm.benchAllreduce({
+        ...(worlds ? { worlds } : {}),
+        ...(o.hidden !== undefined ? { hidden: o.hidden } : {}),
       });
-  }
-  if (typeof c.benchAllreduce === 'function') {
-    bench
-      .command('allreduce')
-      .description('quantized all-reduce against NCCL across the GPUs of this node')
-      .option('--worlds <list>', 'GPU counts, comma-separated (default 2,4, limited to the GPUs present)')
-      .option('--hidden <n>', 'hidden size of the messages (default 8192)', int('--hidden'))
-      .option('--json <file>', 'also write the results as JSON')
-      .addHelpText(
-        'after',
-        '\nExamples:\n  q bench allreduce\n  q bench allreduce --worlds 2 --json allreduce.json',
-      )
-      .action(async (o: { worlds?: string; hidden?: number; json?: string }) => {
-        const worlds = o.worlds?.split(',').map((w) => int('--worlds', 1)(w.trim()));
-        const results = await (c.benchAllreduce as (opts: Record<string, unknown>) => Promise<unknown>)({
-          ...(worlds ? { worlds } : {}),
-          ...(o.hidden !== undefined ? { hidden: o.hidden } : {}),
-        });
-        if (o.json) {
-          const text = new TextEncoder().encode(`${JSON.stringify(results, null, 2)}\n`);
-          writeFileAtomic(o.json, (write) => write(text));
-        }
-      });
-  }
-  if (typeof c.launchCli === 'function') {
-    program
-      .command('launch')
-      .description('start one process per GPU with the rendezvous environment set')
-      .allowUnknownOption()
-      .allowExcessArguments()
-      .argument(
-        '[args...]',
-        '--nproc N [--addr A] [--port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
-      )
-      .addHelpText('after', '\nExamples:\n  q launch --nproc 2 -- node serve.mjs');
-  }
+      const json = jsonPath(o.json, 'allreduce');
+      if (json) {
+        fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+        const text = new TextEncoder().encode(`${JSON.stringify(results, null, 2)}\n`);
+        writeFileAtomic(json, (write) => write(text));
+        io.stderr(`results written to ${json}\n`);
+      }
+    });
+  program
+    .command('launch')
+    .description('start one process per GPU with the rendezvous environment set')
+    .allowUnknownOption()
+    .allowExcessArguments()
+    .argument(
+      '[args...]',
+      '--nproc N [--addr A] [--port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
+    )
+    .addHelpText('after', '\nExamples:\n  q launch --nproc 2 -- node serve.mjs');
   return program;
 }
 
@@ -517,11 +517,9 @@ Examples:
  * ```
  */
 export async function runCli(argv: readonly string[], io: CliIO = processIO): Promise<number> {
-  const c = comm as unknown as Record<string, unknown>;
   try {
-    if (argv[0] === 'launch' && typeof c.launchCli === 'function' && !argv.includes('--help')) {
-      return await (c.launchCli as (a: readonly string[]) => Promise<number>)(argv.slice(1));
-    }
+    // `q launch` hands everything after it to @q/comm untouched (the child command has options of its own).
+    if (argv[0] === 'launch' && !argv.includes('--help')) return await comm.launchCli(argv.slice(1));
     await createProgram(io).parseAsync([...argv], { from: 'user' });
     return 0;
   } catch (e) {
