@@ -34,8 +34,17 @@ for (const p of pkgs) {
   const tgz = readdirSync(packDir).find((f) => !before.has(f));
   if (!tgz) throw new Error(`pack produced no tarball for ${name}`);
   tarballs[name] = join(packDir, tgz);
-  console.log(`--- ${name}: attw ${tgz}`);
-  run(bin('attw'), [tarballs[name], '--format', 'table-flipped'], dir);
+  // Build-time helpers under scripts/ (e.g. @q/kernels-cuda/build-addon, which @q/comm's build uses) are
+  // ESM-only on purpose: they run under node at install/build time, never through require().
+  const exportsMap = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')).exports ?? {};
+  const scriptsOnly = Object.entries(exportsMap)
+    .filter(([, t]) => typeof t === 'object' && String(t.default ?? '').startsWith('./scripts/'))
+    .map(([k]) => k);
+  const exclude = scriptsOnly.length ? ['--exclude-entrypoints', ...scriptsOnly] : [];
+  console.log(
+    `--- ${name}: attw ${tgz}${scriptsOnly.length ? ` (ESM-only build scripts: ${scriptsOnly.join(', ')})` : ''}`,
+  );
+  run(bin('attw'), [tarballs[name], '--format', 'table-flipped', ...exclude], dir);
 }
 
 const consumer = join(tmpdir(), `q-consumer-${process.pid}`);
