@@ -56,22 +56,34 @@ export interface GemmIntResult {
   readonly values: Int32Array;
 }
 
-function checkArgs(args: GemmW4A8Args): { groups: number } {
-  const { a, aScales, m, weights: w, mode } = args;
-  if (!Number.isSafeInteger(m) || m < 0)
-    throw new QError('E_SHAPE', `Expected m ≥ 0 for gemmW4A8 but received ${m}`);
-  if (a.length !== m * w.kPadded) {
+/** The int8 activations [m, k] and their m (per-token) or 1 (per-tensor) scales fit the GEMM's shape. */
+function checkActivations(
+  what: string,
+  a: Int8Array,
+  aScales: Float32Array,
+  m: number,
+  k: number,
+  kName: string,
+): void {
+  if (a.length !== m * k) {
     throw new QError(
       'E_SHAPE',
-      `Expected ${m * w.kPadded} int8 activations (m=${m} × kPadded=${w.kPadded}) for gemmW4A8 a but received ${a.length}`,
+      `Expected ${m * k} int8 activations (m=${m} × ${kName}=${k}) for ${what} a but received ${a.length}`,
     );
   }
   if (aScales.length !== m && aScales.length !== 1) {
     throw new QError(
       'E_SHAPE',
-      `Expected ${m} or 1 activation scales for gemmW4A8 aScales but received ${aScales.length}`,
+      `Expected ${m} or 1 activation scales for ${what} aScales but received ${aScales.length}`,
     );
   }
+}
+
+function checkArgs(args: GemmW4A8Args): { groups: number } {
+  const { a, aScales, m, weights: w, mode } = args;
+  if (!Number.isSafeInteger(m) || m < 0)
+    throw new QError('E_SHAPE', `Expected m ≥ 0 for gemmW4A8 but received ${m}`);
+  checkActivations('gemmW4A8', a, aScales, m, w.kPadded, 'kPadded');
   const groups = w.kPadded / w.groupSize;
   if (mode === 'per-channel' && groups !== 1) {
     throw new QError(
@@ -267,18 +279,7 @@ export interface GemmW8A8Args {
  */
 export function gemmW8A8Golden(args: GemmW8A8Args): Float32Array {
   const { a, aScales, m, weights: w } = args;
-  if (a.length !== m * w.k) {
-    throw new QError(
-      'E_SHAPE',
-      `Expected ${m * w.k} int8 activations (m=${m} × k=${w.k}) for gemmW8A8 a but received ${a.length}`,
-    );
-  }
-  if (aScales.length !== m && aScales.length !== 1) {
-    throw new QError(
-      'E_SHAPE',
-      `Expected ${m} or 1 activation scales for gemmW8A8 aScales but received ${aScales.length}`,
-    );
-  }
+  checkActivations('gemmW8A8', a, aScales, m, w.k, 'k');
   const perRow = aScales.length === m;
   const out = new Float32Array(m * w.n);
   const k = w.k;
