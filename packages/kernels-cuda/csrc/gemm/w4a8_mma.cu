@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "w4a8.h"
+#include "w4a8_epilogue.cuh"
 
 namespace {
 
@@ -94,22 +95,6 @@ template <>
 struct Acc<Q_MODE_GROUP_INT> {
   typedef int T;
 };
-
-__device__ __forceinline__ void storeOut(const W4A8Args& p, int m, int n, float v, int iv) {
-  const size_t idx = static_cast<size_t>(m) * p.N + n;
-  if (p.outType == Q_OUT_I32) {
-    static_cast<int32_t*>(p.out)[idx] = iv;
-    return;
-  }
-  if (p.bias) v += p.bias[n];
-  if (p.outType == Q_OUT_F16) {
-    if (p.residual) v += __half2float(static_cast<const __half*>(p.residual)[idx]);
-    static_cast<__half*>(p.out)[idx] = __float2half_rn(v);
-  } else {
-    if (p.residual) v += __bfloat162float(static_cast<const __nv_bfloat16*>(p.residual)[idx]);
-    static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
-  }
-}
 
 // TPG: 64-wide k tiles per group when known at compile time (groupSize 64 → 1, 128 → 2, 256 → 4), so that the
 // group bookkeeping of the unrolled loop folds into constants; 0 reads it at run time.
@@ -230,12 +215,12 @@ __global__ void __launch_bounds__(warpsFor<MT>() * 32) w4a8MmaKernel(const W4A8A
     const float as = p.aScale[static_cast<size_t>(m) * p.aScaleStride];
     if (MODE == Q_MODE_PER_CHANNEL) {
       const int P = static_cast<int>(s) >> 4;
-      storeOut(p, m, n, static_cast<float>(P) * as * p.wScale[n], P);
+      w4a8StoreOut(p, m, n, static_cast<float>(P) * as * p.wScale[n], P);
     } else if (MODE == Q_MODE_GROUP_FLOAT) {
-      storeOut(p, m, n, static_cast<float>(s) * as, 0);
+      w4a8StoreOut(p, m, n, static_cast<float>(s) * as, 0);
     } else {
       const int acc = static_cast<int>(s);
-      storeOut(p, m, n, static_cast<float>(acc) * as * p.unit[n], acc);
+      w4a8StoreOut(p, m, n, static_cast<float>(acc) * as * p.unit[n], acc);
     }
   }
 }

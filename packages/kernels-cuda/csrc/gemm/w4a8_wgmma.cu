@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "w4a8.h"
+#include "w4a8_epilogue.cuh"
 
 namespace {
 
@@ -81,22 +82,6 @@ __device__ __forceinline__ uint64_t descB(uint32_t addr, uint32_t lbo, uint32_t 
          (static_cast<uint64_t>(sbo >> 4) << 32);
 }
 #endif
-
-__device__ __forceinline__ void storeOutW(const W4A8Args& p, int m, int n, float v, int iv) {
-  const size_t idx = static_cast<size_t>(m) * p.N + n;
-  if (p.outType == Q_OUT_I32) {
-    static_cast<int32_t*>(p.out)[idx] = iv;
-    return;
-  }
-  if (p.bias) v += p.bias[n];
-  if (p.outType == Q_OUT_F16) {
-    if (p.residual) v += __half2float(static_cast<const __half*>(p.residual)[idx]);
-    static_cast<__half*>(p.out)[idx] = __float2half_rn(v);
-  } else {
-    if (p.residual) v += __bfloat162float(static_cast<const __nv_bfloat16*>(p.residual)[idx]);
-    static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
-  }
-}
 
 template <int MODE, bool SWAP, int BT>
 // Per-channel needs ~100 registers, so two blocks share an SM and hide each other's barrier and copy
@@ -247,12 +232,12 @@ __global__ void __launch_bounds__(256, MODE == Q_MODE_PER_CHANNEL && BT == 128 ?
     const float as = p.aScale[static_cast<size_t>(m) * p.aScaleStride];
     if constexpr (MODE == Q_MODE_PER_CHANNEL) {
       const int P = d[i] >> 4;
-      storeOutW(p, m, n, static_cast<float>(P) * as * (hi ? ws1 : ws0), P);
+      w4a8StoreOut(p, m, n, static_cast<float>(P) * as * (hi ? ws1 : ws0), P);
     } else if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
-      storeOutW(p, m, n, static_cast<float>(acc[i]) * as, 0);
+      w4a8StoreOut(p, m, n, static_cast<float>(acc[i]) * as, 0);
     } else {
       const int a = static_cast<int>(acc[i]);
-      storeOutW(p, m, n, static_cast<float>(a) * as * (hi ? un1 : un0), a);
+      w4a8StoreOut(p, m, n, static_cast<float>(a) * as * (hi ? un1 : un0), a);
     }
   }
 #endif

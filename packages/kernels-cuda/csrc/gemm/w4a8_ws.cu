@@ -36,6 +36,7 @@
 #include <type_traits>
 
 #include "w4a8.h"
+#include "w4a8_epilogue.cuh"
 
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define Q_WS_WGMMA 1
@@ -155,22 +156,6 @@ __device__ __forceinline__ void wgmmaRs(int (&d)[BT / 2], uint32_t a0, uint32_t 
   }
 }
 #endif
-
-__device__ __forceinline__ void storeOutWs(const W4A8Args& p, int m, int n, float v, int iv) {
-  const size_t idx = static_cast<size_t>(m) * p.N + n;
-  if (p.outType == Q_OUT_I32) {
-    static_cast<int32_t*>(p.out)[idx] = iv;
-    return;
-  }
-  if (p.bias) v += p.bias[n];
-  if (p.outType == Q_OUT_F16) {
-    if (p.residual) v += __half2float(static_cast<const __half*>(p.residual)[idx]);
-    static_cast<__half*>(p.out)[idx] = __float2half_rn(v);
-  } else {
-    if (p.residual) v += __bfloat162float(static_cast<const __nv_bfloat16*>(p.residual)[idx]);
-    static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
-  }
-}
 
 // BT: tokens per tile (wgmma N). tilesM: token tiles; the tile index runs token tiles fastest.
 // CL = 2: clusters of two CTAs on neighbouring 128-row tiles of the same tokens; each CTA loads half of the
@@ -467,12 +452,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (m >= p.M) continue;
         if constexpr (MODE == Q_MODE_PER_CHANNEL) {
           const int P = d[i] >> 4;
-          storeOutWs(p, m, n, static_cast<float>(P) * as[e] * (hi ? rs1 : rs0), P);
+          w4a8StoreOut(p, m, n, static_cast<float>(P) * as[e] * (hi ? rs1 : rs0), P);
         } else if constexpr (MODE == Q_MODE_GROUP_FLOAT) {
-          storeOutWs(p, m, n, static_cast<float>(acc[i]) * as[e], 0);
+          w4a8StoreOut(p, m, n, static_cast<float>(acc[i]) * as[e], 0);
         } else {
           const int a = static_cast<int>(acc[i]);
-          storeOutWs(p, m, n, static_cast<float>(a) * as[e] * (hi ? rs1 : rs0), a);
+          w4a8StoreOut(p, m, n, static_cast<float>(a) * as[e] * (hi ? rs1 : rs0), a);
         }
       }
     }
