@@ -78,7 +78,17 @@ interface Exchange {
   timer: NodeJS.Timeout;
 }
 
-/** The launcher's side of the rendezvous. */
+/**
+ * The launcher's side of the rendezvous: ranks connect with the job token and exchange bytes through it.
+ *
+ * @example
+ * ```ts
+ * const token = newJobToken();
+ * const server = await StoreServer.start({ world: 2, token });
+ * // each rank: await StoreClient.connect({ host: '127.0.0.1', port: server.port, token, rank, world: 2 })
+ * server.close();
+ * ```
+ */
 export class StoreServer {
   readonly world: number;
   readonly host: string;
@@ -314,7 +324,16 @@ export interface StoreClientOptions {
   readonly timeoutMs?: number;
 }
 
-/** A rank's connection to the rendezvous store. */
+/**
+ * A rank's connection to the rendezvous store.
+ *
+ * @example
+ * ```ts
+ * const client = await StoreClient.connect({ host: '127.0.0.1', port, token, rank, world });
+ * const all = await client.exchange('nccl-id', myBytes); // every rank's bytes, in rank order
+ * client.close();
+ * ```
+ */
 export class StoreClient {
   readonly rank: number;
   readonly world: number;
