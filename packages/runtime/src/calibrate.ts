@@ -1,5 +1,6 @@
 import { QError } from '@q/core';
 import { ActivationObserver } from '@q/quant';
+import { yieldToEventLoop } from './generate';
 import type { CausalLM } from './lm';
 
 /** Options of `calibrate`. */
@@ -49,6 +50,7 @@ export async function calibrate(
   const batch = Math.max(1, options.batch ?? 4);
   let done = 0;
   for (let i = 0; i < seqs.length; i += batch) {
+    await yieldToEventLoop();
     options.signal?.throwIfAborted();
     const group = seqs.slice(i, i + batch);
     const cache = model.createCache({ batch: group.length, capacity: seqLen });

@@ -1,5 +1,5 @@
 import { QError } from '@q/core';
-import { argmax } from './generate';
+import { argmax, yieldToEventLoop } from './generate';
 import type { CausalLM } from './lm';
 
 /** Options of `evaluatePerplexity`. */
@@ -106,6 +106,7 @@ export async function evaluatePerplexity(
     const group = windows.slice(w0, w0 + batch);
     const inputs = group.map((w) => [bos, ...w.slice(0, w.length - 1)]);
     // [BOS] + window minus its last token predicts every window token.
+    await yieldToEventLoop();
     options.signal?.throwIfAborted();
     const logits = await forwardOnce(model, inputs, ctx);
     const refLogits = ref ? await forwardOnce(ref, inputs, ctx) : undefined;

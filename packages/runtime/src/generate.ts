@@ -103,8 +103,16 @@ export function sampleToken(logits: Float32Array, options: GenerateOptions, rng:
   return idx[idx.length - 1] as number;
 }
 
-/** Lets timers and I/O run between forward steps (a resolved promise alone would only run microtasks). */
-function yieldToEventLoop(): Promise<void> {
+/**
+ * Lets timers, I/O and signal handlers run between forward steps: awaiting a CPU forward pass alone only runs
+ * microtasks, so without this a loop of them would hold the event loop until it ends.
+ *
+ * @example
+ * ```ts
+ * for (const batch of batches) { await yieldToEventLoop(); await model.forward(batch); }
+ * ```
+ */
+export function yieldToEventLoop(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 

@@ -20,6 +20,7 @@ import {
 import { createCpuModel } from './backend';
 import { calibrate } from './calibrate';
 import { FloatLinear, QuantLinear } from './cpu/linear';
+import { yieldToEventLoop } from './generate';
 import type { CausalLM } from './lm';
 import type { LoadedFloatModel, LoadedModel, LoadedQuantizedModel } from './load';
 import { Model } from './model';
@@ -289,6 +290,7 @@ export async function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptio
     }
     calibTokens = maxTokens;
   }
+  await yieldToEventLoop();
   options.signal?.throwIfAborted();
   const { model: quantized, report } = quantizeModel(floatTensors(loaded), loaded.config, stats, recipe);
   return { recipe, quantized, report, ...(stats ? { stats } : {}), calibTokens };
