@@ -42,6 +42,90 @@ function positiveInt(v: number, name: string): number {
   return v;
 }
 
+/** The pages behind a `CpuKVCache`, reachable only from this module (the cache exposes no host arrays). */
+class PagePool {
+  readonly lens: number[];
+  /** Page ids of each slot, in position order. */
+  readonly tables: number[][];
+  readonly free: number[];
+  /** keys[layer][page], values[layer][page]: [pageSize, kvDim], allocated on first use and kept for reuse. */
+  readonly keys: (Float32Array | undefined)[][];
+  readonly values: (Float32Array | undefined)[][];
+
+  constructor(
+    readonly batch: number,
+    readonly capacity: number,
+    readonly pageSize: number,
+    readonly pagesTotal: number,
+    readonly kvDim: number,
+    readonly numLayers: number,
+  ) {
+    this.lens = new Array<number>(batch).fill(0);
+    this.tables = Array.from({ length: batch }, () => []);
+    // Lowest page ids first, so a fresh cache hands out pages 0, 1, 2, …
+    this.free = Array.from({ length: pagesTotal }, (_, i) => pagesTotal - 1 - i);
+    this.keys = Array.from({ length: numLayers }, () => []);
+    this.values = Array.from({ length: numLayers }, () => []);
+  }
+
+  release(slot: number): void {
+    const t = this.tables[slot] as number[];
+    for (let i = t.length - 1; i >= 0; i--) this.free.push(t[i] as number);
+    t.length = 0;
+    this.lens[slot] = 0;
+  }
+
+  /** Makes room for `add[i]` more positions in slot `slots[i]`; checks every slot before taking a page. */
+  reserve(slots: readonly number[], add: readonly number[]): void {
+    let need = 0;
+    slots.forEach((s, i) => {
+      const len = (this.lens[s] as number) + (add[i] as number);
+      if (len > this.capacity)
+        throw new QError(
+          'E_ARG',
+          `Expected at most ${this.capacity} positions (the context) for sequence ${i} but received ${len}`,
+        );
+      need += Math.max(0, Math.ceil(len / this.pageSize) - (this.tables[s] as number[]).length);
+    });
+    if (need > this.free.length)
+      throw new QError(
+        'E_ARG',
+        `Expected at most ${this.free.length} free cache pages (${this.pagesTotal - this.free.length} of ${this.pagesTotal} in use) for forward but received a batch that needs ${need}`,
+      );
+    slots.forEach((s, i) => {
+      const t = this.tables[s] as number[];
+      const pages = Math.ceil(((this.lens[s] as number) + (add[i] as number)) / this.pageSize);
+      while (t.length < pages) {
+        const page = this.free.pop() as number;
+        t.push(page);
+        for (let l = 0; l < this.numLayers; l++) {
+          const kl = this.keys[l] as (Float32Array | undefined)[];
+          const vl = this.values[l] as (Float32Array | undefined)[];
+          if (kl[page] === undefined) kl[page] = new Float32Array(this.pageSize * this.kvDim);
+          if (vl[page] === undefined) vl[page] = new Float32Array(this.pageSize * this.kvDim);
+        }
+      }
+    });
+  }
+
+  /** The pages of one slot for one layer (keys, values), in position order. */
+  pagesOf(layer: number, slot: number): [Float32Array[], Float32Array[]] {
+    const t = this.tables[slot] as number[];
+    const kl = this.keys[layer] as Float32Array[];
+    const vl = this.values[layer] as Float32Array[];
+    return [t.map((p) => kl[p] as Float32Array), t.map((p) => vl[p] as Float32Array)];
+  }
+}
+
+const pools = new WeakMap<CpuKVCache, PagePool>();
+
+function poolOf(cache: CpuKVCache): PagePool {
+  const p = pools.get(cache);
+  if (p === undefined)
+    throw new QError('E_DISPOSED', 'Expected a live KV cache but received one that was disposed');
+  return p;
+}
+
 /**
  * The CPU model's key/value cache: per layer, pages of `pageSize` positions × kvHeads·headDim for keys and
  * values. A slot takes pages from the pool as its sequence grows (their memory is allocated on first use and
@@ -60,16 +144,6 @@ export class CpuKVCache implements KVCache {
   readonly capacity: number;
   readonly pageSize: number;
   readonly pagesTotal: number;
-  readonly kvDim: number;
-  private readonly numLayers: number;
-  private readonly lens: number[];
-  /** Page ids of each slot, in position order. */
-  private readonly tables: number[][];
-  private readonly free: number[];
-  /** keys[layer][page], values[layer][page]: [pageSize, kvDim], allocated on first use. */
-  private keys: (Float32Array | undefined)[][];
-  private values: (Float32Array | undefined)[][];
-  private disposed = false;
 
   constructor(config: ModelConfig, options: CacheOptions = {}) {
     this.batch = positiveInt(options.batch ?? 1, 'batch');
@@ -79,103 +153,41 @@ export class CpuKVCache implements KVCache {
       options.pages ?? this.batch * Math.ceil(this.capacity / this.pageSize),
       'pages',
     );
-    this.kvDim = config.numKvHeads * config.headDim;
-    this.numLayers = config.numLayers;
-    this.lens = new Array<number>(this.batch).fill(0);
-    this.tables = Array.from({ length: this.batch }, () => []);
-    // Lowest page ids first, so a fresh cache hands out pages 0, 1, 2, …
-    this.free = Array.from({ length: this.pagesTotal }, (_, i) => this.pagesTotal - 1 - i);
-    this.keys = Array.from({ length: this.numLayers }, () => []);
-    this.values = Array.from({ length: this.numLayers }, () => []);
+    pools.set(
+      this,
+      new PagePool(
+        this.batch,
+        this.capacity,
+        this.pageSize,
+        this.pagesTotal,
+        config.numKvHeads * config.headDim,
+        config.numLayers,
+      ),
+    );
   }
 
   get lengths(): readonly number[] {
-    this.check();
-    return this.lens;
+    return poolOf(this).lens;
   }
 
   get pagesInUse(): number {
-    return this.pagesTotal - this.free.length;
+    const p = pools.get(this);
+    return p === undefined ? 0 : this.pagesTotal - p.free.length;
   }
 
   reset(slot?: number): void {
-    this.check();
+    const p = poolOf(this);
     if (slot === undefined) {
-      for (let s = 0; s < this.batch; s++) this.release(s);
+      for (let s = 0; s < this.batch; s++) p.release(s);
       return;
     }
     if (!Number.isInteger(slot) || slot < 0 || slot >= this.batch)
       throw new QError('E_ARG', `Expected a slot in [0, ${this.batch}) for reset but received ${slot}`);
-    this.release(slot);
+    p.release(slot);
   }
 
   dispose(): void {
-    this.disposed = true;
-    this.keys = [];
-    this.values = [];
-  }
-
-  private release(slot: number): void {
-    const t = this.tables[slot] as number[];
-    for (let i = t.length - 1; i >= 0; i--) this.free.push(t[i] as number);
-    t.length = 0;
-    this.lens[slot] = 0;
-  }
-
-  /** @internal Throws E_DISPOSED after dispose(). */
-  check(): void {
-    if (this.disposed)
-      throw new QError('E_DISPOSED', 'Expected a live KV cache but received one that was disposed');
-  }
-
-  /**
-   * @internal Makes room for `add[i]` more positions in slot `slots[i]`; checks every slot before taking any
-   * page, so a refused call changes nothing.
-   */
-  reserve(slots: readonly number[], add: readonly number[]): void {
-    this.check();
-    let need = 0;
-    slots.forEach((s, i) => {
-      const len = (this.lens[s] as number) + (add[i] as number);
-      if (len > this.capacity)
-        throw new QError(
-          'E_ARG',
-          `Expected at most ${this.capacity} positions (the context) for sequence ${i} but received ${len}`,
-        );
-      need += Math.max(0, Math.ceil(len / this.pageSize) - (this.tables[s] as number[]).length);
-    });
-    if (need > this.free.length)
-      throw new QError(
-        'E_ARG',
-        `Expected at most ${this.free.length} free cache pages (${this.pagesInUse} of ${this.pagesTotal} in use) for forward but received a batch that needs ${need}`,
-      );
-    slots.forEach((s, i) => {
-      const t = this.tables[s] as number[];
-      const pages = Math.ceil(((this.lens[s] as number) + (add[i] as number)) / this.pageSize);
-      while (t.length < pages) {
-        const page = this.free.pop() as number;
-        t.push(page);
-        for (let l = 0; l < this.numLayers; l++) {
-          const kl = this.keys[l] as (Float32Array | undefined)[];
-          const vl = this.values[l] as (Float32Array | undefined)[];
-          if (kl[page] === undefined) kl[page] = new Float32Array(this.pageSize * this.kvDim);
-          if (vl[page] === undefined) vl[page] = new Float32Array(this.pageSize * this.kvDim);
-        }
-      }
-    });
-  }
-
-  /** @internal The pages of one slot for one layer (keys, values), in position order. */
-  pagesOf(layer: number, slot: number): [Float32Array[], Float32Array[]] {
-    const t = this.tables[slot] as number[];
-    const kl = this.keys[layer] as Float32Array[];
-    const vl = this.values[layer] as Float32Array[];
-    return [t.map((p) => kl[p] as Float32Array), t.map((p) => vl[p] as Float32Array)];
-  }
-
-  /** @internal Records that `add` positions were appended to `slot`. */
-  advance(slot: number, add: number): void {
-    this.lens[slot] = (this.lens[slot] as number) + add;
+    pools.delete(this);
   }
 }
 
@@ -381,11 +393,12 @@ export class Model implements CausalLM {
         if (seq.length === 0)
           throw new QError('E_ARG', `Expected at least one new token for sequence ${b} but received none`);
       });
-    cache.reserve(
+    const pool = poolOf(cache);
+    pool.reserve(
       slots,
       tokens.map((t) => t.length),
     );
-    const past = slots.map((s) => cache.lengths[s] as number);
+    const past = slots.map((s) => pool.lens[s] as number);
     const x = new Float32Array(rows * d);
     {
       let r = 0;
@@ -413,7 +426,7 @@ export class Model implements CausalLM {
       for (let b = 0; b < tokens.length; b++) {
         const seqLen = (tokens[b] as readonly number[]).length;
         const start = past[b] as number;
-        const [kp, vp] = cache.pagesOf(li, slots[b] as number);
+        const [kp, vp] = pool.pagesOf(li, slots[b] as number);
         for (let t = 0; t < seqLen; t++) {
           const r = (starts[b] as number) + t;
           const pos = start + t;
@@ -463,7 +476,7 @@ export class Model implements CausalLM {
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (dn[i] as number);
     }
     slots.forEach((s, b) => {
-      cache.advance(s, (tokens[b] as readonly number[]).length);
+      pool.lens[s] = (pool.lens[s] as number) + (tokens[b] as readonly number[]).length;
     });
     if (mode === 'none') return new Float32Array(0);
     let hin = x;

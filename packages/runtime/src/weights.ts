@@ -86,7 +86,7 @@ export function safetensorsWeights(dir: string): ModelWeights {
   };
   return {
     names: () => (reader === null ? [] : reader.names()),
-    has: (name) => reader !== null && reader.has(name),
+    has: (name) => reader?.has(name) === true,
     info: (name) => {
       const i = open(name).info(name);
       return { dtype: i.dtype, shape: i.shape };
