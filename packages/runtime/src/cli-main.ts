@@ -321,7 +321,7 @@ Examples:
           ...(refModel ? { compare: refModel } : {}),
           ...signal,
           onProgress: (d, t) => bar.update('eval', d, t),
-        });
+        }).finally(() => Promise.all([model.dispose(), refModel?.dispose()]));
         bar.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (o.json)
@@ -415,6 +415,7 @@ Examples:
         } finally {
           // What was generated before an interruption is still printed whole.
           io.stdout(`${dec.flush()}\n`);
+          await model.dispose();
         }
       },
     );
