@@ -10,8 +10,8 @@ describe('examples', () => {
     expect(out[3]).toBe('unpacked: -8, -1, 0, 7, 3');
   });
 
-  it('runtime-quantize quantizes the demo model with FPTQ and generates with it', () => {
-    const out = runtimeQuantize();
+  it('runtime-quantize quantizes the demo model with FPTQ and generates with it', async () => {
+    const out = await runtimeQuantize();
     // 2 layers x 7 projections; q/k/v and gate/up of both layers see the outlier channels, so LAE applies.
     expect(out[0]).toBe('layers quantized: 14, with LAE: 10');
     const m = /top-1 ([\d.]+)%, KL ([\d.]+)/.exec(out[1] ?? '');

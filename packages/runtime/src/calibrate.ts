@@ -26,11 +26,11 @@ export interface CalibrateOptions {
  * stats.range('model.layers.0.mlp.down_proj');
  * ```
  */
-export function calibrate(
+export async function calibrate(
   model: Model,
   ids: readonly number[],
   options: CalibrateOptions = {},
-): ActivationObserver {
+): Promise<ActivationObserver> {
   const seqLen = Math.min(options.seqLen ?? 256, model.config.maxSeqLen);
   if (!Number.isInteger(seqLen) || seqLen < 2)
     throw new QError('E_ARG', `Expected an integer calibration length >= 2 but received ${seqLen}`);
@@ -48,7 +48,7 @@ export function calibrate(
   let done = 0;
   for (let i = 0; i < seqs.length; i += batch) {
     const group = seqs.slice(i, i + batch);
-    model.forward(group, {
+    await model.forward(group, {
       cache: model.createCache(group.length, seqLen),
       logits: 'none',
       hook: (name, x, rows, cols) => observer.observe(name, x.subarray(0, rows * cols), cols),

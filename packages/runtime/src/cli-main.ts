@@ -203,7 +203,7 @@ Examples:
       `\nRecipes:\n${RECIPE_NAMES.map((r) => `  ${r.padEnd(12)} ${RECIPES[r].description}`).join('\n')}\n\nExamples:\n  q quantize stories260K.bin --recipe fptq --calib calib.txt\n  q quantize models/Llama-3.2-1B --recipe w4a8-rtn --group-size 64 --out llama-w4a8 --force`,
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: {
           recipe: string;
@@ -229,7 +229,7 @@ Examples:
           );
         const m = load(modelPath, o);
         const bar = progress(io, !o.json);
-        const run = quantizeLoaded(m, {
+        const run = await quantizeLoaded(m, {
           recipe: o.recipe,
           ...(o.groupSize !== undefined ? { groupSize: o.groupSize } : {}),
           ...(o.calib !== undefined ? { calibText: readText(o.calib, '--calib') } : {}),
@@ -277,7 +277,7 @@ Examples:
       '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json',
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean },
       ) => {
@@ -287,7 +287,7 @@ Examples:
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
         const bar = progress(io, !o.json);
         const t0 = performance.now();
-        const r = evaluatePerplexity(m.model, ids, {
+        const r = await evaluatePerplexity(m.model, ids, {
           ctx,
           ...(ref ? { compare: ref.model } : {}),
           onProgress: (d, t) => bar.update('eval', d, t),
@@ -339,7 +339,7 @@ Examples:
       '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: {
           prompt: string;
@@ -371,7 +371,7 @@ Examples:
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
         io.stdout(o.prompt);
-        generate(m.model, promptIds, {
+        await generate(m.model, promptIds, {
           maxTokens: o.maxTokens,
           temperature: o.temperature,
           topK: o.topK,
@@ -401,7 +401,7 @@ Examples:
       '\nExamples:\n  q demo\n  q demo --model stories260K.bin --text tinystories.txt --json',
     )
     .action(
-      (o: {
+      async (o: {
         model?: string;
         text?: string;
         calibTokens?: number;
@@ -417,7 +417,7 @@ Examples:
           }
         };
         let generated = '';
-        const r = runDemo({
+        const r = await runDemo({
           ...(o.model !== undefined ? { model: o.model } : {}),
           ...(o.text !== undefined ? { text: o.text } : {}),
           ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}),

@@ -139,9 +139,9 @@ describe.skipIf(!present)('q on stories260K', () => {
     expect(fs.existsSync(path.join(out, 'manifest.json'))).toBe(true);
   });
 
-  it('an interrupted quantize leaves no partial directory under the final name', () => {
+  it('an interrupted quantize leaves no partial directory under the final name', async () => {
     const float = loadModel(modelFile);
-    const run = quantizeLoaded(float, { recipe: 'w4a8-rtn' });
+    const run = await quantizeLoaded(float, { recipe: 'w4a8-rtn' });
     for (const at of ['weights', 'tokenizer', 'commit'] as const) {
       const out = path.join(tmp, `interrupted-${at}`);
       expect(() =>

@@ -119,7 +119,7 @@ function splitLines(text: string, frac: number): [string, string] {
  * console.log(formatDemoTable(r));
  * ```
  */
-export function runDemo(options: DemoOptions = {}): DemoResult {
+export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const t0 = performance.now();
   const step = (s: string): void => options.onStep?.(s);
   let loaded: LoadedModel;
@@ -159,11 +159,11 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
   const calibIds = loaded.tokenizer.encode(calibText).slice(0, options.calibTokens ?? 256);
   const evalIds = loaded.tokenizer.encode(evalText).slice(0, options.evalTokens ?? 128);
   step(`calibrating on ${calibIds.length} tokens`);
-  const stats = calibrate(loaded.model, calibIds, {
+  const stats = await calibrate(loaded.model, calibIds, {
     seqLen: ctx,
     onProgress: (d, t) => options.onProgress?.('calibrate', d, t),
   });
-  const float = evaluatePerplexity(loaded.model, evalIds, { ctx });
+  const float = await evaluatePerplexity(loaded.model, evalIds, { ctx });
   const recipes = options.recipes ?? DEMO_RECIPES;
   for (const r of recipes)
     if (!(RECIPE_NAMES as readonly string[]).includes(r))
@@ -179,8 +179,8 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
   for (const recipe of recipes) {
     const r0 = performance.now();
     step(`quantizing with ${recipe} and comparing with the float model`);
-    const run = quantizeLoaded(loaded, { recipe, stats });
-    const ev = evaluatePerplexity(run.model, evalIds, {
+    const run = await quantizeLoaded(loaded, { recipe, stats });
+    const ev = await evaluatePerplexity(run.model, evalIds, {
       ctx,
       compare: loaded.model,
       onProgress: (d, t) => options.onProgress?.(recipe, d, t),
@@ -205,7 +205,7 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
   const dec = loaded.tokenizer.streamDecoder();
   for (const id of promptIds) dec.push(id);
   let text = '';
-  const ids = generate(genModel, promptIds, {
+  const ids = await generate(genModel, promptIds, {
     maxTokens: options.generateTokens ?? 24,
     onToken: (id) => {
       const piece = dec.push(id);

@@ -56,11 +56,11 @@ function logSoftmax(x: Float32Array, off: number, n: number, out: Float64Array):
  * console.log(r.ppl, r.top1, r.kl);
  * ```
  */
-export function evaluatePerplexity(
+export async function evaluatePerplexity(
   model: Model,
   ids: readonly number[],
   options: EvalOptions = {},
-): EvalResult {
+): Promise<EvalResult> {
   const ctx = options.ctx ?? 256;
   if (!Number.isInteger(ctx) || ctx < 2)
     throw new QError('E_ARG', `Expected an integer ctx >= 2 for evaluation but received ${ctx}`);
@@ -94,8 +94,8 @@ export function evaluatePerplexity(
     const group = windows.slice(w0, w0 + batch);
     const inputs = group.map((w) => [bos, ...w.slice(0, w.length - 1)]);
     // [BOS] + window minus its last token predicts every window token.
-    const logits = model.forward(inputs, { cache: model.createCache(inputs.length, ctx) });
-    const refLogits = ref?.forward(inputs, { cache: ref.createCache(inputs.length, ctx) });
+    const logits = await model.forward(inputs, { cache: model.createCache(inputs.length, ctx) });
+    const refLogits = await ref?.forward(inputs, { cache: ref.createCache(inputs.length, ctx) });
     let row = 0;
     for (const w of group) {
       for (let t = 0; t < w.length; t++, row++) {

@@ -9,12 +9,12 @@ function logitsOf(values: number[]): Float32Array {
 }
 
 describe('sampling', () => {
-  it('temperature 0 is argmax (lowest index on ties)', () => {
+  it('temperature 0 is argmax (lowest index on ties)', async () => {
     expect(sampleToken(logitsOf([0.5, 2, 2, -1]), { temperature: 0 }, new Rng(1))).toBe(1);
     expect(argmax(logitsOf([3, 1, 3]))).toBe(0);
   });
 
-  it('top-k 1 and a tiny top-p reduce to greedy at any temperature', () => {
+  it('top-k 1 and a tiny top-p reduce to greedy at any temperature', async () => {
     const rng = new Rng(2);
     const l = Float32Array.from({ length: 50 }, () => rng.normal());
     const best = argmax(l);
@@ -24,7 +24,7 @@ describe('sampling', () => {
     }
   });
 
-  it('samples follow softmax(logits / T) restricted to top-k', () => {
+  it('samples follow softmax(logits / T) restricted to top-k', async () => {
     const l = logitsOf([2, 1, 0, -1, -3]);
     const T = 0.7;
     const rng = new Rng(3);
@@ -45,7 +45,7 @@ describe('sampling', () => {
     expect(counts[4]).toBe(0);
   });
 
-  it('top-p keeps the smallest prefix reaching p', () => {
+  it('top-p keeps the smallest prefix reaching p', async () => {
     // probabilities ≈ [0.64, 0.24, 0.09, 0.03]: p = 0.8 keeps the first two.
     const l = logitsOf([2, 1, 0, -1]);
     const rng = new Rng(4);
@@ -54,12 +54,12 @@ describe('sampling', () => {
     expect([...seen].sort()).toEqual([0, 1]);
   });
 
-  it('rejects bad options', () => {
+  it('rejects bad options', async () => {
     const c = smallConfig();
     const model = Model.fromFloatWeights(c, randomWeights(c, 1));
-    expect(() => generate(model, [1], { temperature: -1 })).toThrow(/temperature/);
-    expect(() => generate(model, [1], { topP: 0 })).toThrow(/top-p/);
-    expect(() => generate(model, [1], { topK: 1.5 })).toThrow(/top-k/);
+    await expect(generate(model, [1], { temperature: -1 })).rejects.toThrow(/temperature/);
+    await expect(generate(model, [1], { topP: 0 })).rejects.toThrow(/top-p/);
+    await expect(generate(model, [1], { topK: 1.5 })).rejects.toThrow(/top-k/);
   });
 });
 
@@ -67,26 +67,26 @@ describe('generate', () => {
   const c = smallConfig({ maxSeqLen: 24 });
   const model = Model.fromFloatWeights(c, randomWeights(c, 8));
 
-  it('is reproducible for a seed, and greedy output equals stepwise argmax of full forwards', () => {
-    const a = generate(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
-    const b = generate(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
+  it('is reproducible for a seed, and greedy output equals stepwise argmax of full forwards', async () => {
+    const a = await generate(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
+    const b = await generate(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
     expect(a).toEqual(b);
-    const greedy = generate(model, [1, 5], { maxTokens: 8, stopTokens: [] });
+    const greedy = await generate(model, [1, 5], { maxTokens: 8, stopTokens: [] });
     const seq = [1, 5];
     for (let i = 0; i < 8; i++) {
-      const logits = model.forward([seq], { logits: 'last' });
+      const logits = await model.forward([seq], { logits: 'last' });
       seq.push(argmax(logits));
     }
     expect(greedy).toEqual(seq.slice(2));
   });
 
-  it('stops at a stop token without emitting it, and when the context is full', () => {
-    const free = generate(model, [1], { maxTokens: 5, stopTokens: [] });
+  it('stops at a stop token without emitting it, and when the context is full', async () => {
+    const free = await generate(model, [1], { maxTokens: 5, stopTokens: [] });
     const stop = free[2] as number;
-    const cut = generate(model, [1], { maxTokens: 5, stopTokens: [stop] });
+    const cut = await generate(model, [1], { maxTokens: 5, stopTokens: [stop] });
     expect(cut).toEqual(free.slice(0, free.indexOf(stop)));
     const streamed: number[] = [];
-    const all = generate(model, [1, 2, 3], {
+    const all = await generate(model, [1, 2, 3], {
       maxTokens: 100,
       stopTokens: [],
       onToken: (id) => streamed.push(id),

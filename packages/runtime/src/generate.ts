@@ -110,7 +110,11 @@ export function sampleToken(logits: Float32Array, options: GenerateOptions, rng:
  * const sampled = generate(model, prompt, { temperature: 0.8, topK: 40, topP: 0.95, seed: 7, onToken: print });
  * ```
  */
-export function generate(model: Model, prompt: readonly number[], options: GenerateOptions = {}): number[] {
+export async function generate(
+  model: Model,
+  prompt: readonly number[],
+  options: GenerateOptions = {},
+): Promise<number[]> {
   checkOptions(options);
   const ctx = model.config.maxSeqLen;
   if (prompt.length === 0) throw new QError('E_ARG', 'Expected at least one prompt token but received none');
@@ -126,14 +130,14 @@ export function generate(model: Model, prompt: readonly number[], options: Gener
   // Sized to what this call can use, not the model's full context (which can be 128K positions).
   const cache = model.createCache(1, Math.min(ctx, prompt.length + maxTokens));
   const out: number[] = [];
-  let logits = model.forward([prompt], { cache, logits: 'last' });
+  let logits = await model.forward([prompt], { cache, logits: 'last' });
   while (out.length < maxTokens) {
     const next = sampleToken(logits, options, rng);
     if (stops.has(next)) break;
     out.push(next);
     options.onToken?.(next);
     if ((cache.lengths[0] as number) >= cache.capacity) break;
-    logits = model.forward([[next]], { cache, logits: 'last' });
+    logits = await model.forward([[next]], { cache, logits: 'last' });
   }
   return out;
 }

@@ -29,7 +29,7 @@ function expectQError(fn: () => unknown, code: string, message: RegExp): void {
 }
 
 describe('Hugging Face directories', () => {
-  it('llama: sharded safetensors, GQA, llama3 rope scaling, BPE tokenizer and chat template', () => {
+  it('llama: sharded safetensors, GQA, llama3 rope scaling, BPE tokenizer and chat template', async () => {
     const config = smallConfig({
       ropeTheta: 500000,
       ropeScaling: {
@@ -70,13 +70,13 @@ describe('Hugging Face directories', () => {
     );
     const toks = [1, ...Array.from({ length: 10 }, (_, i) => (i * 7 + 3) % config.vocabSize)];
     const { diff, scale } = maxAbsDiff(
-      m.model.forward([toks]),
+      await m.model.forward([toks]),
       referenceForward(config, toF64Map(weights), toks),
     );
     expect(diff).toBeLessThan(1e-4 * scale + 1e-5);
   });
 
-  it('prompts get the special tokens of the tokenizer (BOS from its post-processor), chat prompts none', () => {
+  it('prompts get the special tokens of the tokenizer (BOS from its post-processor), chat prompts none', async () => {
     const config = smallConfig();
     const dir = path.join(tmp, 'with-bos');
     const tokenizer = {
@@ -99,7 +99,7 @@ describe('Hugging Face directories', () => {
     expect(m.tokenizer.encodePrompt('the cat', { chat: true })).toEqual([30, 32]);
   });
 
-  it('qwen2: attention bias, tied embeddings, bf16 weights, WordLevel tokenizer', () => {
+  it('qwen2: attention bias, tied embeddings, bf16 weights, WordLevel tokenizer', async () => {
     const config = smallConfig({
       architecture: 'qwen2',
       attentionBias: true,
@@ -121,33 +121,33 @@ describe('Hugging Face directories', () => {
     const toks = Array.from({ length: 9 }, () => rng.int(config.vocabSize));
     // The reference sees exactly the bf16-rounded values that were stored.
     const { diff, scale } = maxAbsDiff(
-      m.model.forward([toks]),
+      await m.model.forward([toks]),
       referenceForward(config, toF64Map(stored), toks),
     );
     expect(diff).toBeLessThan(1e-4 * scale + 1e-5);
   });
 
-  it('refuses a directory without config.json', () => {
+  it('refuses a directory without config.json', async () => {
     const dir = path.join(tmp, 'no-config');
     fs.mkdirSync(dir, { recursive: true });
     expectQError(() => loadModel(dir), 'E_FORMAT', /config\.json/);
   });
 
-  it('refuses a garbled config.json', () => {
+  it('refuses a garbled config.json', async () => {
     const dir = path.join(tmp, 'garbled');
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, 'config.json'), '{"model_type": "llama", "hidden_size": ');
     expectQError(() => loadModel(dir), 'E_FORMAT', /config\.json/);
   });
 
-  it('refuses an unsupported architecture and lists the supported ones', () => {
+  it('refuses an unsupported architecture and lists the supported ones', async () => {
     const dir = path.join(tmp, 'gpt2');
     fs.mkdirSync(dir, { recursive: true });
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ model_type: 'gpt2', n_embd: 64 }));
     expectQError(() => loadModel(dir), 'E_UNSUPPORTED', /llama, mistral, qwen2.*gpt2/);
   });
 
-  it('refuses a Hugging Face directory without a tokenizer', () => {
+  it('refuses a Hugging Face directory without a tokenizer', async () => {
     const config = smallConfig();
     const dir = path.join(tmp, 'no-tokenizer');
     writeHfModel(dir, { config, weights: randomWeights(config, 1), tokenizer: bpeTokenizerJson() });
@@ -155,7 +155,7 @@ describe('Hugging Face directories', () => {
     expectQError(() => loadModel(dir), 'E_TOKENIZER', /tokenizer\.json/);
   });
 
-  it('refuses a llama2.c checkpoint with no tokenizer beside it', () => {
+  it('refuses a llama2.c checkpoint with no tokenizer beside it', async () => {
     const config = smallConfig({ ropeStyle: 'interleaved', tieWordEmbeddings: true, numKvHeads: 4 });
     const dir = path.join(tmp, 'llama2c-alone');
     fs.mkdirSync(dir, { recursive: true });
@@ -169,19 +169,19 @@ describe('Hugging Face directories', () => {
     );
   });
 
-  it('refuses a prompt longer than the context', () => {
+  it('refuses a prompt longer than the context', async () => {
     const config = smallConfig({ maxSeqLen: 8 });
     const dir = path.join(tmp, 'short-ctx');
     writeHfModel(dir, { config, weights: randomWeights(config, 2), tokenizer: bpeTokenizerJson() });
     const { model } = loadModel(dir);
-    expectQError(
-      () =>
-        generate(
-          model,
-          Array.from({ length: 9 }, () => 3),
-        ),
-      'E_ARG',
-      /at most 8 tokens.*received 9/,
-    );
+    await expect(
+      generate(
+        model,
+        Array.from({ length: 9 }, () => 3),
+      ),
+    ).rejects.toMatchObject({
+      code: 'E_ARG',
+      message: expect.stringMatching(/at most 8 tokens.*received 9/),
+    });
   });
 });

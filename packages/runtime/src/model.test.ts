@@ -38,29 +38,29 @@ const variants: [string, Partial<ModelConfig>][] = [
 
 describe('Model.forward against a float64 reference', () => {
   for (const [label, over] of variants) {
-    it(label, () => {
+    it(label, async () => {
       const c = smallConfig(over);
       const w = randomWeights(c, 11);
       const model = Model.fromFloatWeights(c, w);
       const toks = randomTokens(new Rng(3), 12, c.vocabSize);
-      const got = model.forward([toks]);
+      const got = await model.forward([toks]);
       const { diff, scale } = maxAbsDiff(got, referenceForward(c, toF64Map(w), toks));
       // float32 activations over 2 layers: relative error well below 1e-4 of the logit scale.
       expect(diff).toBeLessThan(1e-4 * scale + 1e-5);
     });
   }
 
-  it('incremental decoding with a KV cache and ragged batches matches full forwards', () => {
+  it('incremental decoding with a KV cache and ragged batches matches full forwards', async () => {
     const c = smallConfig({ attentionBias: true });
     const w = randomWeights(c, 5);
     const model = Model.fromFloatWeights(c, w);
     const rng = new Rng(9);
     const a = randomTokens(rng, 9, c.vocabSize);
     const b = randomTokens(rng, 6, c.vocabSize);
-    const fullA = model.forward([a]);
-    const fullB = model.forward([b]);
+    const fullA = await model.forward([a]);
+    const fullB = await model.forward([b]);
     const cache = model.createCache(2, 16);
-    const first = model.forward([a.slice(0, 5), b.slice(0, 2)], { cache });
+    const first = await model.forward([a.slice(0, 5), b.slice(0, 2)], { cache });
     expect(cache.lengths).toEqual([5, 2]);
     const v = c.vocabSize;
     // Row 4 is A's 5th position, row 6 is B's 2nd.
@@ -68,27 +68,27 @@ describe('Model.forward against a float64 reference', () => {
       expect(first[4 * v + j]).toBeCloseTo(fullA[4 * v + j] as number, 4);
       expect(first[6 * v + j]).toBeCloseTo(fullB[1 * v + j] as number, 4);
     }
-    const last = model.forward([a.slice(5), b.slice(2)], { cache, logits: 'last' });
+    const last = await model.forward([a.slice(5), b.slice(2)], { cache, logits: 'last' });
     for (let j = 0; j < v; j++) {
       expect(last[j]).toBeCloseTo(fullA[8 * v + j] as number, 4);
       expect(last[v + j]).toBeCloseTo(fullB[5 * v + j] as number, 4);
     }
   });
 
-  it('reports every linear input to the hook with its shape', () => {
+  it('reports every linear input to the hook with its shape', async () => {
     const c = smallConfig();
     const model = Model.fromFloatWeights(c, randomWeights(c, 1));
     const seen = new Map<string, [number, number]>();
-    model.forward([[1, 2, 3]], { hook: (name, _x, rows, cols) => seen.set(name, [rows, cols]) });
+    await model.forward([[1, 2, 3]], { hook: (name, _x, rows, cols) => seen.set(name, [rows, cols]) });
     expect(seen.size).toBe(7 * c.numLayers + 1);
     expect(seen.get('model.layers.1.mlp.down_proj')).toEqual([3, c.intermediateSize]);
     expect(seen.get('lm_head')).toEqual([3, c.hiddenSize]);
   });
 
-  it('refuses a sequence longer than the cache', () => {
+  it('refuses a sequence longer than the cache', async () => {
     const c = smallConfig();
     const model = Model.fromFloatWeights(c, randomWeights(c, 1));
-    expect(() => model.forward([[1, 2, 3]], { cache: model.createCache(1, 2) })).toThrow(
+    await expect(model.forward([[1, 2, 3]], { cache: model.createCache(1, 2) })).rejects.toThrow(
       /at most 2 positions/,
     );
   });
@@ -109,7 +109,7 @@ describe('matmulT', () => {
       shared.set(wArr);
       const bias = Float32Array.from({ length: n }, () => rng.normal());
       for (const w of [wArr, shared]) {
-        const y = matmulT(x, m, k, w, n, bias);
+        const y = await matmulT(x, m, k, w, n, bias);
         for (let i = 0; i < m; i++)
           for (let j = 0; j < n; j++) {
             let s = bias[j] as number;

@@ -37,7 +37,7 @@ export { layerLinearNames };
  * @example
  * ```ts
  * const cache = new KVCache(model.config, 2, 256);
- * model.forward([[1, 5, 9], [1, 7]], { cache });
+ * await model.forward([[1, 5, 9], [1, 7]], { cache });
  * cache.lengths; // [3, 2]
  * ```
  */
@@ -90,7 +90,7 @@ export interface ForwardOptions {
  * @example
  * ```ts
  * const model = Model.fromFloatWeights(config, weights); // weights: Map<HF name, Tensor>
- * const logits = model.forward([[config.bosTokenId]], { logits: 'last' }); // [1, vocab]
+ * const logits = await model.forward([[config.bosTokenId]], { logits: 'last' }); // [1, vocab]
  * ```
  */
 export class Model {
@@ -219,7 +219,7 @@ export class Model {
    * continues at position `cache.lengths[b]`). Returns logits [rows, vocab]: all new positions of all
    * sequences in order (`'all'`), or one row per sequence (`'last'`).
    */
-  forward(tokens: readonly (readonly number[])[], options: ForwardOptions = {}): Float32Array {
+  async forward(tokens: readonly (readonly number[])[], options: ForwardOptions = {}): Promise<Float32Array> {
     const cfg = this.config;
     const d = cfg.hiddenSize;
     const hd = cfg.headDim;
@@ -261,7 +261,7 @@ export class Model {
           r++;
         }
     }
-    const run = (l: Linear, input: Float32Array): Float32Array => {
+    const run = (l: Linear, input: Float32Array): Promise<Float32Array> => {
       hook?.(l.name, input, rows, l.inFeatures);
       return l.forward(input, rows);
     };
@@ -271,9 +271,9 @@ export class Model {
     for (let li = 0; li < cfg.numLayers; li++) {
       const L = this.weights.layers[li] as LayerWeights;
       const h = rmsNorm(x, rows, d, L.inputNorm, cfg.rmsNormEps);
-      const q = run(L.q, h);
-      const k = run(L.k, h);
-      const v = run(L.v, h);
+      const q = await run(L.q, h);
+      const k = await run(L.k, h);
+      const v = await run(L.v, h);
       const kc = cache.keys[li] as Float32Array;
       const vc = cache.values[li] as Float32Array;
       const att = new Float32Array(rows * nh * hd);
@@ -311,16 +311,16 @@ export class Model {
           }
         }
       }
-      const o = run(L.o, att);
+      const o = await run(L.o, att);
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (o[i] as number);
       const h2 = rmsNorm(x, rows, d, L.postNorm, cfg.rmsNormEps);
-      const g = run(L.gate, h2);
-      const u = run(L.up, h2);
+      const g = await run(L.gate, h2);
+      const u = await run(L.up, h2);
       for (let i = 0; i < g.length; i++) {
         const a = g[i] as number;
         g[i] = (a / (1 + Math.exp(-a))) * (u[i] as number);
       }
-      const dn = run(L.down, g);
+      const dn = await run(L.down, g);
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (dn[i] as number);
     }
     for (let b = 0; b < tokens.length; b++)

@@ -173,11 +173,11 @@ export interface QuantizedRun {
  * @example
  * ```ts
  * const float = loadModel('stories260K.bin');
- * const run = quantizeLoaded(float, { recipe: 'fptq', calibText });
- * evaluatePerplexity(run.model, ids, { compare: float.model });
+ * const run = await quantizeLoaded(float, { recipe: 'fptq', calibText });
+ * await evaluatePerplexity(run.model, ids, { compare: float.model });
  * ```
  */
-export function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptions): QuantizedRun {
+export async function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptions): Promise<QuantizedRun> {
   if (!loaded.weights)
     throw new QError(
       'E_ARG',
@@ -194,7 +194,7 @@ export function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptions): Q
       );
     const ids = loaded.tokenizer.encode(options.calibText);
     const maxTokens = Math.min(ids.length, options.calibTokens ?? 16384);
-    stats = calibrate(loaded.model, ids, {
+    stats = await calibrate(loaded.model, ids, {
       maxTokens,
       seqLen: options.calibSeqLen ?? Math.min(256, loaded.config.maxSeqLen),
       ...(options.onProgress ? { onProgress: (d, t) => options.onProgress?.('calibrate', d, t) } : {}),

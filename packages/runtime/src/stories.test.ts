@@ -24,17 +24,17 @@ function goldenIds(): number[] {
 }
 
 describe.skipIf(!present)('stories260K', () => {
-  it('greedy generation from BOS reproduces the golden ids', () => {
+  it('greedy generation from BOS reproduces the golden ids', async () => {
     const { model, tokenizer } = loadModel(modelFile);
     const golden = goldenIds();
-    const ids = generate(model, [tokenizer.bosId], { maxTokens: golden.length - 1, stopTokens: [] });
+    const ids = await generate(model, [tokenizer.bosId], { maxTokens: golden.length - 1, stopTokens: [] });
     expect([tokenizer.bosId, ...ids]).toEqual(golden);
     expect(tokenizer.decode([tokenizer.bosId, ...ids])).toMatch(
       /^Once upon a time, there was a little girl named Lily/,
     );
   });
 
-  it('FP32 perplexity on the last 60% of lines matches a float64 forward pass within 0.1%', () => {
+  it('FP32 perplexity on the last 60% of lines matches a float64 forward pass within 0.1%', async () => {
     const loaded = loadModel(modelFile);
     const lines = fs
       .readFileSync(textFile, 'utf8')
@@ -43,7 +43,7 @@ describe.skipIf(!present)('stories260K', () => {
     const evalText = lines.slice(Math.floor(lines.length * 0.4)).join('\n');
     const ids = loaded.tokenizer.encode(evalText);
     const ctx = 256;
-    const r = evaluatePerplexity(loaded.model, ids, { ctx });
+    const r = await evaluatePerplexity(loaded.model, ids, { ctx });
     expect(r.tokens).toBe(ids.length);
     // Independent float64 computation of the same windows.
     const w64 = toF64Map(loaded.weights as ReadonlyMap<string, never>);

@@ -10,7 +10,7 @@ import { repoRoot } from './shared-data';
 import { bpeTokenizerJson, writeHfModel } from './testing/hf-fixture';
 import { randomWeights, smallConfig } from './testing/random-model';
 
-// The quantized path uses worker threads only from a build (see cpu/quant-pool.ts), so this runs the built CLI.
+// The same equality through the built CLI: the workers load from dist/ there (cpu/cpu-worker.test.ts covers sources).
 const cli = path.join(repoRoot(), 'packages', 'runtime', 'dist', 'cli.js');
 const built = fs.existsSync(cli);
 if (!built) console.warn('skipping the worker-thread equality test: packages/runtime/dist is not built');
@@ -19,7 +19,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'q-threads-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 describe.skipIf(!built)('worker threads', () => {
-  it('quantized and float evaluation give bit-identical results on 1 and 2 threads', () => {
+  it('quantized and float evaluation give bit-identical results on 1 and 2 threads', async () => {
     const config = smallConfig({
       hiddenSize: 256,
       intermediateSize: 512,
@@ -31,7 +31,7 @@ describe.skipIf(!built)('worker threads', () => {
     writeHfModel(dir, { config, weights: randomWeights(config, 31), tokenizer: bpeTokenizerJson() });
     const float = loadModel(dir);
     const qdir = path.join(tmp, 'w4a8');
-    saveQuantizedModel(quantizeLoaded(float, { recipe: 'w4a8-rtn', groupSize: 64 }), float, qdir);
+    saveQuantizedModel(await quantizeLoaded(float, { recipe: 'w4a8-rtn', groupSize: 64 }), float, qdir);
     const rng = new Rng(6);
     const words = ['the', 'cat', 'tea', 'hat', 'cab'];
     const text = Array.from({ length: 400 }, () => words[rng.int(words.length)]).join(' ');
