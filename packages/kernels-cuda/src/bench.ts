@@ -7,7 +7,7 @@
 import { randomFillSync } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { f32ToBf16Bits, QError } from '@q/core';
+import { f32ToBf16Bits, QError, Rng } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
 import { DeviceTensor, deviceProperties, Event, Graph, Stream, synchronize } from './device';
 import { DeviceGemmWeights, gemmHalf, gemmW4A8 } from './ops';
@@ -250,9 +250,10 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
       const wCopies = Math.max(1, Math.min(32, Math.ceil((2 * l2) / wBytes)));
       const hCopies = Math.max(1, Math.min(16, Math.ceil((2 * l2) / (s.n * s.k * 2))));
       const weightSets: { pc: DeviceGemmWeights; grp: DeviceGemmWeights }[] = [];
-      const scaleSrc = new Float32Array(s.n * groups).map(() => 0.001 + Math.random() * 0.01);
-      const qSrc = new Int32Array(s.n * groups).map(() => 1 + Math.floor(Math.random() * 1024));
-      const unitSrc = new Float32Array(s.n).map(() => 1e-5 + Math.random() * 1e-5);
+      const rng = new Rng(s.n * 31 + s.k);
+      const scaleSrc = new Float32Array(s.n * groups).map(() => 0.001 + rng.next() * 0.01);
+      const qSrc = new Int32Array(s.n * groups).map(() => 1 + rng.int(1024));
+      const unitSrc = new Float32Array(s.n).map(() => 1e-5 + rng.next() * 1e-5);
       const pcScales = alloc('f32', [s.n, 1]);
       pcScales.upload(scaleSrc.subarray(0, s.n));
       const gScales = alloc('f32', [s.n, groups]);
@@ -291,7 +292,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
           tmp.push(x, q);
         }
         const aScale = DeviceTensor.alloc('f32', [m], { device });
-        aScale.upload(new Float32Array(m).map(() => 0.01 + Math.random() * 0.01));
+        aScale.upload(new Float32Array(m).map(() => 0.01 + rng.next() * 0.01));
         const out = DeviceTensor.alloc('bf16', [m, s.n], { device });
         tmp.push(aScale, out);
         synchronize(device);

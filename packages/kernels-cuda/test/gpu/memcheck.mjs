@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { Rng } from '@q/core';
 // A small end-to-end pass over every kernel, meant to run under
 //   compute-sanitizer --tool memcheck --error-exitcode 1 node packages/kernels-cuda/test/gpu/memcheck.mjs
 // Shapes are chosen to hit the edges: M not a multiple of 8, K not a multiple of the 64-wide tile, ldq > K.
@@ -21,11 +22,8 @@ if (!s.available) {
   console.log(`memcheck skipped: ${s.reason}`);
   process.exit(0);
 }
-let seed = 12345;
-const rand = () => {
-  seed = (seed * 1103515245 + 12345) >>> 0;
-  return seed / 2 ** 32;
-};
+const rng = new Rng(12345);
+const rand = () => rng.next();
 const free = [];
 const T = (t) => {
   free.push(t);
