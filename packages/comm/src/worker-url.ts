@@ -14,7 +14,10 @@ export async function shippedScript(name: string): Promise<URL> {
   return bundleSource(fileURLToPath(new URL(`./${name}.ts`, import.meta.url)));
 }
 
-/** Bundles one TypeScript entry of this package (with @q/core from source) into an ES module in the temp folder. */
+/**
+ * Bundles one TypeScript entry of this package (with the @q packages it uses from source) into an ES module in
+ * the temp folder.
+ */
 export async function bundleSource(source: string): Promise<URL> {
   const dir = join(tmpdir(), 'q-comm-src');
   const name = source.replace(/^.*[\\/]/, '').replace(/\.ts$/, '');
@@ -30,7 +33,12 @@ export async function bundleSource(source: string): Promise<URL> {
       platform: 'node',
       target: 'node20',
       outfile: out,
-      alias: { '@q/core': fileURLToPath(new URL('../../core/src/index.ts', import.meta.url)) },
+      alias: Object.fromEntries(
+        ['core', 'quant', 'kernels-cuda'].map((p) => [
+          `@q/${p}`,
+          fileURLToPath(new URL(`../../${p}/src/index.ts`, import.meta.url)),
+        ]),
+      ),
       logLevel: 'error',
     });
   }

@@ -9,15 +9,14 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { QError } from '@q/core';
+import { version } from '../package.json';
 import { BINDING_FUNCTIONS, type NativeBinding, type NativeDeviceProperties } from './binding';
 
 /**
- * The package version, read from package.json (src/ and dist/ both sit beside it); the local build's file name
- * and the addon itself carry it, so a stale build is never picked up.
+ * The package version, from package.json (inlined by the bundler at build time, so no path needs to resolve at
+ * run time); the local build's file name and the addon itself carry it, so a stale build is never picked up.
  */
-export const VERSION: string = (
-  createRequire(import.meta.url)('../package.json') as { version: string }
-).version;
+export const VERSION: string = version;
 
 /** One place the loader looked, and why it did not load from there. */
 export interface AddonAttempt {
