@@ -9,14 +9,14 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { QError } from '@q/core';
-import { version } from '../package.json';
+import pkg from '../package.json';
 import { BINDING_FUNCTIONS, type NativeBinding, type NativeDeviceProperties } from './binding';
 
 /**
  * The package version, from package.json (inlined by the bundler at build time, so no path needs to resolve at
  * run time); the local build's file name and the addon itself carry it, so a stale build is never picked up.
  */
-export const VERSION: string = version;
+export const VERSION: string = pkg.version;
 
 /** One place the loader looked, and why it did not load from there. */
 export interface AddonAttempt {
