@@ -23,7 +23,8 @@ console.log(`gpuStatus: ${status.available ? 'available' : 'unavailable'}: ${sta
 if (platform) {
   assert.equal(kernels.platformPackageName(), platform);
   assert.ok(status.addonPath?.includes(platform), `addon loaded from ${status.addonPath}`);
-  if (!status.available) assert.match(status.reason, /no NVIDIA driver found|no CUDA device|driver is not usable/);
+  if (!status.available)
+    assert.match(status.reason, /no NVIDIA driver found|no CUDA device|driver is not usable/);
 } else {
   console.log('(no platform package was packed: the addon was not built here)');
 }

@@ -269,9 +269,12 @@ describe('NCCL library and the one addon', () => {
     console.warn(
       'skipping the real-addon test: no @q/kernels-cuda addon here (pnpm --filter @q/kernels-cuda build:native)',
     );
-  it.skipIf(!built)('the real addon throws E_NCCL, set natively, for a collective before NCCL is loaded', () => {
-    const b = loadNative();
-    expect(typeof b.deviceCount().count).toBe('number');
-    expect(() => b.ncclGetUniqueId()).toThrow(expect.objectContaining({ code: 'E_NCCL' }));
-  });
+  it.skipIf(!built)(
+    'the real addon throws E_NCCL, set natively, for a collective before NCCL is loaded',
+    () => {
+      const b = loadNative();
+      expect(typeof b.deviceCount().count).toBe('number');
+      expect(() => b.ncclGetUniqueId()).toThrow(expect.objectContaining({ code: 'E_NCCL' }));
+    },
+  );
 });

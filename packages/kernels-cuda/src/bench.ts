@@ -10,13 +10,7 @@ import { dirname, join } from 'node:path';
 import { f32ToBf16Bits, QError } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
 import { DeviceTensor, deviceProperties, Event, Graph, Stream, synchronize } from './device';
-import {
-  DeviceGemmWeights,
-  type GemmHalfOptions,
-  type GemmW4A8Options,
-  gemmHalf,
-  gemmW4A8,
-} from './ops';
+import { DeviceGemmWeights, type GemmHalfOptions, type GemmW4A8Options, gemmHalf, gemmW4A8 } from './ops';
 
 /** One layer shape: the GEMM is [M, K] × [K, N]. */
 export interface GemmShape {

@@ -471,31 +471,29 @@ Examples:
       'after',
       '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --stream --m 1 --shapes llama2-7b:o\n  q bench gemm --json gemm.json',
     )
-    .action(
-      (o: { json?: string | true; device: number; stream?: boolean; m?: string; shapes?: string }) => {
-        const json = jsonPath(o.json, 'gemm');
-        if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
-        const ms = o.m?.split(',').map((v) => int('--m', 1)(v.trim()));
-        let shapes: kernels.GemmShape[] | undefined;
-        if (o.shapes !== undefined) {
-          const want = o.shapes.split(',').map((v) => v.trim());
-          shapes = kernels.BENCH_SHAPES.filter((s) => want.includes(`${s.model}:${s.layer}`));
-          if (shapes.length !== want.length)
-            throw new QError(
-              'E_ARG',
-              `Expected shapes among ${kernels.BENCH_SHAPES.map((s) => `${s.model}:${s.layer}`).join(', ')} for --shapes but received ${o.shapes}`,
-            );
-        }
-        kernels.benchGemm({
-          device: o.device,
-          ...(json ? { json } : {}),
-          ...(o.stream ? { timing: 'stream' as const } : {}),
-          ...(ms ? { ms } : {}),
-          ...(shapes ? { shapes } : {}),
-        });
-        if (json) io.stderr(`results written to ${json}\n`);
-      },
-    );
+    .action((o: { json?: string | true; device: number; stream?: boolean; m?: string; shapes?: string }) => {
+      const json = jsonPath(o.json, 'gemm');
+      if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+      const ms = o.m?.split(',').map((v) => int('--m', 1)(v.trim()));
+      let shapes: kernels.GemmShape[] | undefined;
+      if (o.shapes !== undefined) {
+        const want = o.shapes.split(',').map((v) => v.trim());
+        shapes = kernels.BENCH_SHAPES.filter((s) => want.includes(`${s.model}:${s.layer}`));
+        if (shapes.length !== want.length)
+          throw new QError(
+            'E_ARG',
+            `Expected shapes among ${kernels.BENCH_SHAPES.map((s) => `${s.model}:${s.layer}`).join(', ')} for --shapes but received ${o.shapes}`,
+          );
+      }
+      kernels.benchGemm({
+        device: o.device,
+        ...(json ? { json } : {}),
+        ...(o.stream ? { timing: 'stream' as const } : {}),
+        ...(ms ? { ms } : {}),
+        ...(shapes ? { shapes } : {}),
+      });
+      if (json) io.stderr(`results written to ${json}\n`);
+    });
   bench
     .command('allreduce')
     .description('quantized all-reduce against NCCL across the GPUs of this node')
