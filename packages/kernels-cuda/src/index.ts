@@ -1,5 +1,5 @@
 export * from './bench';
-export type { NativeBinding, NativeDeviceProperties } from './binding';
+export type { NativeArLayout, NativeBinding, NativeDeviceProperties } from './binding';
 export * from './device';
 export * from './native';
 export * from './ops';
