@@ -5,6 +5,7 @@
 
 #include "cublas/cublas.h"
 #include "kernels_glue.h"
+#include "llama/glue.h"
 #include "runtime/runtime.h"
 
 namespace {
@@ -13,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   q::RegisterRuntime(env, exports);
   q::RegisterCublas(env, exports);
   q::RegisterKernels(env, exports);
+  q::RegisterLlama(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -2,6 +2,7 @@
  * The shape of the native addon (csrc/addon.cc), so that TypeScript never touches an untyped `require`
  * result. Pointers, streams and events are BigInt handles; `0n` is the default stream.
  */
+import type { NativeLlamaBinding } from './llama-binding';
 
 /** What `deviceCount()` reports; `error` is set when the driver is missing or too old. */
 export interface NativeDeviceCount {
@@ -76,11 +77,13 @@ export interface NativeCublasGemmArgs {
   k: number;
   /** 0 f16, 1 bf16. */
   dtype: number;
+  /** f32 out (C type CUDA_R_32F) instead of the input dtype. */
+  outF32?: boolean;
   beta?: number;
   stream: bigint;
 }
 
-export interface NativeBinding {
+export interface NativeBinding extends NativeLlamaBinding {
   abiVersion: number;
   deviceCount(): NativeDeviceCount;
   deviceProperties(device: number): NativeDeviceProperties;
@@ -132,4 +135,5 @@ export const BINDING_FUNCTIONS: readonly (keyof NativeBinding)[] = [
   'cublasGemm',
   'actQuant',
   'gemmW4A8',
+  'llamaSample',
 ];

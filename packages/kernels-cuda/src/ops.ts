@@ -8,11 +8,13 @@ import type { GemmScaleMode } from '@q/quant';
 import { callNative, DeviceTensor, type Stream, streamHandle, useDevice } from './device';
 import type { PackedGemmWeights } from './pack';
 
-function shapeText(t: DeviceTensor): string {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function shapeText(t: DeviceTensor): string {
   return `[${t.shape.join(', ')}]`;
 }
 
-function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
   if (!allowed.includes(t.dtype)) {
     throw new QError(
       'E_DTYPE',
@@ -21,7 +23,14 @@ function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly 
   }
 }
 
-function needShape(op: string, name: string, t: DeviceTensor, shape: readonly number[], hint = ''): void {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needShape(
+  op: string,
+  name: string,
+  t: DeviceTensor,
+  shape: readonly number[],
+  hint = '',
+): void {
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new QError(
       'E_SHAPE',
@@ -30,7 +39,8 @@ function needShape(op: string, name: string, t: DeviceTensor, shape: readonly nu
   }
 }
 
-function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
   if (t.shape.length !== 2) {
     throw new QError(
       'E_SHAPE',
@@ -40,7 +50,8 @@ function needRank2(op: string, name: string, t: DeviceTensor): [number, number] 
   return [t.shape[0] as number, t.shape[1] as number];
 }
 
-function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
   const p = t.ptr;
   if (p % BigInt(bytes) !== 0n) {
     throw new QError(
@@ -51,7 +62,8 @@ function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): 
   return p;
 }
 
-function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
   let device: number | undefined;
   let first = '';
   for (const [name, t] of Object.entries(tensors)) {
@@ -450,13 +462,13 @@ export interface GemmHalfOptions {
   a: DeviceTensor;
   /** f16/bf16 [N, K] (a linear layer's weight, row-major). */
   w: DeviceTensor;
-  /** f16/bf16 [M, N]. */
+  /** [M, N] in the dtype of a, or f32 (e.g. the lm_head's logits, with no bf16 rounding). */
   out: DeviceTensor;
   stream?: Stream;
 }
 
 /**
- * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation): the baseline of the benchmarks and the path
+ * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation; `out` in the input dtype or f32): the baseline of the benchmarks and the path
  * for unquantized layers. cuBLAS is loaded on first use (Q_CUBLAS_PATH overrides where).
  *
  * @example
@@ -479,21 +491,22 @@ export function gemmHalf(o: GemmHalfOptions): void {
       'E_SHAPE',
       `${op}: Expected w of shape [N, ${k}] for a ${shapeText(o.a)} but received ${shapeText(o.w)}`,
     );
-  if (o.out.dtype !== o.a.dtype)
+  if (o.out.dtype !== o.a.dtype && o.out.dtype !== 'f32')
     throw new QError(
       'E_DTYPE',
-      `${op}: Expected dtype ${o.a.dtype} (that of a) for out but received ${o.out.dtype}`,
+      `${op}: Expected dtype ${o.a.dtype} (that of a) or f32 for out but received ${o.out.dtype}`,
     );
   needShape(op, 'out', o.out, [m, n]);
   const device = sameDevice(op, { a: o.a, w: o.w, out: o.out });
   const args = {
     a: needAligned(op, 'a', o.a, 2),
     w: needAligned(op, 'w', o.w, 2),
-    out: needAligned(op, 'out', o.out, 2),
+    out: needAligned(op, 'out', o.out, o.out.dtype === 'f32' ? 4 : 2),
     m,
     n,
     k,
     dtype: o.a.dtype === 'bf16' ? 1 : 0,
+    outF32: o.out.dtype === 'f32',
     stream: streamHandle(o.stream),
   };
   useDevice(device);

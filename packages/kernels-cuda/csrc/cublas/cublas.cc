@@ -29,7 +29,7 @@ typedef cublasStatus_t (*GemmExFn)(cublasHandle_t, int, int, int, int, int, cons
 typedef const char* (*StatusNameFn)(cublasStatus_t);
 
 constexpr int kOpN = 0, kOpT = 1;
-constexpr int kR16F = 2, kR16BF = 14;
+constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;
 constexpr int kCompute32F = 68;
 constexpr int kGemmDefault = -1;
 
@@ -130,7 +130,7 @@ Napi::Value CublasInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// cublasGemm({a, w, out, m, n, k, dtype: 0 f16 | 1 bf16, beta, stream})
+// cublasGemm({a, w, out, m, n, k, dtype: 0 f16 | 1 bf16, outF32?: f32 out (the lm_head logits), beta, stream})
 Napi::Value CublasGemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = info[0].As<Napi::Object>();
@@ -142,12 +142,13 @@ Napi::Value CublasGemm(const Napi::CallbackInfo& info) {
   int n = static_cast<int>(I64(o.Get("n"), "n"));
   int k = static_cast<int>(I64(o.Get("k"), "k"));
   int dt = static_cast<int>(I64(o.Get("dtype"), "dtype")) == 1 ? kR16BF : kR16F;
+  int ct = o.Has("outF32") && o.Get("outF32").ToBoolean().Value() ? kR32F : dt;
   float alpha = 1.0f;
   float beta = o.Has("beta") ? static_cast<float>(o.Get("beta").As<Napi::Number>().DoubleValue()) : 0.0f;
   cublasStatus_t s = l.setStream(h, Stream(o.Get("stream")));
   if (s != 0) Throw(env, "E_CUBLAS", "cublasSetStream failed: " + StatusName(s));
   s = l.gemmEx(h, kOpT, kOpN, n, m, k, &alpha, Ptr(o.Get("w"), "w"), dt, k, Ptr(o.Get("a"), "a"), dt, k, &beta,
-               Ptr(o.Get("out"), "out"), dt, n, kCompute32F, kGemmDefault);
+               Ptr(o.Get("out"), "out"), ct, n, kCompute32F, kGemmDefault);
   if (s != 0)
     Throw(env, "E_CUBLAS",
           "cublasGemmEx(m=" + std::to_string(m) + ", n=" + std::to_string(n) + ", k=" + std::to_string(k) +
