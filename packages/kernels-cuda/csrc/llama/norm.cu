@@ -15,6 +15,7 @@
 // way), not bit for bit.
 #include <cuda_bf16.h>
 
+#include "act_out.cuh"
 #include "actquant/quant_rule.cuh"
 #include "llama.h"
 #include "vec.cuh"
@@ -55,47 +56,14 @@ __global__ void __launch_bounds__(kThreads) addRmsNormKernel(float* __restrict__
   ss = blockReduce<kThreads, false>(ss, red);
   const float rstd = rsqrtf(ss / static_cast<float>(d) + eps);
 
-  if constexpr (kMode == kOutBf16) {
-    __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out) + t * ldo;
-    for (int c = threadIdx.x; c < chunks; c += kThreads) {
-      float v[N], g[N];
-      loadF32<N>(xr + c * N, v);
-      loadF32<N>(gain + c * N, g);
+  auto y = [&](int c, float (&v)[N]) {
+    float g[N];
+    loadF32<N>(xr + c * N, v);
+    loadF32<N>(gain + c * N, g);
 #pragma unroll
-      for (int i = 0; i < N; i++) v[i] = v[i] * rstd * g[i];
-      storeBf16<N>(o + c * N, v);
-    }
-  } else {
-    float scale = staticScale;
-    if constexpr (kMode == kOutInt8Dynamic) {
-      float amax = 0.f;
-      for (int c = threadIdx.x; c < chunks; c += kThreads) {
-        float v[N], g[N];
-        loadF32<N>(xr + c * N, v);
-        loadF32<N>(gain + c * N, g);
-#pragma unroll
-        for (int i = 0; i < N; i++) amax = fmaxf(amax, fabsf(v[i] * rstd * g[i]));
-      }
-      amax = blockReduce<kThreads, true>(amax, red);
-      scale = dynamicScale(amax);
-      if (threadIdx.x == 0) scales[t] = scale;
-    }
-    int8_t* o = static_cast<int8_t*>(out) + t * ldo;
-    for (int c = threadIdx.x; c < ldo / N; c += kThreads) {
-      int8_t qv[N];
-      if (c < chunks) {
-        float v[N], g[N];
-        loadF32<N>(xr + c * N, v);
-        loadF32<N>(gain + c * N, g);
-#pragma unroll
-        for (int i = 0; i < N; i++) qv[i] = quantInt8(v[i] * rstd * g[i], scale);
-      } else {
-#pragma unroll
-        for (int i = 0; i < N; i++) qv[i] = 0;
-      }
-      storeI8<N>(o + c * N, qv);
-    }
-  }
+    for (int i = 0; i < N; i++) v[i] = v[i] * rstd * g[i];
+  };
+  writeActRow<N, kThreads, kMode>(y, chunks, out, t, ldo, staticScale, scales, red);
 }
 
 template <int N, int kMode>

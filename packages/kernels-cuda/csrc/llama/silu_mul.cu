@@ -9,7 +9,7 @@
 // expf and a true division (not __expf / a reciprocal): the kernel is memory-bound, so accuracy costs nothing.
 #include <cuda_bf16.h>
 
-#include "actquant/quant_rule.cuh"
+#include "act_out.cuh"
 #include "llama.h"
 #include "vec.cuh"
 
@@ -37,43 +37,8 @@ __global__ void __launch_bounds__(kThreads) siluMulKernel(const __nv_bfloat16* _
   __shared__ float red[32];
   const int64_t t = blockIdx.x;
   const __nv_bfloat16* row = gu + t * 2 * ff;
-  const int chunks = ff / N;
-  if constexpr (kMode == kOutBf16) {
-    __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out) + t * ldo;
-    for (int c = threadIdx.x; c < chunks; c += kThreads) {
-      float v[N];
-      swiglu<N>(row, ff, c, v);
-      storeBf16<N>(o + c * N, v);
-    }
-  } else {
-    float scale = staticScale;
-    if constexpr (kMode == kOutInt8Dynamic) {
-      float amax = 0.f;
-      for (int c = threadIdx.x; c < chunks; c += kThreads) {
-        float v[N];
-        swiglu<N>(row, ff, c, v);
-#pragma unroll
-        for (int i = 0; i < N; i++) amax = fmaxf(amax, fabsf(v[i]));
-      }
-      amax = blockReduce<kThreads, true>(amax, red);
-      scale = dynamicScale(amax);
-      if (threadIdx.x == 0) scales[t] = scale;
-    }
-    int8_t* o = static_cast<int8_t*>(out) + t * ldo;
-    for (int c = threadIdx.x; c < ldo / N; c += kThreads) {
-      int8_t qv[N];
-      if (c < chunks) {
-        float v[N];
-        swiglu<N>(row, ff, c, v);
-#pragma unroll
-        for (int i = 0; i < N; i++) qv[i] = quantInt8(v[i], scale);
-      } else {
-#pragma unroll
-        for (int i = 0; i < N; i++) qv[i] = 0;
-      }
-      storeI8<N>(o + c * N, qv);
-    }
-  }
+  auto y = [&](int c, float (&v)[N]) { swiglu<N>(row, ff, c, v); };
+  writeActRow<N, kThreads, kMode>(y, ff / N, out, t, ldo, staticScale, scales, red);
 }
 
 template <int N>
