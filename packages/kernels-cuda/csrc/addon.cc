@@ -9,6 +9,7 @@
 #include "cublas/cublas.h"
 #include "kernels_glue.h"
 #include "nccl/nccl.h"
+#include "llama/glue.h"
 #include "runtime/runtime.h"
 
 namespace {
@@ -19,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   q::RegisterKernels(env, exports);
   q::RegisterNccl(env, exports);
   q::RegisterAllreduce(env, exports);
+  q::RegisterLlama(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   exports.Set("version", Napi::String::New(env, Q_ADDON_VERSION));
   return exports;

@@ -4,6 +4,7 @@
  * default stream. Every error it throws carries a q error code in `code`, set in C++. The kernels take the
  * reused argument block of src/args.ts.
  */
+import type { NativeLlamaBinding } from './llama-binding';
 
 /** What `deviceCount()` reports; `error` is set when the driver is missing or too old. */
 export interface NativeDeviceCount {
@@ -45,7 +46,7 @@ export interface NativeArLayout {
   dtype: number;
 }
 
-export interface NativeBinding {
+export interface NativeBinding extends NativeLlamaBinding {
   abiVersion: number;
   /** package.json's version at build time. */
   version: string;
@@ -184,4 +185,5 @@ export const BINDING_FUNCTIONS: readonly (keyof NativeBinding)[] = [
   'ncclLoad',
   'syncWatch',
   'arFused',
+  'llamaSample',
 ];

@@ -12,11 +12,13 @@ import { callNative, DeviceTensor, nativeError, type Stream, streamHandle, useDe
 import { loadNative } from './native';
 import type { PackedGemmWeights } from './pack';
 
-function shapeText(t: DeviceTensor): string {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function shapeText(t: DeviceTensor): string {
   return `[${t.shape.join(', ')}]`;
 }
 
-function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
   if (!allowed.includes(t.dtype)) {
     throw new QError(
       'E_DTYPE',
@@ -25,7 +27,14 @@ function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly 
   }
 }
 
-function needShape(op: string, name: string, t: DeviceTensor, shape: readonly number[], hint = ''): void {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needShape(
+  op: string,
+  name: string,
+  t: DeviceTensor,
+  shape: readonly number[],
+  hint = '',
+): void {
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new QError(
       'E_SHAPE',
@@ -34,7 +43,8 @@ function needShape(op: string, name: string, t: DeviceTensor, shape: readonly nu
   }
 }
 
-function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
   if (t.shape.length !== 2) {
     throw new QError(
       'E_SHAPE',
@@ -44,7 +54,8 @@ function needRank2(op: string, name: string, t: DeviceTensor): [number, number] 
   return [t.shape[0] as number, t.shape[1] as number];
 }
 
-function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
   const p = t.ptr;
   if (t.alignment < bytes) {
     throw new QError(
@@ -62,8 +73,27 @@ function otherDevice(op: string, name: string, t: DeviceTensor, first: string, d
   );
 }
 
-function sameDevice(op: string, first: string, device: number, name: string, t: DeviceTensor | undefined) {
+function onDevice(op: string, first: string, device: number, name: string, t: DeviceTensor | undefined) {
   if (t !== undefined && t.device !== device) throw otherDevice(op, name, t, first, device);
+}
+
+/** @internal Shared argument checks of the kernel wrappers. */
+export function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
+  let device: number | undefined;
+  let first = '';
+  for (const [name, t] of Object.entries(tensors)) {
+    if (t === undefined) continue;
+    if (device === undefined) {
+      device = t.device;
+      first = name;
+    } else if (t.device !== device) {
+      throw new QError(
+        'E_ARG',
+        `${op}: Expected ${name} on device ${device} (where ${first} is) but received device ${t.device}`,
+      );
+    }
+  }
+  return device ?? 0;
 }
 
 const HALF: readonly DType[] = ['f16', 'bf16'];
@@ -134,9 +164,9 @@ function actQuant(op: string, o: QuantizeActOptions, gain?: DeviceTensor, eps = 
       throw new QError('E_ARG', `${op}: Expected a finite eps ≥ 0 but received ${eps}`);
   }
   const device = o.x.device;
-  sameDevice(op, 'x', device, 'out', o.out);
-  if (o.mode === 'dynamic') sameDevice(op, 'x', device, 'scales', o.scales);
-  sameDevice(op, 'x', device, 'gain', gain);
+  onDevice(op, 'x', device, 'out', o.out);
+  if (o.mode === 'dynamic') onDevice(op, 'x', device, 'scales', o.scales);
+  onDevice(op, 'x', device, 'gain', gain);
   ARG_P[0] = needAligned(op, 'x', o.x, 2);
   ARG_P[1] = gain === undefined ? 0n : gain.ptr;
   ARG_P[2] = o.out.ptr;
@@ -409,11 +439,11 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   if (o.bias !== undefined && o.out.dtype === 'i32')
     throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
   const device = o.a.device;
-  sameDevice(op, 'a', device, 'aScale', o.aScale);
-  sameDevice(op, 'a', device, 'weights', w.packed);
-  sameDevice(op, 'a', device, 'out', o.out);
-  sameDevice(op, 'a', device, 'bias', o.bias);
-  sameDevice(op, 'a', device, 'residual', o.residual);
+  onDevice(op, 'a', device, 'aScale', o.aScale);
+  onDevice(op, 'a', device, 'weights', w.packed);
+  onDevice(op, 'a', device, 'out', o.out);
+  onDevice(op, 'a', device, 'bias', o.bias);
+  onDevice(op, 'a', device, 'residual', o.residual);
   ARG_P[0] = needAligned(op, 'a', o.a, 16);
   ARG_P[1] = needAligned(op, 'aScale', o.aScale, 4);
   ARG_P[2] = needAligned(op, 'weights.packed', w.packed, 16);
@@ -449,13 +479,13 @@ export interface GemmHalfOptions {
   a: DeviceTensor;
   /** f16/bf16 [N, K] (a linear layer's weight, row-major). */
   w: DeviceTensor;
-  /** f16/bf16 [M, N]. */
+  /** [M, N] in the dtype of a, or f32 (e.g. the lm_head's logits, with no bf16 rounding). */
   out: DeviceTensor;
   stream?: Stream;
 }
 
 /**
- * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation): the baseline of the benchmarks and the path
+ * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation; `out` in the input dtype or f32): the baseline of the benchmarks and the path
  * for unquantized layers. cuBLAS is loaded on first use (Q_CUBLAS_PATH overrides where).
  *
  * @example
@@ -478,23 +508,24 @@ export function gemmHalf(o: GemmHalfOptions): void {
       'E_SHAPE',
       `${op}: Expected w of shape [N, ${k}] for a ${shapeText(o.a)} but received ${shapeText(o.w)}`,
     );
-  if (o.out.dtype !== o.a.dtype)
+  if (o.out.dtype !== o.a.dtype && o.out.dtype !== 'f32')
     throw new QError(
       'E_DTYPE',
-      `${op}: Expected dtype ${o.a.dtype} (that of a) for out but received ${o.out.dtype}`,
+      `${op}: Expected dtype ${o.a.dtype} (that of a) or f32 for out but received ${o.out.dtype}`,
     );
   needShape(op, 'out', o.out, [m, n]);
   const device = o.a.device;
-  sameDevice(op, 'a', device, 'w', o.w);
-  sameDevice(op, 'a', device, 'out', o.out);
+  onDevice(op, 'a', device, 'w', o.w);
+  onDevice(op, 'a', device, 'out', o.out);
   ARG_P[0] = needAligned(op, 'a', o.a, 2);
   ARG_P[1] = needAligned(op, 'w', o.w, 2);
-  ARG_P[2] = needAligned(op, 'out', o.out, 2);
+  ARG_P[2] = needAligned(op, 'out', o.out, o.out.dtype === 'f32' ? 4 : 2);
   ARG_P[3] = o.stream === undefined ? 0n : o.stream.handle;
   ARG_I[0] = m;
   ARG_I[1] = n;
   ARG_I[2] = k;
   ARG_I[3] = o.a.dtype === 'bf16' ? 1 : 0;
+  ARG_I[4] = o.out.dtype === 'f32' ? 1 : 0;
   ARG_F[0] = 0;
   const b = loadNative();
   useDevice(device);

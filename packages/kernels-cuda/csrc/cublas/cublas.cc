@@ -29,7 +29,7 @@ typedef cublasStatus_t (*GemmExFn)(cublasHandle_t, int, int, int, int, int, cons
 typedef const char* (*StatusNameFn)(cublasStatus_t);
 
 constexpr int kOpN = 0, kOpT = 1;
-constexpr int kR16F = 2, kR16BF = 14;
+constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;
 constexpr int kCompute32F = 68;
 constexpr int kGemmDefault = -1;
 
@@ -130,7 +130,8 @@ Napi::Value CublasInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// cublasGemm(block): p = [a, w, out, stream], i = [m, n, k, dtype: 0 f16 | 1 bf16], f = [beta].
+// cublasGemm(block): p = [a, w, out, stream], i = [m, n, k, dtype: 0 f16 | 1 bf16, out: 0 as a | 1 f32 (the lm_head
+// logits)], f = [beta].
 Napi::Value CublasGemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const ArgBlock& b = Args(info[0], "cublasGemm");
@@ -142,12 +143,13 @@ Napi::Value CublasGemm(const Napi::CallbackInfo& info) {
   int n = b.i[1];
   int k = b.i[2];
   int dt = b.i[3] == 1 ? kR16BF : kR16F;
+  int ct = b.i[4] == 1 ? kR32F : dt;
   float alpha = 1.0f;
   float beta = b.f[0];
   cublasStatus_t s = l.setStream(h, ArgPtr<CUstream_st>(b, 3));
   if (s != 0) Throw(env, "E_CUBLAS", "cublasSetStream failed: " + StatusName(s));
   s = l.gemmEx(h, kOpT, kOpN, n, m, k, &alpha, ArgPtr<const void>(b, 1), dt, k, ArgPtr<const void>(b, 0), dt, k,
-               &beta, ArgPtr<void>(b, 2), dt, n, kCompute32F, kGemmDefault);
+               &beta, ArgPtr<void>(b, 2), ct, n, kCompute32F, kGemmDefault);
   if (s != 0)
     Throw(env, "E_CUBLAS",
           "cublasGemmEx(m=" + std::to_string(m) + ", n=" + std::to_string(n) + ", k=" + std::to_string(k) +
