@@ -3,6 +3,7 @@
 // gemm/ (the kernels) with their glue in kernels_glue.cc.
 #include <napi.h>
 
+#include "attention/glue.h"
 #include "cublas/cublas.h"
 #include "kernels_glue.h"
 #include "runtime/runtime.h"
@@ -13,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   q::RegisterRuntime(env, exports);
   q::RegisterCublas(env, exports);
   q::RegisterKernels(env, exports);
+  q::RegisterAttention(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

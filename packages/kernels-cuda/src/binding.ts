@@ -114,6 +114,9 @@ export interface NativeBinding {
   actQuant(args: NativeActQuantArgs): void;
   gemmW4A8(args: NativeGemmW4A8Args): void;
   lastError(): string | null;
+  /** Positional arguments, in the order of csrc/attention/glue.cc (src/attention.ts passes them). */
+  attentionPrefill(...args: (bigint | number)[]): void;
+  attentionDecode(...args: (bigint | number)[]): void;
 }
 
 /** Function names the loader checks for, so a stale or foreign .node is reported instead of half-working. */

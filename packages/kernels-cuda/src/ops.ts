@@ -8,11 +8,13 @@ import type { GemmScaleMode } from '@q/quant';
 import { callNative, DeviceTensor, type Stream, streamHandle, useDevice } from './device';
 import type { PackedGemmWeights } from './pack';
 
-function shapeText(t: DeviceTensor): string {
+/** @internal `[a, b, c]`, for messages. */
+export function shapeText(t: DeviceTensor): string {
   return `[${t.shape.join(', ')}]`;
 }
 
-function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
+/** @internal Argument check shared by the kernel wrappers (ops.ts, attention.ts). */
+export function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
   if (!allowed.includes(t.dtype)) {
     throw new QError(
       'E_DTYPE',
@@ -21,7 +23,14 @@ function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly 
   }
 }
 
-function needShape(op: string, name: string, t: DeviceTensor, shape: readonly number[], hint = ''): void {
+/** @internal Argument check shared by the kernel wrappers (ops.ts, attention.ts). */
+export function needShape(
+  op: string,
+  name: string,
+  t: DeviceTensor,
+  shape: readonly number[],
+  hint = '',
+): void {
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new QError(
       'E_SHAPE',
@@ -30,7 +39,8 @@ function needShape(op: string, name: string, t: DeviceTensor, shape: readonly nu
   }
 }
 
-function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
+/** @internal Argument check shared by the kernel wrappers (ops.ts, attention.ts). */
+export function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
   if (t.shape.length !== 2) {
     throw new QError(
       'E_SHAPE',
@@ -40,7 +50,8 @@ function needRank2(op: string, name: string, t: DeviceTensor): [number, number] 
   return [t.shape[0] as number, t.shape[1] as number];
 }
 
-function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
+/** @internal Argument check shared by the kernel wrappers (ops.ts, attention.ts). */
+export function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
   const p = t.ptr;
   if (p % BigInt(bytes) !== 0n) {
     throw new QError(
@@ -51,7 +62,8 @@ function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): 
   return p;
 }
 
-function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
+/** @internal Argument check shared by the kernel wrappers (ops.ts, attention.ts). */
+export function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
   let device: number | undefined;
   let first = '';
   for (const [name, t] of Object.entries(tensors)) {
