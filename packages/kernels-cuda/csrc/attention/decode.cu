@@ -51,7 +51,7 @@ __device__ __forceinline__ int DecodeContext(const AttentionDecodeArgs& a, int s
 }
 
 template <int HD, int GB>
-__global__ void __launch_bounds__(kWarps * 32) DecodeSplitKernel(AttentionDecodeArgs a) {
+__global__ void __launch_bounds__(kWarps * 32, GB <= 4 ? 4 : 2) DecodeSplitKernel(AttentionDecodeArgs a) {
   constexpr int kLanes = HD / 8;       // lanes per key row
   constexpr int kKpw = 32 / kLanes;    // keys per warp step
   constexpr int kU = GB >= 4 ? 2 : 4;  // steps whose loads are in flight together
