@@ -38,6 +38,8 @@ interface Case {
   seqs: Seq[];
   /** Extra q columns per row (q read through qStride out of a wider, qkv-like tensor). */
   qExtra: number;
+  /** A maxQLen below the longest chunk: the prefill blocks then loop over query tiles. */
+  maxQLen?: number;
 }
 
 /** Host data of one case: bf16 bits for the device, their float values for the references. */
@@ -221,7 +223,7 @@ for (const hd of [64, 128])
     });
 // The other page size for one configuration of each head size.
 CASES.push({ hd: 128, nh: 8, kvh: 2, pageSize: 16, seqs: SEQS, qExtra: 0 });
-CASES.push({ hd: 64, nh: 8, kvh: 1, pageSize: 64, seqs: SEQS, qExtra: 0 });
+CASES.push({ hd: 64, nh: 8, kvh: 1, pageSize: 64, seqs: SEQS, qExtra: 0, maxQLen: 64 });
 
 describe.skipIf(noGpu)('paged attention on the GPU', () => {
   const seed = freshSeed('attention');
@@ -229,7 +231,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
   const MAX_CONTEXT = 4096; // decode grid sized past every context: blocks past a sequence's end must exit
 
   for (const c of CASES) {
-    const label = `hd=${c.hd} heads=${c.nh}/${c.kvh} (GQA ${c.nh / c.kvh}) pageSize=${c.pageSize}${c.qExtra ? ' q in a qkv row' : ''}`;
+    const label = `hd=${c.hd} heads=${c.nh}/${c.kvh} (GQA ${c.nh / c.kvh}) pageSize=${c.pageSize}${c.qExtra ? ' q in a qkv row' : ''}${c.maxQLen ? ` maxQLen=${c.maxQLen}` : ''}`;
     it(`${label}: prefill and decode match float64; decode equals prefill at the last position`, () => {
       const d = makeCase(c, rng, MAX_CONTEXT);
       const scale = 1 / Math.sqrt(c.hd);
@@ -266,7 +268,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
           headDim: c.hd,
           scale,
         };
-        const maxQLen = Math.max(...c.seqs.map((s) => s.newTokens));
+        const maxQLen = c.maxQLen ?? Math.max(...c.seqs.map((s) => s.newTokens));
         attentionPrefill({ ...common, q, qStride: d.width, qStart, positions, out, maxQLen });
         const preBits = out.download() as Uint16Array;
         expect(unwritten(preBits), 'prefill outputs left unwritten (NaN poison)').toBe(0);
@@ -322,7 +324,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
     });
   }
 
-  it('decode in a CUDA graph replays bit for bit, with other GQA ratios (3, 16) and a batch of 9', () => {
+  it('decode in a CUDA graph replays bit for bit; GQA ratios 3, 16 and 4 at batch 9, 9 and 1', () => {
     const stream = Stream.create();
     const made: DeviceTensor[] = [];
     const dev = <T extends DeviceTensor>(x: T): T => {
@@ -330,11 +332,16 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
       return x;
     };
     try {
-      for (const [hd, nh, kvh] of [
-        [128, 6, 2],
-        [64, 16, 1],
+      // Batch 9 splits contexts into chunks of 128, batch 1 into chunks of 64 (attentionDecodeChunkSize).
+      for (const [hd, nh, kvh, batch] of [
+        [128, 6, 2, 9],
+        [64, 16, 1, 9],
+        [128, 32, 8, 1],
       ] as const) {
-        const seqs = Array.from({ length: 9 }, () => ({ ctx: 1 + rng.int(1500), newTokens: 1 }));
+        const seqs = Array.from({ length: batch }, () => ({
+          ctx: batch === 1 ? 1500 : 1 + rng.int(1500),
+          newTokens: 1,
+        }));
         const c: Case = { hd, nh, kvh, pageSize: 32, seqs, qExtra: 0 };
         const maxContext = 1536;
         const d = makeCase(c, rng, maxContext);
