@@ -1,9 +1,3 @@
-/**
- * Argument validation of the attention entry points. The tensors wrap made-up device addresses: every check
- * runs in TypeScript before the native call, so each bad call must fail with a QError naming the numbers
- * without touching a GPU.
- */
-import { type DType, isQError, type QErrorCode } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import {
   type AttentionDecodeOptions,
@@ -13,29 +7,9 @@ import {
   attentionDecodeWorkspaceBytes,
   attentionPrefill,
 } from './attention';
-import { DeviceTensor } from './device';
+import { expectQ, fakeTensor } from './test-support';
 
-let next = 0x10000n;
-function t<D extends DType>(
-  dtype: D,
-  shape: number[],
-  opts: { device?: number; ptr?: bigint } = {},
-): DeviceTensor<D> {
-  next += 0x1000000n;
-  return DeviceTensor.wrap(opts.ptr ?? next, dtype, shape, { device: opts.device ?? 0 });
-}
-
-function expectQ(fn: () => unknown, code: QErrorCode, text: string | RegExp): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(isQError(err, code), `expected ${code}, got ${String(err)}`).toBe(true);
-  if (typeof text === 'string') expect((err as Error).message).toContain(text);
-  else expect((err as Error).message).toMatch(text);
-}
+const t = fakeTensor;
 
 // 3 sequences, 40 new tokens, 32 heads over 8 KV heads of 128, pages of 64, 16 pages per sequence.
 function prefill(over: Partial<AttentionPrefillOptions> = {}): AttentionPrefillOptions {

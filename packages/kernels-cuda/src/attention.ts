@@ -71,6 +71,11 @@ interface Geometry {
   pageSize: number;
 }
 
+/** Native arguments 0..6 of both entry points (csrc/attention/glue.cc ReadQKv). */
+function qkvArgs(o: AttentionCommonOptions, g: Geometry): (bigint | number)[] {
+  return [o.q.ptr, g.qStride, o.k.ptr, o.v.ptr, o.pageTable.ptr, g.maxPages, g.pageSize];
+}
+
 function needInt(op: string, name: string, v: number, min: number): void {
   if (!Number.isInteger(v) || v < min) {
     throw new QError('E_ARG', `${op}: Expected an integer ≥ ${min} for ${name} but received ${String(v)}`);
@@ -189,13 +194,7 @@ export function attentionPrefill(o: AttentionPrefillOptions): void {
   useDevice(g.device);
   callNative(op, (b) =>
     b.attentionPrefill(
-      o.q.ptr,
-      g.qStride,
-      o.k.ptr,
-      o.v.ptr,
-      o.pageTable.ptr,
-      g.maxPages,
-      g.pageSize,
+      ...qkvArgs(o, g),
       o.qStart.ptr,
       o.contextLens.ptr,
       o.positions.ptr,
@@ -293,13 +292,7 @@ export function attentionDecode(o: AttentionDecodeOptions): void {
   useDevice(g.device);
   callNative(op, (b) =>
     b.attentionDecode(
-      o.q.ptr,
-      g.qStride,
-      o.k.ptr,
-      o.v.ptr,
-      o.pageTable.ptr,
-      g.maxPages,
-      g.pageSize,
+      ...qkvArgs(o, g),
       o.contextLens.ptr,
       g.s,
       o.numHeads,

@@ -13,6 +13,17 @@ namespace {
 
 int Int(const Napi::CallbackInfo& info, size_t i, const char* name) { return static_cast<int>(I64(info[i], name)); }
 
+// Arguments 0..6 of both entry points: q, qStride, k, v, pageTable, maxPagesPerSeq, pageSize.
+void ReadQKv(const Napi::CallbackInfo& info, const void** q, int* qStride, PagedKv* kv) {
+  *q = Ptr(info[0], "q");
+  *qStride = Int(info, 1, "qStride");
+  kv->k = Ptr(info[2], "k");
+  kv->v = Ptr(info[3], "v");
+  kv->pageTable = static_cast<const int32_t*>(Ptr(info[4], "pageTable"));
+  kv->maxPagesPerSeq = Int(info, 5, "maxPagesPerSeq");
+  kv->pageSize = Int(info, 6, "pageSize");
+}
+
 void CheckCommon(Napi::Env env, const char* op, int qStride, const PagedKv& kv, int S, int numHeads, int numKvHeads,
                  int headDim) {
   const std::string p = std::string(op) + ": ";
@@ -34,13 +45,7 @@ Napi::Value Prefill(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 18) Throw(env, "E_ARG", "attentionPrefill: expected 18 arguments");
   AttentionPrefillArgs a{};
-  a.q = Ptr(info[0], "q");
-  a.qStride = Int(info, 1, "qStride");
-  a.kv.k = Ptr(info[2], "k");
-  a.kv.v = Ptr(info[3], "v");
-  a.kv.pageTable = static_cast<const int32_t*>(Ptr(info[4], "pageTable"));
-  a.kv.maxPagesPerSeq = Int(info, 5, "maxPagesPerSeq");
-  a.kv.pageSize = Int(info, 6, "pageSize");
+  ReadQKv(info, &a.q, &a.qStride, &a.kv);
   a.qStart = static_cast<const int32_t*>(Ptr(info[7], "qStart"));
   a.contextLens = static_cast<const int32_t*>(Ptr(info[8], "contextLens"));
   a.positions = static_cast<const int32_t*>(Ptr(info[9], "positions"));
@@ -65,13 +70,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 19) Throw(env, "E_ARG", "attentionDecode: expected 19 arguments");
   AttentionDecodeArgs a{};
-  a.q = Ptr(info[0], "q");
-  a.qStride = Int(info, 1, "qStride");
-  a.kv.k = Ptr(info[2], "k");
-  a.kv.v = Ptr(info[3], "v");
-  a.kv.pageTable = static_cast<const int32_t*>(Ptr(info[4], "pageTable"));
-  a.kv.maxPagesPerSeq = Int(info, 5, "maxPagesPerSeq");
-  a.kv.pageSize = Int(info, 6, "pageSize");
+  ReadQKv(info, &a.q, &a.qStride, &a.kv);
   a.contextLens = static_cast<const int32_t*>(Ptr(info[7], "contextLens"));
   a.S = Int(info, 8, "S");
   a.numHeads = Int(info, 9, "numHeads");
