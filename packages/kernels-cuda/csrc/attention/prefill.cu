@@ -30,6 +30,8 @@
 // at c ^ (r & 7)), so ldmatrix reads of 8 rows hit 8 different bank groups.
 #include <cuda_bf16.h>
 
+#include <atomic>
+
 #include "attention/attention.h"
 #include "attention/common.cuh"
 
@@ -260,8 +262,17 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(AttentionPrefillArg
 template <int HD>
 cudaError_t LaunchPrefill(const AttentionPrefillArgs* a) {
   constexpr int smem = PrefillSmemBytes<HD>();
-  cudaError_t err = cudaFuncSetAttribute(PrefillKernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  // Once per device (not per launch): the attribute call then never lands inside a CUDA-graph capture.
+  static std::atomic<uint64_t> ready{0};
+  int dev = 0;
+  cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
+  const uint64_t bit = uint64_t{1} << (dev & 63);
+  if (!(ready.load(std::memory_order_acquire) & bit)) {
+    err = cudaFuncSetAttribute(PrefillKernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    ready.fetch_or(bit, std::memory_order_release);
+  }
   const dim3 grid((a->maxQLen + kBM - 1) / kBM, a->numHeads, a->S);
   PrefillKernel<HD><<<grid, kThreads, smem, a->stream>>>(*a);
   return cudaGetLastError();

@@ -232,7 +232,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
 
   for (const c of CASES) {
     const label = `hd=${c.hd} heads=${c.nh}/${c.kvh} (GQA ${c.nh / c.kvh}) pageSize=${c.pageSize}${c.qExtra ? ' q in a qkv row' : ''}${c.maxQLen ? ` maxQLen=${c.maxQLen}` : ''}`;
-    it(`${label}: prefill and decode match float64; decode equals prefill at the last position`, () => {
+    it(`${label}: prefill (also in a CUDA graph) and decode match float64; decode equals prefill at the last position`, () => {
       const d = makeCase(c, rng, MAX_CONTEXT);
       const scale = 1 / Math.sqrt(c.hd);
       const S = c.seqs.length;
@@ -272,6 +272,25 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
         attentionPrefill({ ...common, q, qStride: d.width, qStart, positions, out, maxQLen });
         const preBits = out.download() as Uint16Array;
         expect(unwritten(preBits), 'prefill outputs left unwritten (NaN poison)').toBe(0);
+        // The same launch captured in a CUDA graph and replayed writes the same bits.
+        const stream = Stream.create();
+        try {
+          const graph = Graph.capture(stream, () =>
+            attentionPrefill({ ...common, q, qStride: d.width, qStart, positions, out, maxQLen, stream }),
+          );
+          try {
+            out.fillBytes(0xff, stream);
+            graph.launch(stream);
+            const replay = out.download(stream) as Uint16Array;
+            expect(Buffer.from(replay.buffer).equals(Buffer.from(preBits.buffer)), 'graph replay bits').toBe(
+              true,
+            );
+          } finally {
+            graph.dispose();
+          }
+        } finally {
+          stream.dispose();
+        }
 
         const allRows = Array.from({ length: d.T }, (_, t) => t);
         const { ref, plain } = references(c, d, allRows, scale);
