@@ -113,14 +113,17 @@ type Data = ReturnType<typeof makeCase>;
  * Attention of query rows `rows` (indices into qf) in float64 and in the plain f32 manner; returns both as
  * [rows.length, nh*hd] (the plain one rounded to bf16, as a kernel would store it).
  */
-function references(c: Case, d: Data, rows: number[], scale: number) {
+async function references(c: Case, d: Data, rows: number[], scale: number) {
   const { hd, nh, kvh } = c;
   const g = nh / kvh;
   const f = Math.fround;
   const ref = new Float64Array(rows.length * nh * hd);
   const plain = new Float64Array(rows.length * nh * hd);
   const scale32 = f(scale);
-  rows.forEach((t, ri) => {
+  for (let ri = 0; ri < rows.length; ri++) {
+    // Long synchronous stretches would starve the test worker's messages to the runner.
+    if (ri % 8 === 0) await new Promise((r) => setImmediate(r));
+    const t = rows[ri] as number;
     const s = d.seqOf[t] as number;
     const n = (d.positions[t] as number) + 1; // keys 0..pos
     const kk = d.kf[s] as Float64Array;
@@ -167,7 +170,7 @@ function references(c: Case, d: Data, rows: number[], scale: number) {
         plain[oo + e] = bf16BitsToF32(f32ToBf16Bits(f(acc32 / sum32)));
       }
     }
-  });
+  }
   return { ref, plain };
 }
 
@@ -232,7 +235,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
 
   for (const c of CASES) {
     const label = `hd=${c.hd} heads=${c.nh}/${c.kvh} (GQA ${c.nh / c.kvh}) pageSize=${c.pageSize}${c.qExtra ? ' q in a qkv row' : ''}${c.maxQLen ? ` maxQLen=${c.maxQLen}` : ''}`;
-    it(`${label}: prefill (also in a CUDA graph) and decode match float64; decode equals prefill at the last position`, () => {
+    it(`${label}: prefill (also in a CUDA graph) and decode match float64; decode equals prefill at the last position`, async () => {
       const d = makeCase(c, rng, MAX_CONTEXT);
       const scale = 1 / Math.sqrt(c.hd);
       const S = c.seqs.length;
@@ -293,7 +296,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
         }
 
         const allRows = Array.from({ length: d.T }, (_, t) => t);
-        const { ref, plain } = references(c, d, allRows, scale);
+        const { ref, plain } = await references(c, d, allRows, scale);
         const pre = toF(preBits);
         const errGpu = maxErr(pre, ref);
         const errPlain = maxErr(plain, ref);
@@ -343,7 +346,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
     });
   }
 
-  it('decode in a CUDA graph replays bit for bit; GQA ratios 3, 16 and 4 at batch 9, 9 and 1', () => {
+  it('decode in a CUDA graph replays bit for bit; GQA ratios 3, 16 and 4 at batch 9, 9 and 1', async () => {
     const stream = Stream.create();
     const made: DeviceTensor[] = [];
     const dev = <T extends DeviceTensor>(x: T): T => {
@@ -398,7 +401,7 @@ describe.skipIf(noGpu)('paged attention on the GPU', () => {
         attentionDecode(o);
         const plainRun = out.download(stream) as Uint16Array;
         expect(unwritten(plainRun)).toBe(0);
-        const { ref, plain } = references(
+        const { ref, plain } = await references(
           c,
           d,
           Array.from({ length: S }, (_, t) => t),
