@@ -6,6 +6,7 @@
 #include <napi.h>
 
 #include "allreduce/glue.h"
+#include "attention/glue.h"
 #include "cublas/cublas.h"
 #include "kernels_glue.h"
 #include "nccl/nccl.h"
@@ -21,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   q::RegisterNccl(env, exports);
   q::RegisterAllreduce(env, exports);
   q::RegisterLlama(env, exports);
+  q::RegisterAttention(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   exports.Set("version", Napi::String::New(env, Q_ADDON_VERSION));
   return exports;

@@ -162,6 +162,9 @@ export interface NativeBinding extends NativeLlamaBinding {
     stream: bigint,
   ): void;
   arConstants(): { maxRanks: number; maxBlocks: number; signalBytes: number; signalRegion: number };
+  /** Positional arguments, in the order of csrc/attention/glue.cc (src/attention.ts passes them). */
+  attentionPrefill(...args: (bigint | number)[]): void;
+  attentionDecode(...args: (bigint | number)[]): void;
 }
 
 /** Function names the loader checks for, so a stale or foreign .node is reported instead of half-working. */

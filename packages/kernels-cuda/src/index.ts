@@ -1,3 +1,4 @@
+export * from './attention';
 export * from './bench';
 export type { NativeArLayout, NativeBinding, NativeDeviceProperties } from './binding';
 export * from './device';
