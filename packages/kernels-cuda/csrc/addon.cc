@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include "cublas/cublas.h"
+#include "fill/glue.h"
 #include "kernels_glue.h"
 #include "runtime/runtime.h"
 
@@ -13,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   q::RegisterRuntime(env, exports);
   q::RegisterCublas(env, exports);
   q::RegisterKernels(env, exports);
+  q::RegisterFill(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

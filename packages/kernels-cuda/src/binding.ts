@@ -114,6 +114,16 @@ export interface NativeBinding {
   actQuant(args: NativeActQuantArgs): void;
   gemmW4A8(args: NativeGemmW4A8Args): void;
   lastError(): string | null;
+  fillRandom(
+    ptr: bigint,
+    count: number,
+    kind: number,
+    seed: number,
+    lo: number,
+    hi: number,
+    stream: bigint,
+  ): void;
+  addBias(out: bigint, bias: bigint, m: number, n: number, stream: bigint): void;
 }
 
 /** Function names the loader checks for, so a stale or foreign .node is reported instead of half-working. */
@@ -132,4 +142,6 @@ export const BINDING_FUNCTIONS: readonly (keyof NativeBinding)[] = [
   'cublasGemm',
   'actQuant',
   'gemmW4A8',
+  'fillRandom',
+  'addBias',
 ];

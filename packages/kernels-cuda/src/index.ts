@@ -1,6 +1,7 @@
 export * from './bench';
 export type { NativeBinding, NativeDeviceProperties } from './binding';
 export * from './device';
+export * from './fill';
 export * from './native';
 export * from './ops';
 export * from './pack';
