@@ -479,6 +479,14 @@ describe.skipIf(noGpu)('bad input', () => {
   });
 
   it('dispose gives the device memory back', async () => {
+    // Warm up first: cuBLAS and the CUDA context keep their own allocations for the life of the process.
+    const warm = await createCudaModel(
+      { config: cfg, weights: randomWeights(cfg, 3) },
+      { maxBatch: 1, maxContext: 64 },
+    );
+    await warm.forward([[1, 2]]);
+    await warm.forward([[3]]);
+    await warm.dispose();
     const before = memoryInfo(0).free;
     const m = await createCudaModel(
       { config: cfg, weights: randomWeights(cfg, 2) },
