@@ -19,6 +19,8 @@ import { type DType, type ModelConfig, QError } from '@q/core';
 import {
   addBias,
   DeviceTensor,
+  Event,
+  fillRandom,
   gemmHalf,
   gemmW4A8,
   memoryInfo,
@@ -44,11 +46,12 @@ import {
   DeviceArena,
   type DeviceLinear,
   type DeviceWeights,
+  drawWeights,
   openWeightSource,
   PinnedUploader,
   planLayout,
+  syntheticLayout,
   uploadWeights,
-  type WeightSource,
 } from './weights';
 
 /** Options of `createCudaModel`. */
@@ -67,6 +70,14 @@ export interface CudaModelOptions {
   readonly cudaGraphs?: boolean;
   /** Pinned staging buffer of the weight upload, bytes (default 64 MiB). */
   readonly uploadChunkBytes?: number;
+}
+
+/** Time of one kernel kind within a step (summed over layers). */
+export interface KernelTime {
+  name: string;
+  ms: number;
+  /** Launches of this kind in the step. */
+  count: number;
 }
 
 /** Device memory a model needs, by part. */
@@ -210,6 +221,7 @@ export class CudaModel implements CausalLM {
   readonly #caches = new Set<CudaKVCache>();
   readonly #maxPages: number;
   #disposed = false;
+  #trace: { name: string; ev: Event }[] | undefined;
 
   private constructor(p: {
     config: ModelConfig;
@@ -255,10 +267,42 @@ export class CudaModel implements CausalLM {
   static async create(input: CudaModelInput, options: CudaModelOptions = {}): Promise<CudaModel> {
     const src = openWeightSource(input);
     try {
-      return CudaModel.#build(src, options);
+      return CudaModel.#build(src.config, planLayout(src), options, (arena, stream, device, layout) => {
+        const up = new PinnedUploader(
+          device,
+          stream,
+          Math.min(options.uploadChunkBytes ?? 64 << 20, Math.max(1 << 20, layout.weightBytes)),
+        );
+        try {
+          return uploadWeights(src, layout, up, arena);
+        } finally {
+          up.dispose();
+        }
+      });
     } finally {
       if (typeof input === 'string') src.close();
     }
+  }
+
+  /**
+   * A model of the given shape whose weights are drawn at random directly on the device (benchmarks: speed does
+   * not depend on the values). 'w4a8' follows the fptq plan of `SYNTHETIC_FPTQ_PLAN` (group-int g128); 'bf16'
+   * runs every linear through cuBLAS.
+   *
+   * @example
+   * ```ts
+   * const m = await CudaModel.synthetic(LLAMA_SHAPES['llama2-7b'], 'w4a8', { maxBatch: 64, maxContext: 2176 });
+   * ```
+   */
+  static async synthetic(
+    config: ModelConfig,
+    path: 'w4a8' | 'bf16',
+    options: CudaModelOptions & { readonly seed?: number } = {},
+  ): Promise<CudaModel> {
+    const layout = syntheticLayout(config, path);
+    return CudaModel.#build(config, layout, options, (arena, stream, device) =>
+      drawWeights(config, layout, arena, stream, device, options.seed ?? 1),
+    );
   }
 
   /**
@@ -291,8 +335,12 @@ export class CudaModel implements CausalLM {
     };
   }
 
-  static #build(src: WeightSource, options: CudaModelOptions): CudaModel {
-    const config = src.config;
+  static #build(
+    config: ModelConfig,
+    layout: ModelLayout,
+    options: CudaModelOptions,
+    makeWeights: (arena: DeviceArena, stream: Stream, device: number, layout: ModelLayout) => DeviceWeights,
+  ): CudaModel {
     const device = options.device ?? 0;
     const pos = (v: number | undefined, name: string, dflt: number): number => {
       const x = v ?? dflt;
@@ -309,7 +357,6 @@ export class CudaModel implements CausalLM {
         'E_ARG',
         `Expected maxContext at most ${config.maxSeqLen} (the model's context) but received ${maxContext}`,
       );
-    const layout = planLayout(src);
     const maxSeqs = seqRows(maxBatch);
     const maxTokens = Math.max(prefillChunk, maxSeqs);
     const { nh, P } = layout.dims;
@@ -329,16 +376,9 @@ export class CudaModel implements CausalLM {
         { details: { ...memory, needed: memory.total, free } },
       );
     const arena = new DeviceArena();
-    let stream: Stream | undefined;
-    let up: PinnedUploader | undefined;
     try {
-      stream = arena.track(Stream.create(device));
-      up = new PinnedUploader(
-        device,
-        stream,
-        Math.min(options.uploadChunkBytes ?? 64 << 20, Math.max(1 << 20, layout.weightBytes)),
-      );
-      const weights = uploadWeights(src, layout, up, arena);
+      const stream = arena.track(Stream.create(device));
+      const weights = makeWeights(arena, stream, device, layout);
       const shapes = workspaceShapes(layout, maxTokens, maxSeqs, attnWsBytes);
       const alloc = (k: keyof typeof shapes): DeviceTensor => {
         const [dt, shape] = shapes[k] as [DType, number[]];
@@ -385,8 +425,6 @@ export class CudaModel implements CausalLM {
     } catch (e) {
       arena.dispose();
       throw e;
-    } finally {
-      up?.dispose();
     }
   }
 
@@ -591,6 +629,7 @@ export class CudaModel implements CausalLM {
     const V = this.config.vocabSize;
     const logits = rows(ws.logits, [n, V]);
     gemmHalf({ a: h, w: this.#weights.lmHead, out: logits, stream: this.#stream });
+    this.#mark('lm_head');
     kernels.sample({
       logits,
       temperature: views.temperature,
@@ -601,6 +640,7 @@ export class CudaModel implements CausalLM {
       out: rows(ws.outIds, [n]),
       stream: this.#stream,
     });
+    this.#mark('sample');
   }
 
   #prefill(
@@ -776,9 +816,12 @@ export class CudaModel implements CausalLM {
     const hB = rows(ws.hB, [T, d]);
     const scale = 1 / Math.sqrt(hd);
     kernels.embedding({ ids: v.ids, table: W.embed, out: x, stream });
+    this.#mark('embedding');
     W.layers.forEach((L, l) => {
       this.#norm(x, l === 0 ? undefined : r, L.inputNorm, L.qkv, T);
+      this.#mark('addRmsNorm');
       this.#gemm(L.qkv, hB, T, qkv);
+      this.#mark(`qkv ${L.qkv.kind}`);
       const k = cache.k[l] as DeviceTensor;
       const vv = cache.v[l] as DeviceTensor;
       kernels.ropeKvWrite({
@@ -795,6 +838,7 @@ export class CudaModel implements CausalLM {
         style: c.ropeStyle,
         stream,
       });
+      this.#mark('ropeKvWrite');
       const common = {
         q: qkv,
         qStride: qkvN,
@@ -811,15 +855,20 @@ export class CudaModel implements CausalLM {
       };
       if (decode) kernels.attentionDecode({ ...common, workspace: ws.attnWs, maxContext: cache.capacity });
       else kernels.attentionPrefill({ ...common, qStart: v.qStart, positions: v.positions, maxQLen });
+      this.#mark(decode ? 'attentionDecode' : 'attentionPrefill');
       if (L.o.kind === 'w4a8') {
         const q = rows(ws.hQ, [T, L.o.w.kPadded]);
         if (L.o.act === 'static')
           quantizeAct({ x: att, out: q, mode: 'static', staticScale: L.o.staticScale as number, stream });
         else quantizeAct({ x: att, out: q, mode: 'dynamic', scales: rows(ws.aScale, [T]), stream });
       }
+      if (L.o.kind === 'w4a8') this.#mark('quantizeAct');
       this.#gemm(L.o, att, T, r);
+      this.#mark(`o ${L.o.kind}`);
       this.#norm(x, r, L.postNorm, L.gateUp, T);
+      this.#mark('addRmsNorm');
       this.#gemm(L.gateUp, hB, T, gu);
+      this.#mark(`gate_up ${L.gateUp.kind}`);
       const act = rows(ws.act, [T, ffP]);
       if (L.down.kind === 'w4a8') {
         const q = rows(ws.hQ, [T, L.down.w.kPadded]);
@@ -833,10 +882,89 @@ export class CudaModel implements CausalLM {
           });
         else kernels.siluMul({ gateUp: gu, out: q, mode: 'dynamic', scales: rows(ws.aScale, [T]), stream });
       } else kernels.siluMul({ gateUp: gu, out: act, stream });
+      this.#mark('siluMul');
       this.#gemm(L.down, act, T, r);
+      this.#mark(`down ${L.down.kind}`);
     });
     kernels.addRmsNorm({ x, r, gain: W.finalNorm, eps: c.rmsNormEps, out: hB, stream });
+    this.#mark('addRmsNorm');
     void S;
+  }
+
+  /** The stream every launch of this model goes to (for timing with events). */
+  get stream(): Stream {
+    this.#check();
+    return this.#stream;
+  }
+
+  #mark(name: string): void {
+    const t = this.#trace;
+    if (!t) return;
+    const ev = Event.create(this.device);
+    ev.record(this.#stream);
+    t.push({ name, ev });
+  }
+
+  /**
+   * Times every kernel of one step with events between launches (eager launches, graphs off): one decode step
+   * of `batch` sequences at `context` positions, or one prefill of `prompt` tokens. Returns the time per kernel
+   * kind summed over layers, in launch order of first appearance.
+   *
+   * @example
+   * ```ts
+   * for (const k of await model.breakdown('decode', { batch: 1, context: 512 })) console.log(k.name, k.ms);
+   * ```
+   */
+  async breakdown(
+    kind: 'decode' | 'prefill',
+    o: { readonly batch?: number; readonly context?: number; readonly prompt?: number } = {},
+  ): Promise<KernelTime[]> {
+    this.#check();
+    const batch = kind === 'decode' ? (o.batch ?? 1) : 1;
+    const context = kind === 'decode' ? (o.context ?? 512) : 0;
+    const prompt = kind === 'prefill' ? (o.prompt ?? 2048) : 1;
+    const cache = this.createCache({ batch, capacity: Math.min(this.maxContext, context + prompt) });
+    const enabled = this.#runner.enabled;
+    try {
+      for (let s = 0; s < batch; s++) {
+        cache.reserve(s, context);
+        cache.lengths[s] = context;
+      }
+      for (const t of [...cache.k, ...cache.v])
+        fillRandom({ out: t, dist: 'uniform', lo: -1, hi: 1, seed: 7, stream: this.#stream });
+      const V = this.config.vocabSize;
+      const tokens = Array.from({ length: batch }, (_, i) =>
+        Array.from({ length: prompt }, (_, j) => (i * 7919 + j * 104729) % V),
+      );
+      const run = (): void => {
+        this.#run(tokens, { cache, logits: 'last' }, undefined);
+        for (let s = 0; s < batch; s++) cache.lengths[s] = context;
+      };
+      this.#runner.enabled = false;
+      run(); // warm-up
+      this.#stream.synchronize();
+      this.#trace = [];
+      this.#mark('start');
+      run();
+      this.#stream.synchronize();
+      const marks = this.#trace;
+      const out = new Map<string, KernelTime>();
+      for (let i = 1; i < marks.length; i++) {
+        const m = marks[i] as { name: string; ev: Event };
+        const ms = Event.elapsedMs((marks[i - 1] as { ev: Event }).ev, m.ev);
+        const k = out.get(m.name) ?? { name: m.name, ms: 0, count: 0 };
+        k.ms += ms;
+        k.count++;
+        out.set(m.name, k);
+      }
+      for (const m of marks) m.ev.dispose();
+      return [...out.values()];
+    } finally {
+      this.#trace = undefined;
+      this.#runner.enabled = enabled;
+      this.#caches.delete(cache);
+      cache.dispose();
+    }
   }
 
   async dispose(): Promise<void> {

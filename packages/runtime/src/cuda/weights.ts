@@ -20,6 +20,7 @@ import {
 import {
   DeviceGemmWeights,
   DeviceTensor,
+  fillRandom,
   PinnedBuffer,
   packForGemm,
   type Stream,
@@ -779,4 +780,134 @@ function downColsFor(kind: LinearKind & { kind: 'w4a8' }, dims: DeviceDims): Int
   const map = new Int32Array(kind.kPadded).fill(-1);
   for (let c = 0; c < dims.ff; c++) map[c] = c;
   return { kPadded: kind.kPadded, groupSize: kind.groupSize, colMap: map };
+}
+
+/**
+ * The activation plan of synthetic W4A8 models, as FPTQ decides on Llama-2/3: the inputs after the norms
+ * (q/k/v, gate/up) are LAE + per-tensor static, o_proj's input static, down_proj's input (heavy outliers)
+ * per-token dynamic. Weights int4 group 128 with Integer Scale (group-int).
+ */
+export const SYNTHETIC_FPTQ_PLAN = { qkv: 'static', o: 'static', gateUp: 'static', down: 'dynamic' } as const;
+
+/**
+ * The device layout of a model drawn at random: every linear W4A8 (`SYNTHETIC_FPTQ_PLAN`) or every linear bf16.
+ *
+ * @example
+ * ```ts
+ * syntheticLayout(config, 'w4a8').layers[0].down; // { kind: 'w4a8', act: 'dynamic', mode: 'group-int', ... }
+ * ```
+ */
+export function syntheticLayout(c: ModelConfig, path: 'w4a8' | 'bf16'): ModelLayout {
+  const dims = deviceDims(c);
+  const g = 128;
+  const kind = (act: 'static' | 'dynamic', k: number): LinearKind =>
+    path === 'bf16'
+      ? { kind: 'bf16' }
+      : {
+          kind: 'w4a8',
+          act,
+          ...(act === 'static' ? { staticScale: 0.05 } : {}),
+          mode: 'group-int',
+          kPadded: roundUp(k, g),
+          groupSize: g,
+          intScale: true,
+        };
+  const P = SYNTHETIC_FPTQ_PLAN;
+  const layer: LayerLayout = {
+    qkv: kind(P.qkv, dims.d),
+    o: kind(P.o, dims.nh * dims.P),
+    gateUp: kind(P.gateUp, dims.d),
+    down: kind(P.down, dims.ffP),
+    qkvBias: false,
+  };
+  const linBytes = (k: LinearKind, n: number, kf: number): number =>
+    k.kind === 'bf16' ? n * kf * 2 : int4DeviceBytes(n, k.kPadded, k.kPadded / k.groupSize, true);
+  const perLayer =
+    linBytes(layer.qkv, dims.qkvN, dims.d) +
+    linBytes(layer.o, dims.d, dims.nh * dims.P) +
+    linBytes(layer.gateUp, 2 * dims.ffP, dims.d) +
+    linBytes(layer.down, dims.d, dims.ffP) +
+    2 * dims.d * 4;
+  const tiedHead = c.tieWordEmbeddings;
+  return {
+    dims,
+    layers: Array.from({ length: c.numLayers }, () => layer),
+    tiedHead,
+    weightBytes:
+      perLayer * c.numLayers + dims.vocab * dims.d * 2 * (tiedHead ? 1 : 2) + dims.d * 4 + (dims.P / 2) * 4,
+  };
+}
+
+/**
+ * Allocates a synthetic layout's weights and fills them on the device with random values in realistic ranges
+ * (int4 codes uniform, group scales and Integer Scale factors positive, bf16 weights ±0.02, norm gains ~1).
+ */
+export function drawWeights(
+  c: ModelConfig,
+  layout: ModelLayout,
+  arena: DeviceArena,
+  stream: Stream,
+  device: number,
+  seed: number,
+): DeviceWeights {
+  const { d, P, nh, ffP, qkvN, vocab } = layout.dims;
+  let s = seed >>> 0;
+  const next = (): number => {
+    s = (s + 0x9e3779b9) >>> 0;
+    return s;
+  };
+  const alloc = (dtype: DeviceTensor['dtype'], shape: readonly number[]): DeviceTensor =>
+    arena.track(DeviceTensor.alloc(dtype, shape, { device }));
+  const uniform = (dtype: 'f32' | 'bf16', shape: readonly number[], lo: number, hi: number): DeviceTensor => {
+    const t = alloc(dtype, shape);
+    fillRandom({ out: t, dist: 'uniform', lo, hi, seed: next(), stream });
+    return t;
+  };
+  const linear = (kind: LinearKind, n: number, kf: number): DeviceLinear => {
+    if (kind.kind === 'bf16') return { kind: 'bf16', w: uniform('bf16', [n, kf], -0.02, 0.02) };
+    const groups = kind.kPadded / kind.groupSize;
+    const packed = alloc('u8', [n * Math.ceil(kind.kPadded / 64) * 32]) as DeviceTensor<'u8'>;
+    fillRandom({ out: packed, dist: 'bytes', seed: next(), stream });
+    const scales = uniform('f32', [n, groups], 1e-3, 2e-3) as DeviceTensor<'f32'>;
+    const intQ = alloc('i32', [n, groups]) as DeviceTensor<'i32'>;
+    fillRandom({ out: intQ, dist: 'int', lo: 1, hi: 16, seed: next(), stream });
+    const unit = uniform('f32', [n], 1e-5, 2e-5) as DeviceTensor<'f32'>;
+    const w = new DeviceGemmWeights({
+      n,
+      k: kind.kPadded,
+      kPadded: kind.kPadded,
+      groupSize: kind.groupSize,
+      groups,
+      device,
+      packed,
+      scales,
+      intQ,
+      unit,
+    });
+    const staticScale = kind.act === 'static' ? (kind.staticScale ?? 0.05) : undefined;
+    let aScale: DeviceTensor | undefined;
+    if (staticScale !== undefined) aScale = uniform('f32', [1], staticScale, staticScale);
+    return {
+      kind: 'w4a8',
+      w,
+      act: kind.act,
+      mode: kind.mode,
+      ...(staticScale !== undefined && aScale ? { staticScale, aScale } : {}),
+    };
+  };
+  const layers: DeviceLayer[] = layout.layers.map((L) => ({
+    inputNorm: uniform('f32', [d], 0.5, 1.5),
+    postNorm: uniform('f32', [d], 0.5, 1.5),
+    qkv: linear(L.qkv, qkvN, d),
+    o: linear(L.o, d, nh * P),
+    gateUp: linear(L.gateUp, 2 * ffP, d),
+    down: linear(L.down, d, ffP),
+  }));
+  const embed = uniform('bf16', [vocab, d], -1, 1);
+  const lmHead = layout.tiedHead ? embed : uniform('bf16', [vocab, d], -0.02, 0.02);
+  const inv = paddedInvFreq(ropeInvFreq(c), P);
+  const invFreq = alloc('f32', [P / 2]);
+  invFreq.upload(inv);
+  stream.synchronize();
+  return { layout, embed, layers, finalNorm: uniform('f32', [d], 0.5, 1.5), lmHead, invFreq };
 }
