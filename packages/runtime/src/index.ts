@@ -12,11 +12,28 @@
  */
 
 export { Rng } from '@q/core';
+export {
+  type BenchE2eOptions,
+  benchE2e,
+  E2E_SHAPES,
+  type E2eResult,
+  type E2eRow,
+  type E2eShape,
+  formatE2eTable,
+} from './bench-e2e';
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
 export { matmulT, threadCount } from './cpu/gemm';
 export { FloatLinear, type Linear, QuantLinear, type QuantLinearForward } from './cpu/linear';
 export { shutdownThreads } from './cpu/threads';
+export {
+  CudaKVCache,
+  type CudaModel,
+  type CudaModelInput,
+  type CudaModelOptions,
+  createCudaModel,
+  disposeAllCudaModels,
+} from './cuda';
 export {
   DEMO_RECIPES,
   type DemoOptions,
@@ -27,6 +44,7 @@ export {
   runDemo,
 } from './demo';
 export { buildDemoModel, type DemoModel, type DemoModelOptions, demoText, demoTokenizer } from './demo-model';
+export { type DeviceChoice, type ResolvedDevice, resolveDevice } from './device';
 export { type EvalOptions, type EvalResult, evaluatePerplexity } from './evaluate';
 export { argmax, type GenerateOptions, generate, sampleToken } from './generate';
 export {
