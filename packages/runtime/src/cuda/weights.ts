@@ -213,6 +213,22 @@ function quantizedDirSource(dir: string): WeightSource {
   };
 }
 
+/** A float (unquantized) linear as stored. */
+function floatStored(name: string, n: number, k: number, bias: boolean, plan?: LayerPlan): StoredLinear {
+  return {
+    name,
+    format: 'f32',
+    n,
+    k,
+    kPadded: k,
+    groupSize: k,
+    symmetric: true,
+    intScale: false,
+    bias,
+    plan: plan ?? { name, range: 0, act: 'none', lae: false },
+  };
+}
+
 function formatError(src: WeightSource, problem: string): QError {
   return new QError(
     'E_FORMAT',
@@ -240,19 +256,7 @@ export function storedLinear(src: WeightSource, name: string, n: number, k: numb
       `the manifest gives [${man.n}, ${man.k}] for ${name} but the config needs [${n}, ${k}]`,
     );
   if (!plan) {
-    if (fw)
-      return {
-        name,
-        format: 'f32',
-        n,
-        k,
-        kPadded: k,
-        groupSize: k,
-        symmetric: true,
-        intScale: false,
-        bias: hasBias,
-        plan: { name, range: 0, act: 'none', lae: false },
-      };
+    if (fw) return floatStored(name, n, k, hasBias, { name, range: 0, act: 'none', lae: false });
     throw formatError(src, `no plan and no weights for ${name}`);
   }
   if (qw === undefined) {
@@ -262,18 +266,7 @@ export function storedLinear(src: WeightSource, name: string, n: number, k: numb
         src,
         `Expected shape [${n}, ${k}] for ${name}.weight but received [${fw.shape.join(', ')}]`,
       );
-    return {
-      name,
-      format: 'f32',
-      n,
-      k,
-      kPadded: k,
-      groupSize: k,
-      symmetric: true,
-      intScale: false,
-      bias: hasBias,
-      plan,
-    };
+    return floatStored(name, n, k, hasBias, plan);
   }
   if (qw.dtype === 'i8') {
     return {
@@ -358,18 +351,12 @@ function storedLayer(src: WeightSource, i: number, dims: DeviceDims): StoredLine
           'E_SHAPE',
           `Expected shape [${n}, ${k}] for ${name}.weight but received [${w.shape.join(', ')}]`,
         );
-      return {
+      return floatStored(name, n, k, src.info(`${name}.bias`) !== undefined, {
         name,
-        format: 'f32',
-        n,
-        k,
-        kPadded: k,
-        groupSize: k,
-        symmetric: true,
-        intScale: false,
-        bias: src.info(`${name}.bias`) !== undefined,
-        plan: { name, range: 0, act: 'none', lae: false },
-      };
+        range: 0,
+        act: 'none',
+        lae: false,
+      });
     }
     return storedLinear(src, name, n, k);
   });
