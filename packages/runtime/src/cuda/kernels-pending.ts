@@ -1,6 +1,7 @@
 // Temporary: the llama-ops and attention kernels of @q/kernels-cuda typed as agreed, until they are merged.
 // Once they are exported by @q/kernels-cuda this file is deleted and `kernels` imports come from there.
 
+import { QError } from '@q/core';
 import type { DeviceTensor, Stream } from '@q/kernels-cuda';
 import * as k from '@q/kernels-cuda';
 
@@ -124,3 +125,25 @@ export interface PendingKernels {
 
 /** @q/kernels-cuda with the pending kernels typed in. */
 export const kernels = k as typeof k & PendingKernels;
+
+const PENDING: readonly (keyof PendingKernels)[] = [
+  'embedding',
+  'addRmsNorm',
+  'ropeKvWrite',
+  'siluMul',
+  'sample',
+  'attentionPrefill',
+  'attentionDecode',
+  'attentionDecodeWorkspaceBytes',
+];
+
+/** Throws E_UNSUPPORTED naming the kernels this build of @q/kernels-cuda lacks (before any device work). */
+export function requireModelKernels(): void {
+  const have = kernels as unknown as Record<string, unknown>;
+  const missing = PENDING.filter((n) => typeof have[n] !== 'function');
+  if (missing.length > 0)
+    throw new QError(
+      'E_UNSUPPORTED',
+      `Expected @q/kernels-cuda to export the model kernels but received a build without ${missing.join(', ')}`,
+    );
+}

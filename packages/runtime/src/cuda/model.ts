@@ -39,7 +39,7 @@ import {
   StepIO,
   type StepViews,
 } from './graph-runner';
-import { kernels } from './kernels-pending';
+import { kernels, requireModelKernels } from './kernels-pending';
 import type { LinearKind, ModelLayout } from './layout';
 import {
   type CudaModelInput,
@@ -341,6 +341,7 @@ export class CudaModel implements CausalLM {
     options: CudaModelOptions,
     makeWeights: (arena: DeviceArena, stream: Stream, device: number, layout: ModelLayout) => DeviceWeights,
   ): CudaModel {
+    requireModelKernels();
     const device = options.device ?? 0;
     const pos = (v: number | undefined, name: string, dflt: number): number => {
       const x = v ?? dflt;

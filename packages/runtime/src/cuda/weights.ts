@@ -593,10 +593,13 @@ function readInt4(src: WeightSource, s: StoredLinear): Int4Weights {
  * Uploads a model's weights in the layout `planLayout` chose. Every allocation is tracked by `arena`; the
  * caller disposes the arena when this throws.
  */
+/** What `uploadWeights` needs of an uploader (tests pass one that only records shapes). */
+export type TensorPutter = Pick<PinnedUploader, 'device' | 'put'>;
+
 export function uploadWeights(
   src: WeightSource,
   layout: ModelLayout,
-  up: PinnedUploader,
+  up: TensorPutter,
   arena: DeviceArena,
 ): DeviceWeights {
   const c = src.config;
