@@ -665,6 +665,8 @@ export class CudaModel implements CausalLM {
     let seq = 0;
     let outRow = 0;
     while (seq < S) {
+      // The pinned metadata of the previous chunk may still be queued for copying: wait before rewriting it.
+      if (seq > 0 || done[0] !== 0) this.#stream.synchronize();
       // One chunk: tokens of consecutive sequences, in order, up to `chunk` tokens.
       const parts: { i: number; a: number; b: number }[] = [];
       let T = 0;
