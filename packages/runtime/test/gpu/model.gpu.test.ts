@@ -294,6 +294,30 @@ describe.skipIf(noGpu)('decode, ragged batches and CUDA graphs', () => {
     cache.dispose();
   });
 
+  it('chunked prefill (chunks of 16 tokens, sequences split across chunks) equals one-chunk prefill', async () => {
+    const seed = freshSeed('chunked prefill');
+    const rng = new Rng(seed);
+    const V = demo.config.vocabSize;
+    const seqs = [40, 7, 23].map((n) => Array.from({ length: n }, () => 3 + rng.int(V - 3)));
+    const small = await createCudaModel(
+      { config: demo.config, weights: demo.weights },
+      { maxBatch: 4, maxContext: 256, prefillChunk: 16 },
+    );
+    try {
+      for (const mode of ['all', 'last'] as const) {
+        const a = await small.forward(seqs, { logits: mode });
+        const b = await gpu.forward(seqs, { logits: mode });
+        const d = diff(a, b, V);
+        expect(d.maxRel, `logits '${mode}'`).toBeLessThanOrEqual(0.03);
+      }
+      const ids = await small.forwardSample(seqs, { sampling: seqs.map(() => GREEDY) });
+      const last = await gpu.forward(seqs, { logits: 'last' });
+      expect([...ids]).toEqual(seqs.map((_, i) => argmaxRow(last, i, V)));
+    } finally {
+      await small.dispose();
+    }
+  });
+
   it('a CUDA-graph decode step equals the same step without a graph, bit for bit', async () => {
     const seed = freshSeed('graph vs eager');
     const rng = new Rng(seed);
