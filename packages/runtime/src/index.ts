@@ -4,14 +4,25 @@
  *
  * @example
  * ```ts
- * import { loadModel, generate } from '@q/runtime';
- * const { model, tokenizer } = loadModel('stories260K/stories260K.bin');
- * const ids = generate(model, tokenizer.encodePrompt('Once upon a time'), { maxTokens: 40 });
- * console.log(tokenizer.decode(ids));
+ * import { createModel, generate, loadModel } from '@q/runtime';
+ * const loaded = loadModel('stories260K/stories260K.bin');
+ * const model = await createModel(loaded, { backend: 'cpu' });
+ * const decoder = loaded.tokenizer.streamDecoder();
+ * for await (const id of generate(model, loaded.tokenizer.encodePrompt('Once upon a time'), { maxTokens: 40 }))
+ *   process.stdout.write(decoder.push(id));
+ * await model.dispose();
  * ```
  */
 
 export { Rng } from '@q/core';
+export {
+  type BackendFactory,
+  type CreateModelOptions,
+  createCpuModel,
+  createModel,
+  type ModelSourceData,
+  registerBackend,
+} from './backend';
 export {
   type BenchE2eOptions,
   benchE2e,
@@ -46,9 +57,19 @@ export {
 export { buildDemoModel, type DemoModel, type DemoModelOptions, demoText, demoTokenizer } from './demo-model';
 export { type DeviceChoice, type ResolvedDevice, resolveDevice } from './device';
 export { type EvalOptions, type EvalResult, evaluatePerplexity } from './evaluate';
-export { argmax, type GenerateOptions, generate, sampleToken } from './generate';
+export { argmax, type GenerateOptions, generate, generateIds, sampleToken } from './generate';
+export type {
+  Backend,
+  CacheOptions,
+  CausalLM,
+  ForwardOptions,
+  KVCache,
+  LinearInputHook,
+} from './lm';
 export {
+  type LoadedFloatModel,
   type LoadedModel,
+  type LoadedQuantizedModel,
   type LoadOptions,
   loadHuggingFace,
   loadLlama2c,
@@ -56,13 +77,12 @@ export {
   type ModelSource,
 } from './load';
 export {
-  type ForwardOptions,
-  KVCache,
-  type LayerWeights,
-  type LinearInputHook,
+  CpuKVCache,
+  type CpuLayerWeights,
+  type CpuModelWeights,
+  type FloatTensorSource,
   layerLinearNames,
   Model,
-  type ModelWeights,
 } from './model';
 export { tensorNames } from './names';
 export {
@@ -86,3 +106,4 @@ export {
   type TextTokenizer,
   wrapLlama2cTokenizer,
 } from './tokenizer';
+export { type ModelWeights, safetensorsWeights, type TensorInfo, weightsFromMap } from './weights';

@@ -1,6 +1,7 @@
 /**
  * The GPU backend of `@q/runtime`: `createCudaModel` builds a `CausalLM` on one CUDA device.
  */
+import type { BackendFactory } from '../backend';
 import type { CausalLM } from '../lm';
 import { CudaModel, type CudaModelOptions } from './model';
 import type { CudaModelInput } from './weights';
@@ -29,3 +30,15 @@ export async function createCudaModel(
 ): Promise<CausalLM & CudaModel> {
   return CudaModel.create(source, options);
 }
+
+/**
+ * The CUDA backend for `createModel` (register it with `registerBackend('cuda', cudaBackend)`).
+ *
+ * @example
+ * ```ts
+ * registerBackend('cuda', cudaBackend);
+ * const model = await createModel(loadModel('stories260K-fptq'), { backend: 'cuda', device: 0 });
+ * ```
+ */
+export const cudaBackend: BackendFactory = (source, options) =>
+  createCudaModel(source, { ...(options.device !== undefined ? { device: options.device } : {}) });

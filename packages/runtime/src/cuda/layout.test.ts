@@ -119,7 +119,7 @@ describe('GPU layout (padding, fusion) reproduces the CPU model', () => {
     ['half', 64, 40, true],
     ['half', 96, 36, false],
   ] as const) {
-    it(`ropeStyle ${style}, headDim ${hd}, ff ${ff}, bias ${bias}`, () => {
+    it(`ropeStyle ${style}, headDim ${hd}, ff ${ff}, bias ${bias}`, async () => {
       const seed = seedOf(`layout ${style} ${hd}`);
       const c = smallConfig({
         ropeStyle: style,
@@ -131,7 +131,7 @@ describe('GPU layout (padding, fusion) reproduces the CPU model', () => {
       const w = randomWeights(c, seed);
       const rng = new Rng(seed + 1);
       const ids = Array.from({ length: 7 }, () => rng.int(c.vocabSize));
-      const ref = Model.fromFloatWeights(c, w).forward([ids]);
+      const ref = await Model.fromFloatWeights(c, w).forward([ids]);
       const got = paddedForward(c, w, ids);
       let maxErr = 0;
       let maxRef = 0;

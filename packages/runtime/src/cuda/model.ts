@@ -443,6 +443,11 @@ export class CudaModel implements CausalLM {
         'E_ARG',
         `Expected a cache capacity of at most ${this.maxContext} (the model's maxContext) but received ${capacity}`,
       );
+    if (options.pageSize !== undefined && options.pageSize !== this.pageSize)
+      throw new QError(
+        'E_ARG',
+        `Expected pageSize ${this.pageSize} (the model's, set by createCudaModel's pageSize) for the cache but received ${options.pageSize}`,
+      );
     const pages = options.pages ?? batch * Math.ceil(capacity / this.pageSize);
     const c = new CudaKVCache(this, this.layout.dims, this.config.numLayers, this.device, {
       batch,

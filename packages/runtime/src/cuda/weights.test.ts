@@ -6,28 +6,31 @@ import { DeviceTensor } from '@q/kernels-cuda';
 import { saveQuantized } from '@q/quant';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildDemoModel } from '../demo-model';
-import { loadLlama2c } from '../load';
-import { Model } from '../model';
+import { type LoadedModel, loadLlama2c } from '../load';
 import { quantizeLoaded } from '../quantize';
 import { sharedDir } from '../shared-data';
+import { weightsFromMap } from '../weights';
 import { CudaModel } from './model';
 import { DeviceArena, openWeightSource, planLayout, syntheticLayout, uploadWeights } from './weights';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'q-cuda-weights-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-function quantizedDir(name: string, recipe: string): string {
-  const demo = buildDemoModel({ numLayers: 1 });
-  const loaded = {
-    source: 'huggingface' as const,
+function demoLoaded(numLayers: number): { loaded: LoadedModel; demo: ReturnType<typeof buildDemoModel> } {
+  const demo = buildDemoModel({ numLayers });
+  const loaded: LoadedModel = {
+    source: 'llama2c',
     path: 'demo',
     config: demo.config,
-    model: Model.fromFloatWeights(demo.config, demo.weights),
     tokenizer: demo.tokenizer,
-    weights: demo.weights,
+    weights: weightsFromMap(demo.weights),
   };
+  return { loaded, demo };
+}
+
+async function quantizedDir(name: string, recipe: string): Promise<string> {
   const out = path.join(dir, name);
-  saveQuantized(out, quantizeLoaded(loaded, { recipe }).quantized);
+  saveQuantized(out, (await quantizeLoaded(demoLoaded(1).loaded, { recipe })).quantized);
   return out;
 }
 
@@ -42,8 +45,8 @@ function caught(f: () => unknown): QError {
 }
 
 describe('GPU layout of real checkpoints (no device needed)', () => {
-  it('a w4a8-rtn checkpoint: fused W4A8 groups with its plans, bytes counted', () => {
-    const src = openWeightSource(quantizedDir('rtn', 'w4a8-rtn'));
+  it('a w4a8-rtn checkpoint: fused W4A8 groups with its plans, bytes counted', async () => {
+    const src = openWeightSource(await quantizedDir('rtn', 'w4a8-rtn'));
     try {
       const L = planLayout(src);
       expect(L.layers[0]?.qkv).toMatchObject({
@@ -65,8 +68,8 @@ describe('GPU layout of real checkpoints (no device needed)', () => {
     }
   });
 
-  it('a manifest whose shapes do not match its tensors is E_FORMAT naming the layer', () => {
-    const out = quantizedDir('bad', 'w4a8-rtn');
+  it('a manifest whose shapes do not match its tensors is E_FORMAT naming the layer', async () => {
+    const out = await quantizedDir('bad', 'w4a8-rtn');
     const file = path.join(out, 'manifest.json');
     const man = JSON.parse(fs.readFileSync(file, 'utf8')) as {
       layers: { name: string; kPadded: number; n: number }[];
@@ -86,8 +89,9 @@ describe('GPU layout of real checkpoints (no device needed)', () => {
   });
 
   for (const recipe of ['w4a16', 'w8a8'])
-    it(`recipe ${recipe}: E_UNSUPPORTED naming it`, () => {
-      const e = caught(() => planLayout(openWeightSource(quantizedDir(recipe, recipe))));
+    it(`recipe ${recipe}: E_UNSUPPORTED naming it`, async () => {
+      const out = await quantizedDir(recipe, recipe);
+      const e = caught(() => planLayout(openWeightSource(out)));
       expect(e.code).toBe('E_UNSUPPORTED');
       expect(e.message).toContain(`no GPU kernel for recipe ${recipe}`);
     });
@@ -148,21 +152,10 @@ describe('uploadWeights prepares every tensor in the planned layout (recording u
     return { layout, w, bytes };
   }
 
-  it('W4A8 (fptq on the demo model): fused, padded, packed; bytes as estimated', () => {
-    const demo = buildDemoModel({ numLayers: 2 });
-    const loaded = {
-      source: 'huggingface' as const,
-      path: 'demo',
-      config: demo.config,
-      model: Model.fromFloatWeights(demo.config, demo.weights),
-      tokenizer: demo.tokenizer,
-      weights: demo.weights,
-    };
-    const q = quantizeLoaded(loaded, {
-      recipe: 'fptq',
-      calibText: demo.calibText,
-      calibTokens: 512,
-    }).quantized;
+  it('W4A8 (fptq on the demo model): fused, padded, packed; bytes as estimated', async () => {
+    const { loaded, demo } = demoLoaded(2);
+    const run = await quantizeLoaded(loaded, { recipe: 'fptq', calibText: demo.calibText, calibTokens: 512 });
+    const q = run.quantized;
     const { layout, w, bytes } = record(openWeightSource({ quantized: q }));
     const L0 = w.layers[0];
     expect(L0?.qkv.kind).toBe('w4a8');
@@ -188,7 +181,7 @@ describe('uploadWeights prepares every tensor in the planned layout (recording u
     expect(bytes).toBe(layout.weightBytes);
   });
 
-  it('W4A8 stories260K (fptq g64): o_proj groups re-laid for padded heads', () => {
+  it('W4A8 stories260K (fptq g64): o_proj groups re-laid for padded heads', async () => {
     const shared = sharedDir();
     const file = shared ? path.join(shared, 'models', 'stories260K', 'stories260K.bin') : '';
     const text = shared ? path.join(shared, 'data', 'tinystories-valid-sample.txt') : '';
@@ -197,12 +190,14 @@ describe('uploadWeights prepares every tensor in the planned layout (recording u
       return;
     }
     const loaded = loadLlama2c(file);
-    const q = quantizeLoaded(loaded, {
-      recipe: 'fptq',
-      groupSize: 64,
-      calibText: fs.readFileSync(text, 'utf8').slice(0, 4000),
-      calibTokens: 1024,
-    }).quantized;
+    const q = (
+      await quantizeLoaded(loaded, {
+        recipe: 'fptq',
+        groupSize: 64,
+        calibText: fs.readFileSync(text, 'utf8').slice(0, 4000),
+        calibTokens: 1024,
+      })
+    ).quantized;
     const { layout, w } = record(openWeightSource({ quantized: q }));
     const o = w.layers[0]?.o;
     expect(o?.kind).toBe('w4a8');

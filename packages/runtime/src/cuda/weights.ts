@@ -36,6 +36,7 @@ import {
   type QuantizedModel,
   readManifest,
 } from '@q/quant';
+import type { ModelSourceData } from '../backend';
 import { ropeInvFreq } from '../cpu/ops';
 import { layerLinearNames } from '../model';
 import {
@@ -79,9 +80,13 @@ export interface WeightSource {
   close(): void;
 }
 
-/** What `createCudaModel` accepts: a model path, or a loaded model (`{ config, weights, recipe?, plans? }`). */
+/**
+ * What `createCudaModel` accepts: a model path, what `loadModel` returns or a `QuantizedModel` in memory
+ * (`ModelSourceData`, as `createModel` passes it), or tensors by name (`{ config, weights, recipe?, plans? }`).
+ */
 export type CudaModelInput =
   | string
+  | ModelSourceData
   | WeightSource
   | {
       readonly config: ModelConfig;
@@ -125,6 +130,19 @@ function fromMap(
  */
 export function openWeightSource(input: CudaModelInput): WeightSource {
   if (typeof input !== 'string') {
+    if ('source' in input && typeof input.source === 'string') {
+      if (input.source === 'quantized') return openWeightSource({ quantized: input.weights });
+      const w = input.weights;
+      return {
+        config: input.config,
+        info: (n) => (w.has(n) ? w.info(n) : undefined),
+        read: (n) => w.get(n),
+        // The loaded model owns its files; its caller closes them.
+        close: () => {},
+      };
+    }
+    if ('linears' in input && 'plans' in input && 'tensors' in input)
+      return openWeightSource({ quantized: input });
     if ('quantized' in input) {
       const q = input.quantized;
       const all = new Map<string, HostTensor>(q.tensors);

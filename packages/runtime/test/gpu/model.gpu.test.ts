@@ -6,18 +6,20 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type ModelConfig, QError, Rng, type Tensor } from '@q/core';
+import { type ModelConfig, QError, Rng } from '@q/core';
 import { gpuStatus, memoryInfo } from '@q/kernels-cuda';
 import { saveQuantized } from '@q/quant';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createCpuModel } from '../../src/backend';
 import { type CudaModel, createCudaModel } from '../../src/cuda';
 import { buildDemoModel } from '../../src/demo-model';
-import { loadLlama2c } from '../../src/load';
+import { type LoadedModel, loadLlama2c } from '../../src/load';
 import { Model } from '../../src/model';
 import { quantizeLoaded } from '../../src/quantize';
 import { sharedDir } from '../../src/shared-data';
 import { wordLevelTokenizerJson, writeHfModel } from '../../src/testing/hf-fixture';
 import { randomWeights, smallConfig } from '../../src/testing/random-model';
+import { weightsFromMap } from '../../src/weights';
 
 const status = gpuStatus();
 if (!status.available) console.warn(`GPU model tests skipped: ${status.reason}`);
@@ -124,7 +126,7 @@ async function checkBf16(
   prompt: readonly number[],
 ): Promise<void> {
   const V = cpu.config.vocabSize;
-  const ref = cpu.forward([prompt]);
+  const ref = await cpu.forward([prompt]);
   const got = await gpu.forward([prompt]);
   const d = diff(got, ref, V);
   console.log(
@@ -136,7 +138,7 @@ async function checkBf16(
   // Teacher-forced CPU logits over the GPU's continuation: every GPU token must be the CPU argmax, except where
   // the CPU's own top two are closer than the bf16 error measured on that very row (a tie within precision).
   const all = [...prompt, ...gen];
-  const cpuLogits = cpu.forward([all]);
+  const cpuLogits = await cpu.forward([all]);
   const gpuLogits = await gpu.forward([all]);
   const rowErr = diff(gpuLogits, cpuLogits, V).rowMax;
   let ties = 0;
@@ -168,7 +170,7 @@ describe.skipIf(noGpu)('CudaModel bf16 against the CPU f32 model', () => {
         loaded.config.bosTokenId,
         ...Array.from({ length: 23 }, () => 3 + rng.int(loaded.config.vocabSize - 3)),
       ];
-      await checkBf16('stories260K', loaded.model, gpu, prompt);
+      await checkBf16('stories260K', createCpuModel(loaded), gpu, prompt);
     } finally {
       await gpu.dispose();
     }
@@ -383,6 +385,16 @@ describe.skipIf(noGpu)('decode, ragged batches and CUDA graphs', () => {
   });
 });
 
+function demoLoaded(demo: ReturnType<typeof buildDemoModel>): LoadedModel {
+  return {
+    source: 'llama2c',
+    path: 'demo',
+    config: demo.config,
+    tokenizer: demo.tokenizer,
+    weights: weightsFromMap(demo.weights),
+  };
+}
+
 /** Tokens of the evaluation text as `n` sequences of `len` (BOS first). */
 function evalBatches(ids: readonly number[], bos: number, n: number, len: number): number[][] {
   const out: number[][] = [];
@@ -397,7 +409,8 @@ async function checkW4A8(
   evalIds: readonly number[],
   seqLen: number,
 ): Promise<void> {
-  const run = quantizeLoaded(loaded, { recipe: 'fptq', groupSize: 64, calibText, calibTokens: 4096 });
+  const run = await quantizeLoaded(loaded, { recipe: 'fptq', groupSize: 64, calibText, calibTokens: 4096 });
+  const cpuModel = createCpuModel(run.quantized);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `q-gpu-${label}-`));
   const out = path.join(dir, 'fptq');
   try {
@@ -418,7 +431,7 @@ async function checkW4A8(
       let nllCpu = 0;
       let nllGpu = 0;
       for (const s of seqs) {
-        const cpu = run.model.forward([s]);
+        const cpu = await cpuModel.forward([s]);
         const g = gpuLogits.subarray(row * V, (row + s.length) * V);
         for (let t = 0; t < s.length; t++) {
           agree += argmaxRow(cpu, t, V) === argmaxRow(g, t, V) ? 1 : 0;
@@ -455,14 +468,7 @@ describe.skipIf(noGpu)('CudaModel W4A8 against the exact CPU quantized path (fpt
 
   it('the q demo model', async () => {
     const demo = buildDemoModel();
-    const loaded = {
-      source: 'huggingface' as const,
-      path: 'demo',
-      config: demo.config,
-      model: Model.fromFloatWeights(demo.config, demo.weights),
-      tokenizer: demo.tokenizer,
-      weights: demo.weights as ReadonlyMap<string, Tensor>,
-    };
+    const loaded = demoLoaded(demo);
     await checkW4A8('demo', loaded, demo.calibText, demo.tokenizer.encode(demo.evalText), 256);
   });
 });
@@ -526,15 +532,8 @@ describe.skipIf(noGpu)('bad input', () => {
 
   it('a manifest whose shapes do not match its tensors is E_FORMAT', async () => {
     const demo = buildDemoModel({ numLayers: 1 });
-    const loaded = {
-      source: 'huggingface' as const,
-      path: 'demo',
-      config: demo.config,
-      model: Model.fromFloatWeights(demo.config, demo.weights),
-      tokenizer: demo.tokenizer,
-      weights: demo.weights as ReadonlyMap<string, Tensor>,
-    };
-    const run = quantizeLoaded(loaded, { recipe: 'w4a8-rtn', groupSize: 128 });
+    const loaded = demoLoaded(demo);
+    const run = await quantizeLoaded(loaded, { recipe: 'w4a8-rtn', groupSize: 128 });
     const out = path.join(dir, 'rtn');
     saveQuantized(out, run.quantized);
     const file = path.join(out, 'manifest.json');
@@ -551,15 +550,8 @@ describe.skipIf(noGpu)('bad input', () => {
   for (const recipe of ['w4a16', 'w8a8']) {
     it(`recipe ${recipe} has no GPU kernel: a clear error naming it`, async () => {
       const demo = buildDemoModel({ numLayers: 1 });
-      const loaded = {
-        source: 'huggingface' as const,
-        path: 'demo',
-        config: demo.config,
-        model: Model.fromFloatWeights(demo.config, demo.weights),
-        tokenizer: demo.tokenizer,
-        weights: demo.weights as ReadonlyMap<string, Tensor>,
-      };
-      const run = quantizeLoaded(loaded, { recipe });
+      const loaded = demoLoaded(demo);
+      const run = await quantizeLoaded(loaded, { recipe });
       const out = path.join(dir, recipe);
       saveQuantized(out, run.quantized);
       const before = memoryInfo(0).free;
