@@ -109,6 +109,9 @@ describe('GPU layout of real checkpoints (no device needed)', () => {
     const S = planLayout(openWeightSource(file));
     expect(S.dims).toMatchObject({ hd: 8, P: 64, ff: 172, ffP: 176 });
     expect(S.tiedHead).toBe(true);
+    // What loadModel returns (createModel's source) plans the same as the path.
+    const fromLoaded = planLayout(openWeightSource(loadLlama2c(file)));
+    expect(fromLoaded.weightBytes).toBe(S.weightBytes);
   });
 
   it('memory plan: weights + cache (maxBatch × maxContext) + workspace, from the layout alone', () => {
