@@ -347,8 +347,19 @@ export function storedLinear(src: WeightSource, name: string, n: number, k: numb
   };
 }
 
+/** The seven stored linears of one layer: q, k, v, o, gate, up, down. */
+type StoredLayer = [
+  StoredLinear,
+  StoredLinear,
+  StoredLinear,
+  StoredLinear,
+  StoredLinear,
+  StoredLinear,
+  StoredLinear,
+];
+
 /** Stored linears of layer i in forward order (q, k, v, o, gate, up, down). */
-function storedLayer(src: WeightSource, i: number, dims: DeviceDims): StoredLinear[] {
+function storedLayer(src: WeightSource, i: number, dims: DeviceDims): StoredLayer {
   const { d, hd, nh, nkv, ff } = dims;
   const shapes: [number, number][] = [
     [nh * hd, d],
@@ -377,7 +388,14 @@ function storedLayer(src: WeightSource, i: number, dims: DeviceDims): StoredLine
       });
     }
     return storedLinear(src, name, n, k);
-  });
+  }) as StoredLayer;
+}
+
+/** Device bytes of one fused linear of a layout: bf16 [n, kFloat] or packed int4 with its scales. */
+function linearBytes(kind: LinearKind, n: number, kFloat: number): number {
+  return kind.kind === 'bf16'
+    ? n * kFloat * 2
+    : int4DeviceBytes(n, kind.kPadded, kind.kPadded / kind.groupSize, kind.intScale);
 }
 
 /** Device kPadded of o_proj and down_proj (their K moves: padded heads, padded MLP width). */
@@ -424,20 +442,9 @@ export function planLayout(src: WeightSource): ModelLayout {
   const recipe = src.recipe ?? 'float';
   const layers: LayerLayout[] = [];
   let bytes = 0;
-  const linBytes = (kind: LinearKind, n: number, kFloat: number): number =>
-    kind.kind === 'bf16'
-      ? n * kFloat * 2
-      : int4DeviceBytes(n, kind.kPadded, kind.kPadded / kind.groupSize, kind.intScale);
+  const linBytes = linearBytes;
   for (let i = 0; i < c.numLayers; i++) {
-    const [q, k, v, o, g, u, dn] = storedLayer(src, i, dims) as [
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-    ];
+    const [q, k, v, o, g, u, dn] = storedLayer(src, i, dims);
     const qkvKind = withK(groupKind([q, k, v], recipe), perChannelK(groupKind([q, k, v], recipe)));
     const oKind0 = groupKind([o], recipe);
     const oKind = withK(oKind0, oLayout(oKind0, dims));
@@ -735,15 +742,7 @@ export function uploadWeights(
   const layers: DeviceLayer[] = [];
   for (let i = 0; i < c.numLayers; i++) {
     const L = layout.layers[i] as LayerLayout;
-    const [q, k, v, o, g, u, dn] = storedLayer(src, i, dims) as StoredLinear[] as [
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-      StoredLinear,
-    ];
+    const [q, k, v, o, g, u, dn] = storedLayer(src, i, dims);
     const p = `model.layers.${i}`;
     const oK =
       L.o.kind === 'w4a8' && (dims.P !== dims.hd || L.o.kPadded !== o.kPadded)
@@ -828,8 +827,7 @@ export function syntheticLayout(c: ModelConfig, path: 'w4a8' | 'bf16'): ModelLay
     down: kind(P.down, dims.ffP),
     qkvBias: false,
   };
-  const linBytes = (k: LinearKind, n: number, kf: number): number =>
-    k.kind === 'bf16' ? n * kf * 2 : int4DeviceBytes(n, k.kPadded, k.kPadded / k.groupSize, true);
+  const linBytes = linearBytes;
   const perLayer =
     linBytes(layer.qkv, dims.qkvN, dims.d) +
     linBytes(layer.o, dims.d, dims.nh * dims.P) +
