@@ -3,6 +3,7 @@ export * from './bench';
 export type { NativeArLayout, NativeBinding, NativeDeviceProperties } from './binding';
 export * from './device';
 export * from './llama-ops';
+export * from './fill';
 export * from './native';
 export * from './ops';
 export * from './pack';

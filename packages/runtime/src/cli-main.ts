@@ -8,6 +8,7 @@ import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
 import { createModel } from './backend';
+import { benchE2e, type E2eShape, formatE2eTable, writeE2eJson } from './bench-e2e';
 import { formatDemoTable, runDemo } from './demo';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
@@ -556,6 +557,48 @@ Examples:
         io.stderr(`results written to ${json}\n`);
       }
     });
+  bench
+    .command('e2e')
+    .description(
+      'the whole model: q W4A8 and q bf16 side by side (TTFT, decode tok/s, request tok/s, memory)',
+    )
+    .option('--model <path>', 'a model directory or file (default: random weights drawn on the device)')
+    .addOption(
+      new Option('--shape <name>', 'model shape of the random weights')
+        .choices(['llama2-7b', 'llama3-8b', 'llama2-70b'])
+        .default('llama2-7b'),
+    )
+    .option('--json [file]', 'also write the results as JSON (default file: bench-results/e2e.json)')
+    .option('--breakdown', 'time each kernel of one decode step and one 2048-token prefill')
+    .option('--device <n>', 'CUDA device', int('--device', 0), 0)
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q bench e2e\n  q bench e2e --shape llama3-8b --json\n  q bench e2e --shape llama2-70b --breakdown',
+    )
+    .action(
+      async (o: {
+        model?: string;
+        shape: E2eShape;
+        json?: string | true;
+        breakdown?: boolean;
+        device: number;
+      }) => {
+        const r = await benchE2e({
+          shape: o.shape,
+          device: o.device,
+          ...(o.model !== undefined ? { model: o.model } : {}),
+          ...(o.breakdown ? { breakdown: true } : {}),
+          log: (line) => io.stderr(`${line}\n`),
+        });
+        out(formatE2eTable(r));
+        const json = jsonPath(o.json, 'e2e');
+        if (json) {
+          fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+          writeE2eJson(json, r);
+          io.stderr(`results written to ${json}\n`);
+        }
+      },
+    );
   program
     .command('launch')
     .description('start one process per GPU with the rendezvous environment set')
