@@ -7,9 +7,10 @@ import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
-import { createModel } from './backend';
+import { type CreateModelOptions, createModel } from './backend';
 import { benchE2e, type E2eShape, formatE2eTable, writeE2eJson } from './bench-e2e';
 import { formatDemoTable, runDemo } from './demo';
+import { resolveDevice } from './device';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
@@ -76,6 +77,13 @@ const num =
       throw new InvalidArgumentError(`Expected ${what} for ${name} but received ${JSON.stringify(v)}`);
     return n;
   };
+
+/** `--device` as createModel options, saying in one line on stderr where the model runs. */
+function modelOptions(flag: string | undefined, io: CliIO): CreateModelOptions {
+  const { device, line } = resolveDevice(flag);
+  io.stderr(`${line}\n`);
+  return device.backend === 'cpu' ? { backend: 'cpu' } : { backend: 'cuda', device: device.index };
+}
 
 function readText(file: string, option: string): string {
   try {
@@ -300,6 +308,7 @@ Examples:
     .option('--compare <model>', 'reference model (e.g. the float model) for top-1 agreement and KL')
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
     .option('--json', 'print one JSON object {ppl, tokens, ...}, no progress bars')
+    .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
       '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json',
@@ -307,12 +316,20 @@ Examples:
     .action(
       async (
         modelPath: string,
-        o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean },
+        o: {
+          text: string;
+          ctx?: number;
+          compare?: string;
+          tokenizer?: string;
+          json?: boolean;
+          device?: string;
+        },
       ) => {
         const m = load(modelPath, o);
         const ref = o.compare !== undefined ? load(o.compare, o) : undefined;
-        const model = await createModel(m);
-        const refModel = ref ? await createModel(ref) : undefined;
+        const on = modelOptions(o.device, io);
+        const model = await createModel(m, on);
+        const refModel = ref ? await createModel(ref, on) : undefined;
         const ids = m.tokenizer.encode(readText(o.text, '--text'));
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
         const bar = progress(io, !o.json);
@@ -365,6 +382,7 @@ Examples:
     .option('--seed <s>', 'seed of the sampler', int('--seed', 0), 0)
     .option('--chat', 'wrap the prompt in the model chat template (Hugging Face tokenizers with one)')
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
+    .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
       '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
@@ -381,9 +399,11 @@ Examples:
           seed: number;
           chat?: boolean;
           tokenizer?: string;
+          device?: string;
         },
       ) => {
         const m = load(modelPath, o);
+        const on = modelOptions(o.device, io);
         let text = o.prompt;
         if (o.chat) {
           if (!m.tokenizer.applyChatTemplate)
@@ -401,7 +421,7 @@ Examples:
           );
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
-        const model = await createModel(m);
+        const model = await createModel(m, on);
         io.stdout(o.prompt);
         try {
           for await (const id of generate(model, promptIds, {

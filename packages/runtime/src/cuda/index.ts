@@ -2,6 +2,7 @@
  * The GPU backend of `@q/runtime`: `createCudaModel` builds a `CausalLM` on one CUDA device.
  */
 import type { BackendFactory } from '../backend';
+import { resolveDevice } from '../device';
 import type { CausalLM } from '../lm';
 import { CudaModel, type CudaModelOptions } from './model';
 import type { CudaModelInput } from './weights';
@@ -40,5 +41,12 @@ export async function createCudaModel(
  * const model = await createModel(loadModel('stories260K-fptq'), { backend: 'cuda', device: 0 });
  * ```
  */
-export const cudaBackend: BackendFactory = (source, options) =>
-  createCudaModel(source, { ...(options.device !== undefined ? { device: options.device } : {}) });
+export const cudaBackend: BackendFactory = (source, options) => {
+  // The same reason `--device cuda` gives, before any loading: no driver, no addon, no device.
+  resolveDevice(`cuda:${options.device ?? 0}`);
+  return createCudaModel(source, {
+    ...(options.device !== undefined ? { device: options.device } : {}),
+    ...(options.maxBatch !== undefined ? { maxBatch: options.maxBatch } : {}),
+    ...(options.maxContext !== undefined ? { maxContext: options.maxContext } : {}),
+  });
+};

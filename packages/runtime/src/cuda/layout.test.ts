@@ -31,7 +31,11 @@ function seedOf(label: string): number {
  * The forward pass exactly as the GPU model lays it out (fused, zero-padded q/k/v, heads padded to P with the
  * RoPE-aware row order, o_proj columns padded, MLP width padded), in f32 on the CPU: it must equal the CPU Model.
  */
-function paddedForward(c: ModelConfig, w: Map<string, Tensor<'f32'>>, ids: readonly number[]): Float32Array {
+async function paddedForward(
+  c: ModelConfig,
+  w: Map<string, Tensor<'f32'>>,
+  ids: readonly number[],
+): Promise<Float32Array> {
   const dims = deviceDims(c);
   const { d, hd, P, nh, nkv, ff, ffP, qkvN } = dims;
   const maps = fusedRowMaps(c, dims);
@@ -70,7 +74,7 @@ function paddedForward(c: ModelConfig, w: Map<string, Tensor<'f32'>>, ids: reado
     const wd = padMatrix(get(`${dn}.weight`), d, ff, null, downCols);
     const p = `model.layers.${l}`;
     const h = rmsNorm(x, T, d, get(`${p}.input_layernorm.weight`), c.rmsNormEps);
-    const qkv = matmulT(h, T, d, wqkv, qkvN, bqkv);
+    const qkv = await matmulT(h, T, d, wqkv, qkvN, bqkv);
     for (let r = 0; r < T; r++) {
       rope.apply(qkv, r * qkvN, nh, r, c.ropeStyle);
       rope.apply(qkv, r * qkvN + nh * P, nkv, r, c.ropeStyle);
@@ -94,22 +98,22 @@ function paddedForward(c: ModelConfig, w: Map<string, Tensor<'f32'>>, ids: reado
           att[r * nh * P + hh * P + i] = acc;
         }
       }
-    const ao = matmulT(att, T, nh * P, wo, d);
+    const ao = await matmulT(att, T, nh * P, wo, d);
     for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (ao[i] as number);
     const h2 = rmsNorm(x, T, d, get(`${p}.post_attention_layernorm.weight`), c.rmsNormEps);
-    const gu = matmulT(h2, T, d, wgu, 2 * ffP);
+    const gu = await matmulT(h2, T, d, wgu, 2 * ffP);
     const act = new Float32Array(T * ffP);
     for (let r = 0; r < T; r++)
       for (let j = 0; j < ffP; j++) {
         const a = gu[r * 2 * ffP + j] as number;
         act[r * ffP + j] = (a / (1 + Math.exp(-a))) * (gu[r * 2 * ffP + ffP + j] as number);
       }
-    const dd = matmulT(act, T, ffP, wd, d);
+    const dd = await matmulT(act, T, ffP, wd, d);
     for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (dd[i] as number);
   }
   const hf = rmsNorm(x, T, d, get('model.norm.weight'), c.rmsNormEps);
   const head = c.tieWordEmbeddings ? get('model.embed_tokens.weight') : get('lm_head.weight');
-  return matmulT(hf, T, d, head, c.vocabSize);
+  return await matmulT(hf, T, d, head, c.vocabSize);
 }
 
 describe('GPU layout (padding, fusion) reproduces the CPU model', () => {
@@ -132,7 +136,7 @@ describe('GPU layout (padding, fusion) reproduces the CPU model', () => {
       const rng = new Rng(seed + 1);
       const ids = Array.from({ length: 7 }, () => rng.int(c.vocabSize));
       const ref = await Model.fromFloatWeights(c, w).forward([ids]);
-      const got = paddedForward(c, w, ids);
+      const got = await paddedForward(c, w, ids);
       let maxErr = 0;
       let maxRef = 0;
       for (let i = 0; i < ref.length; i++) {

@@ -16,6 +16,7 @@
  *   lmHead(rmsNorm(x, finalNorm))          addRmsNorm(x += r, finalNorm → bf16); gemmHalf → f32 logits
  */
 import { type DType, type ModelConfig, QError } from '@q/core';
+import * as kernels from '@q/kernels-cuda';
 import {
   addBias,
   DeviceTensor,
@@ -39,7 +40,6 @@ import {
   StepIO,
   type StepViews,
 } from './graph-runner';
-import { kernels, requireModelKernels } from './kernels-pending';
 import type { LinearKind, ModelLayout } from './layout';
 import {
   type CudaModelInput,
@@ -341,7 +341,6 @@ export class CudaModel implements CausalLM {
     options: CudaModelOptions,
     makeWeights: (arena: DeviceArena, stream: Stream, device: number, layout: ModelLayout) => DeviceWeights,
   ): CudaModel {
-    requireModelKernels();
     const device = options.device ?? 0;
     const pos = (v: number | undefined, name: string, dflt: number): number => {
       const x = v ?? dflt;
