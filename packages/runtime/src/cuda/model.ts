@@ -144,7 +144,7 @@ function workspaceShapes(
     hLast: ['bf16', [maxSeqs, d]],
     logits: ['f32', [logitRows, vocab]],
     outIds: ['i32', [maxSeqs]],
-    attnWs: ['u8', [Math.max(16, attnWsBytes)]],
+    attnWs: ['f32', [Math.max(4, Math.ceil(attnWsBytes / 4))]],
     logitRows,
     qCols,
   };

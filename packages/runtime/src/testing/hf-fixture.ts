@@ -81,6 +81,7 @@ export function hfConfigJson(c: ModelConfig): Record<string, unknown> {
     num_hidden_layers: c.numLayers,
     num_attention_heads: c.numHeads,
     num_key_value_heads: c.numKvHeads,
+    head_dim: c.headDim,
     vocab_size: c.vocabSize,
     max_position_embeddings: c.maxSeqLen,
     rms_norm_eps: c.rmsNormEps,
