@@ -5,13 +5,15 @@ import { isQError, QError, writeFileAtomic } from '@q/core';
 import * as kernels from '@q/kernels-cuda';
 import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import pkg from '../package.json';
+import { int, num } from './cli-options';
 import { formatDemoTable, runDemo } from './demo';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
 import { quantizeLoaded, saveQuantizedModel } from './quantize';
+import { benchServeCommand, serveCommand } from './server/cli';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -55,25 +57,6 @@ function progress(io: CliIO, enabled: boolean): Progress {
     },
   };
 }
-
-const int =
-  (name: string, min = 1) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min)
-      throw new InvalidArgumentError(
-        `Expected an integer >= ${min} for ${name} but received ${JSON.stringify(v)}`,
-      );
-    return n;
-  };
-const num =
-  (name: string, ok: (n: number) => boolean, what: string) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || !ok(n))
-      throw new InvalidArgumentError(`Expected ${what} for ${name} but received ${JSON.stringify(v)}`);
-    return n;
-  };
 
 function readText(file: string, option: string): string {
   try {
@@ -453,7 +436,12 @@ Examples:
       },
     );
 
-  const bench = program.command('bench').description('GPU benchmarks (need the CUDA addon and a GPU)');
+  program.addCommand(serveCommand(io));
+
+  const bench = program
+    .command('bench')
+    .description('benchmarks: GEMM and all-reduce on the GPU (need the CUDA addon), serving load');
+  bench.addCommand(benchServeCommand(io));
   const jsonPath = (v: string | true | undefined, name: string): string | undefined =>
     v === undefined ? undefined : v === true ? path.join('bench-results', `${name}.json`) : v;
   bench

@@ -27,6 +27,19 @@ export {
   runDemo,
 } from './demo';
 export { buildDemoModel, type DemoModel, type DemoModelOptions, demoText, demoTokenizer } from './demo-model';
+export {
+  asCausalLM,
+  type FinishReason,
+  Generator,
+  type GeneratorOptions,
+  type GeneratorStats,
+  type OpenedModel,
+  openModel,
+  type SamplingParams,
+  type SequenceHandle,
+  type SequenceOptions,
+  type StepInfo,
+} from './engine';
 export { type EvalOptions, type EvalResult, evaluatePerplexity } from './evaluate';
 export { argmax, type GenerateOptions, generate, sampleToken } from './generate';
 export {
@@ -60,6 +73,19 @@ export {
   type SaveQuantizedOptions,
   saveQuantizedModel,
 } from './quantize';
+export {
+  ApiError,
+  type BenchServeOptions,
+  type BenchServeResult,
+  benchServe,
+  chatPromptIds,
+  formatBenchServe,
+  plainChatTemplate,
+  type ServeOptions,
+  type Server,
+  StopMatcher,
+  startServer,
+} from './server';
 export {
   type ChatMessage,
   findLlama2cTokenizer,

@@ -208,8 +208,10 @@ describe('Generator', () => {
   });
 
   it('refuses with E_BUSY when the waiting queue is full, E_ARG for requests that cannot run', async () => {
+    // One free slot and two waiting places: the fourth request is one too many.
     const gen = generator({ maxBatch: 1, maxWaiting: 2 });
     const p = [config.bosTokenId, 4, 5];
+    gen.add(p, { maxTokens: 4 });
     gen.add(p, { maxTokens: 4 });
     gen.add(p, { maxTokens: 4 });
     let err: unknown;

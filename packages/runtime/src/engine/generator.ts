@@ -16,7 +16,10 @@ export interface GeneratorOptions {
   readonly pages?: number;
   /** Prompt tokens computed per step over all prefilling sequences (default 512). */
   readonly prefillChunk?: number;
-  /** Requests allowed to wait for a slot; one more is refused with `E_BUSY` (default 256). */
+  /**
+   * Requests allowed to wait for a slot beyond those the free slots take at the next step; one more is
+   * refused with `E_BUSY` (default 256).
+   */
   readonly maxWaiting?: number;
   /** Called after every step (metrics, tracing). */
   readonly onStep?: (info: StepInfo) => void;

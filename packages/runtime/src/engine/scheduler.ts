@@ -4,7 +4,7 @@ import type { Sequence } from './sequence';
 
 /** Options of the scheduler. */
 export interface SchedulerOptions {
-  /** Sequences allowed to wait for a slot; one more is refused with `E_BUSY`. */
+  /** Sequences allowed to wait for a slot (beyond those the free slots take at the next step). */
   readonly maxWaiting: number;
   /** Prompt tokens computed per step, over all sequences still prefilling. */
   readonly prefillChunk: number;
@@ -46,9 +46,12 @@ export class Scheduler {
     return this.running.length > 0 || this.waiting.length > 0;
   }
 
-  /** Queues a sequence, or throws `E_BUSY` when the waiting queue is full. */
+  /**
+   * Queues a sequence, or throws `E_BUSY` when the waiting queue is full: when `maxWaiting` sequences would
+   * still wait after the next step has filled the free slots.
+   */
   enqueue(seq: Sequence): void {
-    if (this.waiting.length >= this.options.maxWaiting)
+    if (this.waiting.length >= this.options.maxWaiting + this.blocks.freeSlotCount)
       throw new QError(
         'E_BUSY',
         `Expected fewer than ${this.options.maxWaiting} waiting requests for the queue but received one more`,

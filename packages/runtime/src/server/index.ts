@@ -1,0 +1,14 @@
+export { type ServeOptions, type Server, startServer } from './app';
+export {
+  type BenchServeOptions,
+  type BenchServeResult,
+  benchServe,
+  formatBenchServe,
+  type LatencyStats,
+} from './bench';
+export { chatPromptIds, plainChatTemplate } from './chat-template';
+export { benchServeCommand, serveCommand } from './cli';
+export { ApiError, type OpenAIErrorBody } from './errors';
+export { type RequestOutcome, ServerMetrics } from './metrics';
+export { chatRequestSchema, completionRequestSchema } from './schema';
+export { StopMatcher } from './stop-strings';
