@@ -13,7 +13,7 @@ import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
 import { quantizeLoaded, saveQuantizedModel } from './quantize';
-import { benchServeCommand, serveCommand } from './server/cli';
+import { addBenchServeCommand, addServeCommand } from './server/cli';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -436,12 +436,12 @@ Examples:
       },
     );
 
-  program.addCommand(serveCommand(io));
+  addServeCommand(program, io);
 
   const bench = program
     .command('bench')
     .description('benchmarks: GEMM and all-reduce on the GPU (need the CUDA addon), serving load');
-  bench.addCommand(benchServeCommand(io));
+  addBenchServeCommand(bench, io);
   const jsonPath = (v: string | true | undefined, name: string): string | undefined =>
     v === undefined ? undefined : v === true ? path.join('bench-results', `${name}.json`) : v;
   bench

@@ -113,9 +113,12 @@ export async function startServer(options: ServeOptions): Promise<Server> {
         { code: 'invalid_api_key', headers: { 'www-authenticate': 'Bearer' } },
       );
   });
+  // Responses that complete are counted here; those whose client left first, where they notice it (499).
   app.addHook('onResponse', async (request, reply) => {
     m.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: String(reply.statusCode) });
   });
+  const clientLeft = (request: FastifyRequest) =>
+    m.requests.inc({ route: request.routeOptions.url ?? 'unknown', status: '499' });
   app.setErrorHandler((error, _request, reply) => {
     const e = toApiError(error);
     if (e.status >= 500)
@@ -271,6 +274,7 @@ export async function startServer(options: ServeOptions): Promise<Server> {
         });
       if (e instanceof CompletionAborted) {
         // Nobody to answer: the socket is closed already.
+        clientLeft(reply.request);
         reply.hijack();
         reply.raw.destroy();
         return;
@@ -353,7 +357,6 @@ export async function startServer(options: ServeOptions): Promise<Server> {
     const send = (data: unknown) => {
       if (!res.destroyed) res.write(`data: ${JSON.stringify(data)}\n\n`);
     };
-    let status = 200;
     try {
       if (kind === 'chat') send(chunk('', null, true));
       let result: CompletionResult;
@@ -379,9 +382,9 @@ export async function startServer(options: ServeOptions): Promise<Server> {
           },
         });
     } catch (e) {
-      if (clientGone.aborted) {
-        status = 499; // nginx's "client closed request": nobody is reading
-      } else {
+      // A client that went away gets nothing more.
+      if (clientGone.aborted) clientLeft(reply.request);
+      else {
         // Headers are gone: the error travels as an event, which OpenAI's clients raise as an error.
         const err =
           e instanceof CompletionAborted
@@ -391,13 +394,10 @@ export async function startServer(options: ServeOptions): Promise<Server> {
             : toApiError(e);
         if (err.status >= 500 && !(e instanceof CompletionAborted))
           options.log?.(`q serve: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-        status = err.status;
         send(err.body);
       }
     } finally {
       if (!res.destroyed) res.end('data: [DONE]\n\n');
-      // A hijacked reply skips fastify's response hooks: count it here.
-      m.requests.inc({ route: routeOf(kind), status: String(status) });
     }
   }
 
@@ -428,8 +428,4 @@ export async function startServer(options: ServeOptions): Promise<Server> {
       await generator.close();
     },
   };
-}
-
-function routeOf(kind: 'chat' | 'text'): string {
-  return kind === 'chat' ? '/v1/chat/completions' : '/v1/completions';
 }

@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { QError, writeFileAtomic } from '@q/core';
-import { Command } from 'commander';
+import type { Command } from 'commander';
 import type { CliIO } from '../cli-main';
 import { int } from '../cli-options';
 import { openModel } from '../engine/cpu-adapter';
@@ -45,15 +45,17 @@ function untilSignal(again: () => void): { promise: Promise<string>; dispose: ()
 }
 
 /**
- * `q serve`: an OpenAI-compatible server on a model, until SIGINT or SIGTERM (then a graceful shutdown).
+ * Adds `q serve` to a program: an OpenAI-compatible server on a model, until SIGINT or SIGTERM (then a
+ * graceful shutdown).
  *
  * @example
  * ```ts
- * program.addCommand(serveCommand(io));
+ * addServeCommand(program, io);
  * ```
  */
-export function serveCommand(io: CliIO): Command {
-  return new Command('serve')
+export function addServeCommand(program: Command, io: CliIO): Command {
+  return program
+    .command('serve')
     .description('an OpenAI-compatible HTTP server with continuous batching and streaming')
     .argument('<model>', 'model or quantized directory, or "demo" for the embedded demo model')
     .option('--host <host>', 'interface to listen on (0.0.0.0 for every interface)', '127.0.0.1')
@@ -145,16 +147,17 @@ Examples:
 }
 
 /**
- * `q bench serve`: a streaming load generator against a server (`--url`), or against one it starts
- * in-process on `--model`.
+ * Adds `serve` to `q bench`: a streaming load generator against a server (`--url`), or against one it
+ * starts in-process on `--model`.
  *
  * @example
  * ```ts
- * bench.addCommand(benchServeCommand(io));
+ * addBenchServeCommand(bench, io);
  * ```
  */
-export function benchServeCommand(io: CliIO): Command {
-  return new Command('serve')
+export function addBenchServeCommand(bench: Command, io: CliIO): Command {
+  return bench
+    .command('serve')
     .description(
       'load an OpenAI-compatible server: output tokens/s, requests/s, TTFT and inter-token latency',
     )

@@ -7,7 +7,7 @@ export {
   type LatencyStats,
 } from './bench';
 export { chatPromptIds, plainChatTemplate } from './chat-template';
-export { benchServeCommand, serveCommand } from './cli';
+export { addBenchServeCommand, addServeCommand } from './cli';
 export { ApiError, type OpenAIErrorBody } from './errors';
 export { type RequestOutcome, ServerMetrics } from './metrics';
 export { chatRequestSchema, completionRequestSchema } from './schema';

@@ -576,6 +576,10 @@ describe('q serve: bad requests, limits and keys', () => {
       ctl.abort();
       await until('the slot to be free', async () => tight.generator.stats.running === 0);
       await alive(tight);
+      // Each request counted once; the stream its client left as 499.
+      expect(await metric(tight, 'q_requests_total', '{route="/v1/completions",status="200"}')).toBe(1);
+      expect(await metric(tight, 'q_requests_total', '{route="/v1/completions",status="499"}')).toBe(1);
+      expect(await metric(tight, 'q_requests_total', '{route="/v1/completions",status="429"}')).toBe(1);
     } finally {
       await tight.close({ timeoutMs: 0 });
     }
