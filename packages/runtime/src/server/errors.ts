@@ -84,9 +84,13 @@ export function toApiError(e: unknown): ApiError {
       code: 'request_too_large',
     });
   if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE')
-    return new ApiError(415, `Expected content-type application/json for the request body: ${message}`, {
-      code: 'unsupported_media_type',
-    });
+    return new ApiError(
+      415,
+      `Expected content-type application/json for the request body but received another media type (${message})`,
+      {
+        code: 'unsupported_media_type',
+      },
+    );
   if (status >= 400 && status < 500)
     return new ApiError(
       status,
