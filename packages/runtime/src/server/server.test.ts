@@ -197,6 +197,18 @@ for (const [label, present, make] of fixtures) {
       // A prompt given as token ids is the same request.
       const byIds = await client.completions.create({ model: f.name, prompt: ids, max_tokens: f.tokens });
       expect(byIds.choices[0]?.text).toBe(want.text);
+      // Sampling is seeded per request: the same text as generating alone with that seed.
+      const sampling = { temperature: 0.9, topP: 0.95, seed: 17 };
+      const sampled = generateAlone(f.model, ids, { maxTokens: f.tokens, ...sampling });
+      const rs = await client.completions.create({
+        model: f.name,
+        prompt,
+        max_tokens: f.tokens,
+        temperature: sampling.temperature,
+        top_p: sampling.topP,
+        seed: sampling.seed,
+      });
+      expect(rs.choices[0]?.text).toBe(generatedText(f.tokenizer, ids, sampled));
     });
 
     it('chat completions, plain and streamed, return exactly what greedy generation returns', async () => {
@@ -497,13 +509,7 @@ describe('q serve: bad requests, limits and keys', () => {
   });
 
   it('with an API key, every route but /health needs it; a wrong or missing key is 401', async () => {
-    const keyed = await startServer({
-      model: asCausalLM(f.model),
-      tokenizer: f.tokenizer,
-      modelName: f.name,
-      port: 0,
-      apiKey: 'sekret-key',
-    });
+    const keyed = (await serve(f, { apiKey: 'sekret-key' })).server;
     try {
       const body = JSON.stringify({ model: f.name, prompt: 'The cat', max_tokens: 1 });
       const at = (route: string, init: RequestInit = {}) => fetch(`${keyed.url}${route}`, init);
@@ -543,14 +549,7 @@ describe('q serve: bad requests, limits and keys', () => {
   });
 
   it('a full queue is 429 with Retry-After', async () => {
-    const tight = await startServer({
-      model: asCausalLM(f.model),
-      tokenizer: f.tokenizer,
-      modelName: f.name,
-      port: 0,
-      maxBatch: 1,
-      maxWaiting: 0,
-    });
+    const tight = (await serve(f, { maxBatch: 1, maxWaiting: 0 })).server;
     try {
       const ctl = new AbortController();
       const busy = await fetch(`${tight.url}/v1/completions`, {
@@ -586,13 +585,7 @@ describe('q serve: bad requests, limits and keys', () => {
   });
 
   it('close() stops admitting, lets running streams finish within the timeout, cancels the rest', async () => {
-    const s = await startServer({
-      model: asCausalLM(f.model),
-      tokenizer: f.tokenizer,
-      modelName: f.name,
-      port: 0,
-      maxBatch: 2,
-    });
+    const s = (await serve(f, { maxBatch: 2 })).server;
     const client = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'unused', maxRetries: 0 });
     const short = await client.completions.create({
       model: f.name,
