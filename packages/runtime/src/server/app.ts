@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, randomInt, timingSafeEqual } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Generator } from '../engine/generator';
@@ -199,11 +199,12 @@ export async function startServer(options: ServeOptions): Promise<Server> {
   ): Omit<CompletionJob, 'promptIds' | 'maxTokens' | 'promptParam'> {
     // top_p 0 keeps only the most likely token: greedy, as a (0, 1] sampler sees it.
     const topP = body.top_p === 0 ? Number.MIN_VALUE : body.top_p;
+    // OpenAI's defaults: temperature 1, and without a seed a different draw every time.
     return {
-      ...(body.temperature != null ? { temperature: body.temperature } : {}),
+      temperature: body.temperature ?? 1,
       ...(topP != null ? { topP } : {}),
       ...(body.top_k != null ? { topK: Math.max(0, body.top_k) } : {}),
-      ...(body.seed != null ? { seed: body.seed } : {}),
+      seed: body.seed ?? randomInt(2 ** 31),
       stop: body.stop == null ? [] : typeof body.stop === 'string' ? [body.stop] : body.stop,
       ignoreEos: body.ignore_eos ?? false,
     };

@@ -166,7 +166,12 @@ for (const [label, present, make] of fixtures) {
         expect(code).toBe(0);
         expect(stdout).toBe(`${prompt}${want.text}\n`);
       }
-      const r = await client.completions.create({ model: f.name, prompt, max_tokens: f.tokens });
+      const r = await client.completions.create({
+        model: f.name,
+        prompt,
+        max_tokens: f.tokens,
+        temperature: 0,
+      });
       expect(r.object).toBe('text_completion');
       expect(r.choices[0]?.text).toBe(want.text);
       expect(r.choices[0]?.finish_reason).toBe(want.finish);
@@ -179,6 +184,7 @@ for (const [label, present, make] of fixtures) {
         model: f.name,
         prompt,
         max_tokens: f.tokens,
+        temperature: 0,
         stream: true,
         stream_options: { include_usage: true },
       });
@@ -195,7 +201,12 @@ for (const [label, present, make] of fixtures) {
       expect(finish.slice(0, -1).every((x) => x === null)).toBe(true);
       expect(usage).toEqual(r.usage);
       // A prompt given as token ids is the same request.
-      const byIds = await client.completions.create({ model: f.name, prompt: ids, max_tokens: f.tokens });
+      const byIds = await client.completions.create({
+        model: f.name,
+        prompt: ids,
+        max_tokens: f.tokens,
+        temperature: 0,
+      });
       expect(byIds.choices[0]?.text).toBe(want.text);
       // Sampling is seeded per request: the same text as generating alone with that seed.
       const sampling = { temperature: 0.9, topP: 0.95, seed: 17 };
@@ -220,6 +231,7 @@ for (const [label, present, make] of fixtures) {
         model: f.name,
         messages: [{ role: 'user', content }],
         max_tokens: f.tokens,
+        temperature: 0,
         // Neutral values common clients send are accepted.
         n: 1,
         presence_penalty: 0,
@@ -235,6 +247,7 @@ for (const [label, present, make] of fixtures) {
         model: f.name,
         messages: [{ role: 'user', content }],
         max_completion_tokens: f.tokens,
+        temperature: 0,
         stream: true,
       });
       let text = '';
@@ -267,6 +280,7 @@ for (const [label, present, make] of fixtures) {
               model: f.name,
               prompt: j.prompt,
               max_tokens: f.tokens,
+              temperature: 0,
             });
             return r.choices[0]?.text;
           }
@@ -275,6 +289,7 @@ for (const [label, present, make] of fixtures) {
             model: f.name,
             prompt: j.prompt,
             max_tokens: f.tokens,
+            temperature: 0,
             stream: true,
           });
           for await (const c of s) text += c.choices[0]?.text ?? '';
@@ -300,6 +315,7 @@ for (const [label, present, make] of fixtures) {
         model: f.name,
         prompt,
         max_tokens: f.tokens,
+        temperature: 0,
         stop: [stop, '\u0000never'],
       });
       expect(r.choices[0]?.text).toBe(cut);
@@ -310,6 +326,7 @@ for (const [label, present, make] of fixtures) {
         model: f.name,
         prompt,
         max_tokens: f.tokens,
+        temperature: 0,
         stop,
         stream: true,
       });
