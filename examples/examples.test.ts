@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { main as customPipeline } from './custom-pipeline';
 import { main as runtimeQuantize } from './runtime-quantize';
 import { main as tensorBasics } from './tensor-basics';
 
@@ -10,8 +11,8 @@ describe('examples', () => {
     expect(out[3]).toBe('unpacked: -8, -1, 0, 7, 3');
   });
 
-  it('runtime-quantize quantizes the demo model with FPTQ and generates with it', () => {
-    const out = runtimeQuantize();
+  it('runtime-quantize quantizes the demo model with FPTQ and generates with it', async () => {
+    const out = await runtimeQuantize();
     // 2 layers x 7 projections; q/k/v and gate/up of both layers see the outlier channels, so LAE applies.
     expect(out[0]).toBe('layers quantized: 14, with LAE: 10');
     const m = /top-1 ([\d.]+)%, KL ([\d.]+)/.exec(out[1] ?? '');
@@ -19,5 +20,16 @@ describe('examples', () => {
     expect(Number(m?.[2])).toBeLessThan(0.5);
     expect(out[2]).toMatch(/^float: The little\S*( \S+)+/);
     expect(out[3]).toMatch(/^fptq: {2}The little/);
+  });
+
+  it('custom-pipeline: Hugging Face model → calibrate → custom recipe → save → load → generate', async () => {
+    const out = await customPipeline();
+    expect(out[0]).toBe('recipe: fptq-g32, 14 layers, group size 32');
+    const m = /top-1 ([\d.]+)%, KL ([\d.]+)/.exec(out[1] ?? '');
+    // A random model's logits are flat, so int4 weights move its argmax often; the KL stays small.
+    expect(Number(m?.[1])).toBeGreaterThan(20);
+    expect(Number(m?.[2])).toBeLessThan(0.5);
+    expect(out[2]).toMatch(/^generated 12 tokens: the cat \S+/);
+    expect(out[3]).toBe('saved and in-memory models agree: true');
   });
 });

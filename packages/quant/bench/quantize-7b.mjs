@@ -14,7 +14,14 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { createSafetensorsWriter, f16BitsToF32, f32ToF16Bits, openSafetensors, Tensor } from '@q/core';
+import {
+  createSafetensorsWriter,
+  f16BitsToF32,
+  f32ToF16Bits,
+  llamaTensors,
+  openSafetensors,
+  Tensor,
+} from '@q/core';
 import {
   createObserver,
   createQuantizedWriter,
@@ -65,23 +72,9 @@ const config = {
 };
 const H = config.hiddenSize;
 const F = config.intermediateSize;
-const V = config.vocabSize;
 
 function specs() {
-  const s = [{ name: 'model.embed_tokens.weight', dtype: 'f16', shape: [V, H] }];
-  for (let i = 0; i < layers; i++) {
-    const p = `model.layers.${i}`;
-    s.push({ name: `${p}.input_layernorm.weight`, dtype: 'f16', shape: [H] });
-    for (const x of ['q', 'k', 'v', 'o'])
-      s.push({ name: `${p}.self_attn.${x}_proj.weight`, dtype: 'f16', shape: [H, H] });
-    s.push({ name: `${p}.post_attention_layernorm.weight`, dtype: 'f16', shape: [H] });
-    s.push({ name: `${p}.mlp.gate_proj.weight`, dtype: 'f16', shape: [F, H] });
-    s.push({ name: `${p}.mlp.up_proj.weight`, dtype: 'f16', shape: [F, H] });
-    s.push({ name: `${p}.mlp.down_proj.weight`, dtype: 'f16', shape: [H, F] });
-  }
-  s.push({ name: 'model.norm.weight', dtype: 'f16', shape: [H] });
-  s.push({ name: 'lm_head.weight', dtype: 'f16', shape: [V, H] });
-  return s;
+  return llamaTensors(config).map((t) => ({ name: t.name, dtype: 'f16', shape: [...t.shape] }));
 }
 
 /** xorshift32 → a pool of N(0, 0.02) f16 values; tensors are filled from the pool at random offsets. */

@@ -37,7 +37,8 @@ export interface IntegerScaleRecipe {
 }
 
 export interface Recipe {
-  readonly name: RecipeName;
+  /** A built-in recipe's name, or any name a custom recipe goes by (recorded in the manifest). */
+  readonly name: string;
   readonly description: string;
   readonly weights: WeightRecipe;
   readonly activations: ActivationRecipe;
@@ -167,12 +168,9 @@ function bad(option: string, expectedWhat: string, v: unknown): never {
 export function validateRecipe(r: unknown): Recipe {
   if (typeof r !== 'object' || r === null) bad('(recipe)', 'an object', r);
   const o = r as Record<string, unknown>;
-  if (!RECIPE_NAMES.includes(o.name as RecipeName)) {
-    throw new QError(
-      'E_ARG',
-      `Expected one of ${RECIPE_NAMES.join(', ')} for recipe but received ${describeValue(o.name)}`,
-    );
-  }
+  // Custom recipes go by their own names: any non-empty name is valid; the options below decide what runs.
+  if (typeof o.name !== 'string' || o.name.trim() === '') bad('name', 'a non-empty string', o.name);
+  if (typeof o.description !== 'string') bad('description', 'a string', o.description);
   for (const key of Object.keys(o)) {
     if (!['name', 'description', ...Object.keys(SECTION_KEYS)].includes(key)) {
       throw new QError(

@@ -1,6 +1,7 @@
 import { QError } from '@q/core';
 import { ActivationObserver } from '@q/quant';
-import type { Model } from './model';
+import { yieldToEventLoop } from './generate';
+import type { CausalLM } from './lm';
 
 /** Options of `calibrate`. */
 export interface CalibrateOptions {
@@ -12,6 +13,8 @@ export interface CalibrateOptions {
   readonly observer?: ActivationObserver;
   /** Sequences per forward pass (default 4). */
   readonly batch?: number;
+  /** Stops between forward passes; the promise then rejects with `signal.reason`. */
+  readonly signal?: AbortSignal;
   readonly onProgress?: (done: number, total: number) => void;
 }
 
@@ -22,15 +25,15 @@ export interface CalibrateOptions {
  *
  * @example
  * ```ts
- * const stats = calibrate(model, tokenizer.encode(calibText), { seqLen: 256, maxTokens: 8192 });
+ * const stats = await calibrate(model, tokenizer.encode(calibText), { seqLen: 256, maxTokens: 8192 });
  * stats.range('model.layers.0.mlp.down_proj');
  * ```
  */
-export function calibrate(
-  model: Model,
+export async function calibrate(
+  model: CausalLM,
   ids: readonly number[],
   options: CalibrateOptions = {},
-): ActivationObserver {
+): Promise<ActivationObserver> {
   const seqLen = Math.min(options.seqLen ?? 256, model.config.maxSeqLen);
   if (!Number.isInteger(seqLen) || seqLen < 2)
     throw new QError('E_ARG', `Expected an integer calibration length >= 2 but received ${seqLen}`);
@@ -47,12 +50,19 @@ export function calibrate(
   const batch = Math.max(1, options.batch ?? 4);
   let done = 0;
   for (let i = 0; i < seqs.length; i += batch) {
+    await yieldToEventLoop();
+    options.signal?.throwIfAborted();
     const group = seqs.slice(i, i + batch);
-    model.forward(group, {
-      cache: model.createCache(group.length, seqLen),
-      logits: 'none',
-      hook: (name, x, rows, cols) => observer.observe(name, x.subarray(0, rows * cols), cols),
-    });
+    const cache = model.createCache({ batch: group.length, capacity: seqLen });
+    try {
+      await model.forward(group, {
+        cache,
+        logits: 'none',
+        hook: (name, x, rows, cols) => observer.observe(name, x.subarray(0, rows * cols), cols),
+      });
+    } finally {
+      cache.dispose();
+    }
     for (const g of group) done += g.length - 1;
     options.onProgress?.(done, stream.length);
   }

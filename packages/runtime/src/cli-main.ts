@@ -5,14 +5,15 @@ import { isQError, QError, writeFileAtomic } from '@q/core';
 import * as kernels from '@q/kernels-cuda';
 import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
+import { createModel } from './backend';
 import { int, num } from './cli-options';
 import { formatDemoTable, runDemo } from './demo';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
-import { quantizeLoaded, saveQuantizedModel } from './quantize';
+import { quantizeLoaded, resolveRecipe, saveQuantizedModel } from './quantize';
 import { addBenchServeCommand, addServeCommand } from './server/cli';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
@@ -73,13 +74,14 @@ function load(p: string, opts: { tokenizer?: string }): LoadedModel {
   return loadModel(p, opts.tokenizer !== undefined ? { tokenizer: opts.tokenizer } : {});
 }
 
+/** Weights of embeddings, norms and projections (biases not counted), from the config alone. */
 function countParams(m: LoadedModel): number {
-  let n = m.model.weights.embed.length + m.model.weights.finalNorm.length;
-  for (const l of m.model.linears().values()) n += l.inFeatures * l.outFeatures;
-  for (const l of m.model.weights.layers) n += l.inputNorm.length + l.postNorm.length;
-  if (m.config.tieWordEmbeddings && m.model.weights.lmHead.format === 'f32')
-    n -= m.config.vocabSize * m.config.hiddenSize;
-  return n;
+  const c = m.config;
+  const d = c.hiddenSize;
+  const qd = c.numHeads * c.headDim;
+  const kvd = c.numKvHeads * c.headDim;
+  const layer = 2 * d + qd * d + 2 * kvd * d + d * qd + 3 * c.intermediateSize * d;
+  return c.vocabSize * d * (c.tieWordEmbeddings ? 1 : 2) + c.numLayers * layer + d;
 }
 
 function defaultOut(model: string, recipe: string): string {
@@ -98,7 +100,8 @@ const fmtPct = (v: number) => `${(v * 100).toFixed(2)}%`;
  * await createProgram().parseAsync(['node', 'q', 'demo']);
  * ```
  */
-export function createProgram(io: CliIO = processIO): Command {
+export function createProgram(io: CliIO = processIO, options: { signal?: AbortSignal } = {}): Command {
+  const signal = options.signal ? { signal: options.signal } : {};
   const out = (s = '') => io.stdout(`${s}\n`);
   const json = (v: unknown) => io.stdout(`${JSON.stringify(v, null, 2)}\n`);
   const program = new Command('q')
@@ -131,7 +134,7 @@ Examples:
     .addHelpText('after', '\nExamples:\n  q inspect stories260K.bin\n  q inspect models/Qwen2.5-0.5B --json')
     .action((modelPath: string, o: { tokenizer?: string; json?: boolean }) => {
       const m = load(modelPath, o);
-      const plans = 'plans' in m ? (m as { plans: Parameters<typeof formatPlanTable>[0] }).plans : undefined;
+      const plans = m.plans;
       const info = {
         path: m.path,
         source: m.source,
@@ -172,7 +175,22 @@ Examples:
     .description('calibrate and quantize a float model into a directory that carries its tokenizer')
     .argument('<model>', 'llama2.c checkpoint or Hugging Face directory')
     .addOption(
-      new Option('--recipe <name>', 'quantization recipe').choices([...RECIPE_NAMES]).makeOptionMandatory(),
+      new Option(
+        '--recipe <name|file>',
+        `quantization recipe: ${RECIPE_NAMES.join(', ')}, or a recipe JSON file`,
+      )
+        .argParser((v: string) => {
+          if (
+            (RECIPE_NAMES as readonly string[]).includes(v) ||
+            v.toLowerCase().endsWith('.json') ||
+            fs.existsSync(v)
+          )
+            return v;
+          throw new InvalidArgumentError(
+            `Expected one of ${RECIPE_NAMES.join(', ')} or a recipe JSON file for --recipe but received ${JSON.stringify(v)}`,
+          );
+        })
+        .makeOptionMandatory(),
     )
     .option('--group-size <n>', 'int4 group size along K (overrides the recipe)', int('--group-size', 2))
     .option('--calib <file>', 'calibration text (needed by fptq and w4a8-static)')
@@ -183,10 +201,10 @@ Examples:
     .option('--json', 'print one JSON object, no progress bars')
     .addHelpText(
       'after',
-      `\nRecipes:\n${RECIPE_NAMES.map((r) => `  ${r.padEnd(12)} ${RECIPES[r].description}`).join('\n')}\n\nExamples:\n  q quantize stories260K.bin --recipe fptq --calib calib.txt\n  q quantize models/Llama-3.2-1B --recipe w4a8-rtn --group-size 64 --out llama-w4a8 --force`,
+      `\nRecipes:\n${RECIPE_NAMES.map((r) => `  ${r.padEnd(12)} ${RECIPES[r].description}`).join('\n')}\n  <file>.json  a whole recipe as a manifest records it (name defaults to the file name)\n\nExamples:\n  q quantize stories260K.bin --recipe fptq --calib calib.txt\n  q quantize stories260K.bin --recipe ./my-recipe.json --calib calib.txt\n  q quantize models/Llama-3.2-1B --recipe w4a8-rtn --group-size 64 --out llama-w4a8 --force`,
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: {
           recipe: string;
@@ -200,7 +218,11 @@ Examples:
         },
       ) => {
         const t0 = performance.now();
-        const outDir = o.out ?? defaultOut(modelPath, o.recipe);
+        const recipe = resolveRecipe({
+          recipe: o.recipe,
+          ...(o.groupSize !== undefined ? { groupSize: o.groupSize } : {}),
+        });
+        const outDir = o.out ?? defaultOut(modelPath, recipe.name);
         if (
           fs.existsSync(outDir) &&
           !o.force &&
@@ -212,15 +234,20 @@ Examples:
           );
         const m = load(modelPath, o);
         const bar = progress(io, !o.json);
-        const run = quantizeLoaded(m, {
-          recipe: o.recipe,
-          ...(o.groupSize !== undefined ? { groupSize: o.groupSize } : {}),
+        const run = await quantizeLoaded(m, {
+          recipe,
           ...(o.calib !== undefined ? { calibText: readText(o.calib, '--calib') } : {}),
           ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
+          ...signal,
           onProgress: (stage, d, t) => bar.update(stage, d, t),
         });
         bar.stop();
-        const dir = saveQuantizedModel(run, m, outDir, { force: Boolean(o.force) });
+        const dir = saveQuantizedModel(outDir, run, {
+          tokenizer: m.tokenizer,
+          force: Boolean(o.force),
+          sourceFiles: m.source === 'llama2c' ? [m.path] : [],
+          ...signal,
+        });
         const seconds = (performance.now() - t0) / 1000;
         if (o.json)
           return json({
@@ -260,21 +287,24 @@ Examples:
       '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json',
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean },
       ) => {
         const m = load(modelPath, o);
         const ref = o.compare !== undefined ? load(o.compare, o) : undefined;
+        const model = await createModel(m);
+        const refModel = ref ? await createModel(ref) : undefined;
         const ids = m.tokenizer.encode(readText(o.text, '--text'));
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
         const bar = progress(io, !o.json);
         const t0 = performance.now();
-        const r = evaluatePerplexity(m.model, ids, {
+        const r = await evaluatePerplexity(model, ids, {
           ctx,
-          ...(ref ? { compare: ref.model } : {}),
+          ...(refModel ? { compare: refModel } : {}),
+          ...signal,
           onProgress: (d, t) => bar.update('eval', d, t),
-        });
+        }).finally(() => Promise.all([model.dispose(), refModel?.dispose()]));
         bar.stop();
         const seconds = (performance.now() - t0) / 1000;
         if (o.json)
@@ -322,7 +352,7 @@ Examples:
       '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: {
           prompt: string;
@@ -353,16 +383,23 @@ Examples:
           );
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
+        const model = await createModel(m);
         io.stdout(o.prompt);
-        generate(m.model, promptIds, {
-          maxTokens: o.maxTokens,
-          temperature: o.temperature,
-          topK: o.topK,
-          topP: o.topP,
-          seed: o.seed,
-          onToken: (id) => io.stdout(dec.push(id)),
-        });
-        io.stdout(`${dec.flush()}\n`);
+        try {
+          for await (const id of generate(model, promptIds, {
+            maxTokens: o.maxTokens,
+            temperature: o.temperature,
+            topK: o.topK,
+            topP: o.topP,
+            seed: o.seed,
+            ...signal,
+          }))
+            io.stdout(dec.push(id));
+        } finally {
+          // What was generated before an interruption is still printed whole.
+          io.stdout(`${dec.flush()}\n`);
+          await model.dispose();
+        }
       },
     );
 
@@ -384,7 +421,7 @@ Examples:
       '\nExamples:\n  q demo\n  q demo --model stories260K.bin --text tinystories.txt --json',
     )
     .action(
-      (o: {
+      async (o: {
         model?: string;
         text?: string;
         calibTokens?: number;
@@ -400,12 +437,13 @@ Examples:
           }
         };
         let generated = '';
-        const r = runDemo({
+        const r = await runDemo({
           ...(o.model !== undefined ? { model: o.model } : {}),
           ...(o.text !== undefined ? { text: o.text } : {}),
           ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}),
           ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
           ...(o.evalTokens !== undefined ? { evalTokens: o.evalTokens } : {}),
+          ...signal,
           onStep: (s) => log(`${s} ...`),
           onProgress: (label, d, t) => bar.update(label, d, t),
           onText: (t) => {
@@ -436,7 +474,7 @@ Examples:
       },
     );
 
-  addServeCommand(program, io);
+  addServeCommand(program, io, options.signal);
 
   const bench = program
     .command('bench')
@@ -497,20 +535,31 @@ Examples:
 }
 
 /**
- * Runs the `q` command line and returns the exit status (0 ok, 1 error, 2 usage error).
+ * Runs the `q` command line and returns the exit status (0 ok, 1 error, 2 usage error, 130 when `signal`
+ * stopped it). The caller owns the process: the `q` binary turns SIGINT and SIGTERM into `signal`.
  *
  * @example
  * ```ts
- * process.exitCode = await runCli(process.argv.slice(2));
+ * const ac = new AbortController();
+ * process.once('SIGINT', () => ac.abort());
+ * process.exitCode = await runCli(process.argv.slice(2), undefined, ac.signal);
  * ```
  */
-export async function runCli(argv: readonly string[], io: CliIO = processIO): Promise<number> {
+export async function runCli(
+  argv: readonly string[],
+  io: CliIO = processIO,
+  signal?: AbortSignal,
+): Promise<number> {
   try {
     // `q launch` hands everything after it to @q/comm untouched (the child command has options of its own).
     if (argv[0] === 'launch' && !argv.includes('--help')) return await comm.launchCli(argv.slice(1));
-    await createProgram(io).parseAsync([...argv], { from: 'user' });
+    await createProgram(io, signal ? { signal } : {}).parseAsync([...argv], { from: 'user' });
     return 0;
   } catch (e) {
+    if (signal?.aborted) {
+      io.stderr('q: interrupted\n');
+      return 130;
+    }
     if (e instanceof CommanderError) {
       if (
         e.code === 'commander.helpDisplayed' ||

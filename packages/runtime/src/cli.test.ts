@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { RECIPES } from '@q/quant';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type CliIO, runCli } from './cli-main';
 import { loadModel } from './load';
@@ -17,13 +18,18 @@ if (!present)
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'q-cli-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
-async function q(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function qWith(
+  signal: AbortSignal | undefined,
+  ...argv: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = '';
   let stderr = '';
   const io: CliIO = { stdout: (s) => (stdout += s), stderr: (s) => (stderr += s), isTTY: false };
-  const code = await runCli(argv, io);
+  const code = await runCli(argv, io, signal);
   return { code, stdout, stderr };
 }
+
+const q = (...argv: string[]) => qWith(undefined, ...argv);
 
 /** First 40% of lines for calibration, the rest for evaluation, as the README table does. */
 function splitText(): { calib: string; evalFile: string } {
@@ -139,13 +145,14 @@ describe.skipIf(!present)('q on stories260K', () => {
     expect(fs.existsSync(path.join(out, 'manifest.json'))).toBe(true);
   });
 
-  it('an interrupted quantize leaves no partial directory under the final name', () => {
+  it('an interrupted quantize leaves no partial directory under the final name', async () => {
     const float = loadModel(modelFile);
-    const run = quantizeLoaded(float, { recipe: 'w4a8-rtn' });
+    const run = await quantizeLoaded(float, { recipe: 'w4a8-rtn' });
     for (const at of ['weights', 'tokenizer', 'commit'] as const) {
       const out = path.join(tmp, `interrupted-${at}`);
       expect(() =>
-        saveQuantizedModel(run, float, out, {
+        saveQuantizedModel(out, run, {
+          tokenizer: float.tokenizer,
           onStep: (s) => {
             if (s === at) throw new Error(`interrupted at ${s}`);
           },
@@ -154,6 +161,68 @@ describe.skipIf(!present)('q on stories260K', () => {
       expect(fs.existsSync(out)).toBe(false);
       expect(fs.readdirSync(tmp).filter((n) => n.includes(`interrupted-${at}`))).toEqual([]);
     }
+  });
+
+  it('quantize --recipe takes a recipe JSON file, recorded under its own name', async () => {
+    const file = path.join(tmp, 'w4a8-g32.json');
+    fs.writeFileSync(
+      file,
+      JSON.stringify({
+        ...RECIPES['w4a8-rtn'],
+        name: 'w4a8-g32',
+        weights: { ...RECIPES['w4a8-rtn'].weights, groupSize: 32 },
+      }),
+    );
+    const out = path.join(tmp, 'stories-custom');
+    const r = await q('quantize', modelFile, '--recipe', file, '--out', out, '--json');
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).recipe).toMatchObject({ name: 'w4a8-g32', weights: { groupSize: 32 } });
+    const ir = await q('inspect', out, '--json');
+    expect(JSON.parse(ir.stdout)).toMatchObject({ source: 'quantized', recipe: 'w4a8-g32' });
+    const bad = path.join(tmp, 'bad.json');
+    fs.writeFileSync(bad, JSON.stringify({ ...RECIPES['w4a8-rtn'], activations: { policy: 'sometimes' } }));
+    const br = await q('quantize', modelFile, '--recipe', bad, '--out', path.join(tmp, 'never'));
+    expect(br.code).toBe(1);
+    expect(br.stderr).toMatch(/bad\.json.*activations/);
+    expect(fs.existsSync(path.join(tmp, 'never'))).toBe(false);
+  });
+
+  it('an aborted signal stops quantize and generate with status 130 and leaves no output', async () => {
+    const { calib } = splitText();
+    const out = path.join(tmp, 'aborted');
+    const qr = await qWith(
+      AbortSignal.abort(),
+      'quantize',
+      modelFile,
+      '--recipe',
+      'fptq',
+      '--calib',
+      calib,
+      '--out',
+      out,
+    );
+    expect(qr.code).toBe(130);
+    expect(qr.stderr).toMatch(/interrupted/);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(tmp).filter((n) => n.includes('.partial'))).toEqual([]);
+    const ac = new AbortController();
+    let stdout = '';
+    const io: CliIO = {
+      stdout: (t) => {
+        stdout += t;
+        // Abort once the first generated piece is printed.
+        if (stdout.length > 'Once upon a time'.length) ac.abort();
+      },
+      stderr: () => {},
+      isTTY: false,
+    };
+    const code = await runCli(
+      ['generate', modelFile, '--prompt', 'Once upon a time', '--max-tokens', '100'],
+      io,
+      ac.signal,
+    );
+    expect(code).toBe(130);
+    expect(stdout.startsWith('Once upon a time')).toBe(true);
   });
 
   it('generate refuses a prompt longer than the context', async () => {

@@ -10,7 +10,18 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
-runCli(process.argv.slice(2)).then(
+// The program owns the signals, the libraries never do: the first Ctrl-C aborts the running generation,
+// evaluation or quantization (its `finally` blocks clean up, e.g. a partial output directory) and the exit
+// status is 130; a second one exits at once.
+const controller = new AbortController();
+const onSignal = (): void => {
+  if (controller.signal.aborted) process.exit(130);
+  controller.abort();
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+
+runCli(process.argv.slice(2), undefined, controller.signal).then(
   async (code) => {
     await shutdownThreads();
     process.exitCode = code;

@@ -5,7 +5,7 @@ import { buildDemoModel } from './demo-model';
 import { Model } from './model';
 
 describe('the demo model', () => {
-  it('is deterministic and has the activation outliers of real LLMs', () => {
+  it('is deterministic and has the activation outliers of real LLMs', async () => {
     const a = buildDemoModel({ numLayers: 2 });
     const b = buildDemoModel({ numLayers: 2 });
     expect(a.weights.get('model.layers.1.mlp.down_proj.weight')?.data).toEqual(
@@ -13,7 +13,7 @@ describe('the demo model', () => {
     );
     const model = Model.fromFloatWeights(a.config, a.weights);
     const ids = a.tokenizer.encode(a.calibText).slice(0, 200);
-    const stats = calibrate(model, ids, { seqLen: 101 });
+    const stats = await calibrate(model, ids, { seqLen: 101 });
     for (let l = 0; l < 2; l++) {
       const q = stats.maxAbs(`model.layers.${l}.self_attn.q_proj`);
       const sorted = [...q].sort((x, y) => x - y);
@@ -30,8 +30,8 @@ describe('the demo model', () => {
 });
 
 describe('runDemo', () => {
-  it('fptq beats w4a8-static clearly in KL and top-1 on the outlier model', () => {
-    const r = runDemo({ recipes: ['fptq', 'w4a8-static'], generateTokens: 6 });
+  it('fptq beats w4a8-static clearly in KL and top-1 on the outlier model', async () => {
+    const r = await runDemo({ recipes: ['fptq', 'w4a8-static'], generateTokens: 6 });
     const fptq = r.rows.find((x) => x.recipe === 'fptq');
     const stat = r.rows.find((x) => x.recipe === 'w4a8-static');
     if (!fptq || !stat) throw new Error('missing rows');

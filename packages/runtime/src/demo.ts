@@ -2,13 +2,15 @@ import * as fs from 'node:fs';
 import { QError } from '@q/core';
 import * as kernels from '@q/kernels-cuda';
 import { formatPlanTable, type LayerPlan, type LayerReport, RECIPE_NAMES } from '@q/quant';
+import { createModel } from './backend';
 import { calibrate } from './calibrate';
 import { buildDemoModel, demoText } from './demo-model';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
+import type { Backend, CausalLM } from './lm';
 import { type LoadedModel, type LoadOptions, loadModel } from './load';
-import { Model } from './model';
 import { quantizeLoaded } from './quantize';
+import { weightsFromMap } from './weights';
 
 /** The recipes `q demo` compares, FPTQ first. */
 export const DEMO_RECIPES = ['fptq', 'w4a8-static', 'w4a8-rtn', 'odyssey', 'w8a8', 'w4a16'] as const;
@@ -29,6 +31,10 @@ export interface DemoOptions extends LoadOptions {
   readonly ctx?: number;
   /** Tokens generated at the end with the FPTQ model (default 24). */
   readonly generateTokens?: number;
+  /** Where the models run (default `'cpu'`). */
+  readonly backend?: Backend;
+  /** Stops between forward passes; the promise then rejects with `signal.reason`. */
+  readonly signal?: AbortSignal;
   /** Called when a step starts, and with progress inside long steps. */
   readonly onStep?: (step: string) => void;
   readonly onProgress?: (step: string, done: number, total: number) => void;
@@ -115,11 +121,11 @@ function splitLines(text: string, frac: number): [string, string] {
  *
  * @example
  * ```ts
- * const r = runDemo();
+ * const r = await runDemo();
  * console.log(formatDemoTable(r));
  * ```
  */
-export function runDemo(options: DemoOptions = {}): DemoResult {
+export async function runDemo(options: DemoOptions = {}): Promise<DemoResult> {
   const t0 = performance.now();
   const step = (s: string): void => options.onStep?.(s);
   let loaded: LoadedModel;
@@ -133,9 +139,8 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
       source: 'llama2c',
       path: '(synthetic demo model)',
       config: demo.config,
-      model: Model.fromFloatWeights(demo.config, demo.weights),
       tokenizer: demo.tokenizer,
-      weights: demo.weights,
+      weights: weightsFromMap(demo.weights),
     };
     calibText = options.text ? splitLines(fs.readFileSync(options.text, 'utf8'), 0.4)[0] : demo.calibText;
     evalText = options.text ? splitLines(fs.readFileSync(options.text, 'utf8'), 0.4)[1] : demo.evalText;
@@ -149,21 +154,17 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
       : [demoText(1235, 60), demoText(1236, 40)];
     name = options.model;
   }
-  if (!loaded.weights) {
+  if (loaded.source === 'quantized') {
     throw new QError(
       'E_ARG',
       `Expected a float model for q demo --model but received the quantized model ${loaded.path}`,
     );
   }
+  const backend = { backend: options.backend ?? 'cpu' } as const;
+  const signal = options.signal ? { signal: options.signal } : {};
   const ctx = Math.min(options.ctx ?? 129, loaded.config.maxSeqLen);
   const calibIds = loaded.tokenizer.encode(calibText).slice(0, options.calibTokens ?? 256);
   const evalIds = loaded.tokenizer.encode(evalText).slice(0, options.evalTokens ?? 128);
-  step(`calibrating on ${calibIds.length} tokens`);
-  const stats = calibrate(loaded.model, calibIds, {
-    seqLen: ctx,
-    onProgress: (d, t) => options.onProgress?.('calibrate', d, t),
-  });
-  const float = evaluatePerplexity(loaded.model, evalIds, { ctx });
   const recipes = options.recipes ?? DEMO_RECIPES;
   for (const r of recipes)
     if (!(RECIPE_NAMES as readonly string[]).includes(r))
@@ -171,77 +172,95 @@ export function runDemo(options: DemoOptions = {}): DemoResult {
         'E_ARG',
         `Expected one of ${RECIPE_NAMES.join(', ')} for recipe but received ${JSON.stringify(r)}`,
       );
-  const rows: DemoRow[] = [];
-  let plan: readonly LayerPlan[] = [];
-  let report: readonly LayerReport[] = [];
-  let genModel: Model = loaded.model;
-  let genRecipe = 'float';
-  for (const recipe of recipes) {
-    const r0 = performance.now();
-    step(`quantizing with ${recipe} and comparing with the float model`);
-    const run = quantizeLoaded(loaded, { recipe, stats });
-    const ev = evaluatePerplexity(run.model, evalIds, {
-      ctx,
-      compare: loaded.model,
-      onProgress: (d, t) => options.onProgress?.(recipe, d, t),
+  const floatModel = await createModel(loaded, backend);
+  const models: CausalLM[] = [floatModel];
+  try {
+    step(`calibrating on ${calibIds.length} tokens`);
+    const stats = await calibrate(floatModel, calibIds, {
+      seqLen: ctx,
+      ...signal,
+      onProgress: (d, t) => options.onProgress?.('calibrate', d, t),
     });
-    rows.push({
-      recipe,
-      top1: ev.top1 ?? 0,
-      kl: ev.kl ?? 0,
-      ppl: ev.ppl,
-      seconds: (performance.now() - r0) / 1000,
-    });
-    if (recipe === 'fptq') {
-      plan = run.quantized.plans;
-      report = run.report;
-      genModel = run.model;
-      genRecipe = 'fptq';
+    const float = await evaluatePerplexity(floatModel, evalIds, { ctx, ...signal });
+    const rows: DemoRow[] = [];
+    let plan: readonly LayerPlan[] = [];
+    let report: readonly LayerReport[] = [];
+    let genModel: CausalLM = floatModel;
+    let genRecipe = 'float';
+    for (const recipe of recipes) {
+      const r0 = performance.now();
+      step(`quantizing with ${recipe} and comparing with the float model`);
+      const run = await quantizeLoaded(loaded, { recipe, stats, ...signal });
+      const model = await createModel(run.quantized, backend);
+      models.push(model);
+      const ev = await evaluatePerplexity(model, evalIds, {
+        ctx,
+        compare: floatModel,
+        ...signal,
+        onProgress: (d, t) => options.onProgress?.(recipe, d, t),
+      });
+      rows.push({
+        recipe,
+        top1: ev.top1 ?? 0,
+        kl: ev.kl ?? 0,
+        ppl: ev.ppl,
+        seconds: (performance.now() - r0) / 1000,
+      });
+      if (recipe === 'fptq') {
+        plan = run.quantized.plans;
+        report = run.report;
+        genModel = model;
+        genRecipe = 'fptq';
+      }
     }
-  }
-  step(`generating with the ${genRecipe} model`);
-  const prompt = options.model === undefined ? 'The little' : 'Once upon a time';
-  const promptIds = loaded.tokenizer.encodePrompt(prompt);
-  const dec = loaded.tokenizer.streamDecoder();
-  for (const id of promptIds) dec.push(id);
-  let text = '';
-  const ids = generate(genModel, promptIds, {
-    maxTokens: options.generateTokens ?? 24,
-    onToken: (id) => {
+    step(`generating with the ${genRecipe} model`);
+    const prompt = options.model === undefined ? 'The little' : 'Once upon a time';
+    const promptIds = loaded.tokenizer.encodePrompt(prompt);
+    const dec = loaded.tokenizer.streamDecoder();
+    for (const id of promptIds) dec.push(id);
+    let text = '';
+    const ids: number[] = [];
+    for await (const id of generate(genModel, promptIds, {
+      maxTokens: options.generateTokens ?? 24,
+      ...signal,
+    })) {
+      ids.push(id);
       const piece = dec.push(id);
       text += piece;
       if (piece) options.onText?.(piece);
-    },
-  });
-  const tail = dec.flush();
-  text += tail;
-  if (tail) options.onText?.(tail);
-  return {
-    model: {
-      name,
-      hiddenSize: loaded.config.hiddenSize,
-      numLayers: loaded.config.numLayers,
-      intermediateSize: loaded.config.intermediateSize,
-      vocabSize: loaded.config.vocabSize,
-    },
-    calibTokens: calibIds.length,
-    evalTokens: evalIds.length,
-    floatPpl: float.ppl,
-    rows,
-    plan,
-    planTable: plan.length ? formatPlanTable(plan, report) : '',
-    generation: { prompt, recipe: genRecipe, text, ids },
-    gpu: gpuAvailability(),
-    seconds: (performance.now() - t0) / 1000,
-  };
+    }
+    const tail = dec.flush();
+    text += tail;
+    if (tail) options.onText?.(tail);
+    return {
+      model: {
+        name,
+        hiddenSize: loaded.config.hiddenSize,
+        numLayers: loaded.config.numLayers,
+        intermediateSize: loaded.config.intermediateSize,
+        vocabSize: loaded.config.vocabSize,
+      },
+      calibTokens: calibIds.length,
+      evalTokens: evalIds.length,
+      floatPpl: float.ppl,
+      rows,
+      plan,
+      planTable: plan.length ? formatPlanTable(plan, report) : '',
+      generation: { prompt, recipe: genRecipe, text, ids },
+      gpu: gpuAvailability(),
+      seconds: (performance.now() - t0) / 1000,
+    };
+  } finally {
+    for (const m of models) await m.dispose();
+    loaded.weights.close();
+  }
 }
-
 /**
  * The demo's recipe table as text.
  *
  * @example
  * ```ts
- * console.log(formatDemoTable(runDemo()));
+ * console.log(formatDemoTable(await runDemo()));
  * ```
  */
 export function formatDemoTable(r: Pick<DemoResult, 'rows'>): string {

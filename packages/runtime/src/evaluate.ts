@@ -1,6 +1,6 @@
 import { QError } from '@q/core';
-import { argmax } from './generate';
-import type { Model } from './model';
+import { argmax, yieldToEventLoop } from './generate';
+import type { CausalLM } from './lm';
 
 /** Options of `evaluatePerplexity`. */
 export interface EvalOptions {
@@ -9,9 +9,11 @@ export interface EvalOptions {
   /** BOS id fed before every window (default the model's). */
   readonly bosId?: number;
   /** A reference model (e.g. the float one) for top-1 agreement and KL on the same windows. */
-  readonly compare?: Model;
+  readonly compare?: CausalLM;
   /** Windows per forward pass (default 4): batching makes the matmuls larger. */
   readonly batch?: number;
+  /** Stops between forward passes; the promise then rejects with `signal.reason`. */
+  readonly signal?: AbortSignal;
   /** Called after each batch with (tokens scored so far, total). */
   readonly onProgress?: (done: number, total: number) => void;
 }
@@ -44,6 +46,16 @@ function logSoftmax(x: Float32Array, off: number, n: number, out: Float64Array):
   for (let i = 0; i < n; i++) out[i] = (x[off + i] as number) - lz;
 }
 
+/** Logits of every position of fresh sequences, through a cache released afterwards. */
+async function forwardOnce(model: CausalLM, inputs: number[][], ctx: number): Promise<Float32Array> {
+  const cache = model.createCache({ batch: inputs.length, capacity: ctx });
+  try {
+    return await model.forward(inputs, { cache });
+  } finally {
+    cache.dispose();
+  }
+}
+
 /**
  * Perplexity of a token stream: the stream is cut into consecutive windows of ctx − 1 tokens (the last may be
  * shorter), each fed as [BOS] + window, and every window token is scored. With `compare`, also top-1
@@ -52,15 +64,15 @@ function logSoftmax(x: Float32Array, off: number, n: number, out: Float64Array):
  * @example
  * ```ts
  * const ids = tokenizer.encode(fs.readFileSync('valid.txt', 'utf8'));
- * const r = evaluatePerplexity(quantized, ids, { ctx: 256, compare: float });
+ * const r = await evaluatePerplexity(quantized, ids, { ctx: 256, compare: float });
  * console.log(r.ppl, r.top1, r.kl);
  * ```
  */
-export function evaluatePerplexity(
-  model: Model,
+export async function evaluatePerplexity(
+  model: CausalLM,
   ids: readonly number[],
   options: EvalOptions = {},
-): EvalResult {
+): Promise<EvalResult> {
   const ctx = options.ctx ?? 256;
   if (!Number.isInteger(ctx) || ctx < 2)
     throw new QError('E_ARG', `Expected an integer ctx >= 2 for evaluation but received ${ctx}`);
@@ -94,8 +106,10 @@ export function evaluatePerplexity(
     const group = windows.slice(w0, w0 + batch);
     const inputs = group.map((w) => [bos, ...w.slice(0, w.length - 1)]);
     // [BOS] + window minus its last token predicts every window token.
-    const logits = model.forward(inputs, { cache: model.createCache(inputs.length, ctx) });
-    const refLogits = ref?.forward(inputs, { cache: ref.createCache(inputs.length, ctx) });
+    await yieldToEventLoop();
+    options.signal?.throwIfAborted();
+    const logits = await forwardOnce(model, inputs, ctx);
+    const refLogits = ref ? await forwardOnce(ref, inputs, ctx) : undefined;
     let row = 0;
     for (const w of group) {
       for (let t = 0; t < w.length; t++, row++) {

@@ -1,6 +1,7 @@
 import { Rng } from '@q/core';
 import { describe, expect, it } from 'vitest';
-import { argmax, generate, sampleToken } from './generate';
+import { argmax, generate, generateIds, sampleToken } from './generate';
+import type { CacheOptions, CausalLM, ForwardOptions, KVCache } from './lm';
 import { Model } from './model';
 import { randomWeights, smallConfig } from './testing/random-model';
 
@@ -54,7 +55,7 @@ describe('sampling', () => {
     expect([...seen].sort()).toEqual([0, 1]);
   });
 
-  it('rejects bad options', () => {
+  it('rejects bad options when generate is called', () => {
     const c = smallConfig();
     const model = Model.fromFloatWeights(c, randomWeights(c, 1));
     expect(() => generate(model, [1], { temperature: -1 })).toThrow(/temperature/);
@@ -63,35 +64,134 @@ describe('sampling', () => {
   });
 });
 
+/** A model that counts its forward calls. */
+function counting(model: CausalLM): CausalLM & { calls: number } {
+  const m = {
+    config: model.config,
+    backend: model.backend,
+    calls: 0,
+    createCache: (o?: CacheOptions) => model.createCache(o),
+    forward: (t: readonly (readonly number[])[], o?: ForwardOptions) => {
+      m.calls++;
+      return model.forward(t, o);
+    },
+    dispose: () => model.dispose(),
+  };
+  return m;
+}
+
 describe('generate', () => {
   const c = smallConfig({ maxSeqLen: 24 });
   const model = Model.fromFloatWeights(c, randomWeights(c, 8));
 
-  it('is reproducible for a seed, and greedy output equals stepwise argmax of full forwards', () => {
-    const a = generate(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
-    const b = generate(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
+  it('is reproducible for a seed, and greedy output equals stepwise argmax of full forwards', async () => {
+    const a = await generateIds(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
+    const b = await generateIds(model, [1, 5], { temperature: 0.9, seed: 11, maxTokens: 10, stopTokens: [] });
     expect(a).toEqual(b);
-    const greedy = generate(model, [1, 5], { maxTokens: 8, stopTokens: [] });
+    const greedy = await generateIds(model, [1, 5], { maxTokens: 8, stopTokens: [] });
     const seq = [1, 5];
     for (let i = 0; i < 8; i++) {
-      const logits = model.forward([seq], { logits: 'last' });
+      const logits = await model.forward([seq], { logits: 'last' });
       seq.push(argmax(logits));
     }
     expect(greedy).toEqual(seq.slice(2));
   });
 
-  it('stops at a stop token without emitting it, and when the context is full', () => {
-    const free = generate(model, [1], { maxTokens: 5, stopTokens: [] });
-    const stop = free[2] as number;
-    const cut = generate(model, [1], { maxTokens: 5, stopTokens: [stop] });
-    expect(cut).toEqual(free.slice(0, free.indexOf(stop)));
+  it('streams through for await exactly the ids generateIds collects', async () => {
+    const opts = { temperature: 0.8, topK: 10, seed: 3, maxTokens: 12, stopTokens: [] };
     const streamed: number[] = [];
-    const all = generate(model, [1, 2, 3], {
-      maxTokens: 100,
-      stopTokens: [],
-      onToken: (id) => streamed.push(id),
-    });
+    for await (const id of generate(model, [1, 7, 9], opts)) streamed.push(id);
+    expect(streamed.length).toBe(12);
+    expect(streamed).toEqual(await generateIds(model, [1, 7, 9], opts));
+  });
+
+  it('stops at a stop token without emitting it, and when the context is full', async () => {
+    const free = await generateIds(model, [1], { maxTokens: 5, stopTokens: [] });
+    const stop = free[2] as number;
+    const cut = await generateIds(model, [1], { maxTokens: 5, stopTokens: [stop] });
+    expect(cut).toEqual(free.slice(0, free.indexOf(stop)));
+    const all = await generateIds(model, [1, 2, 3], { maxTokens: 100, stopTokens: [] });
     expect(all.length).toBe(c.maxSeqLen - 3 + 1);
-    expect(streamed).toEqual(all);
+  });
+
+  it('an aborted signal stops it before the next forward step and throws an AbortError', async () => {
+    const m = counting(model);
+    const ac = new AbortController();
+    const got: number[] = [];
+    const run = async () => {
+      for await (const id of generate(m, [1], { maxTokens: 20, stopTokens: [], signal: ac.signal })) {
+        got.push(id);
+        if (got.length === 3) ac.abort();
+      }
+    };
+    await expect(run()).rejects.toMatchObject({ name: 'AbortError' });
+    expect(got.length).toBe(3);
+    // The prompt pass and one step per token before the abort; none after it.
+    expect(m.calls).toBe(3);
+    const pre = new AbortController();
+    pre.abort(new Error('stopped early'));
+    await expect(generateIds(model, [1], { signal: pre.signal })).rejects.toThrow('stopped early');
+  });
+
+  it('breaking out of for await releases the cache', async () => {
+    const caches: KVCache[] = [];
+    const m = {
+      ...counting(model),
+      createCache: (o?: CacheOptions) => {
+        const cache = model.createCache(o);
+        caches.push(cache);
+        return cache;
+      },
+    };
+    for await (const _ of generate(m, [1], { maxTokens: 10, stopTokens: [] })) break;
+    expect(caches.length).toBe(1);
+    expect(() => caches[0]?.lengths).toThrow(/disposed/);
+  });
+});
+
+describe('generate on a model that takes seconds', () => {
+  it('keeps the event loop responsive, and a timer abort takes effect within one step', async () => {
+    const c = smallConfig({
+      hiddenSize: 384,
+      intermediateSize: 1024,
+      numLayers: 4,
+      numHeads: 6,
+      numKvHeads: 2,
+      headDim: 64,
+      vocabSize: 512,
+      maxSeqLen: 512,
+    });
+    const m = counting(Model.fromFloatWeights(c, randomWeights(c, 21)));
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 20);
+    const t0 = performance.now();
+    let ids: number[];
+    try {
+      ids = await generateIds(m, [1, 2, 3], { maxTokens: 40, stopTokens: [] });
+    } finally {
+      clearInterval(timer);
+    }
+    const ms = performance.now() - t0;
+    const perStep = ms / m.calls;
+    console.log(
+      `generation: ${ids.length} tokens in ${ms.toFixed(0)} ms (${perStep.toFixed(1)} ms a step), timer fired ${ticks} times`,
+    );
+    expect(ids.length).toBe(40);
+    expect(ms).toBeGreaterThan(1000);
+    // A 20 ms timer fires about once per 20 ms or per step, whichever is longer, when nothing blocks longer.
+    expect(ticks).toBeGreaterThan((0.5 * ms) / Math.max(20, perStep));
+
+    const ac = new AbortController();
+    let callsAtAbort = -1;
+    const abortTimer = setTimeout(() => {
+      callsAtAbort = m.calls;
+      ac.abort();
+    }, 300);
+    await expect(
+      generateIds(m, [1], { maxTokens: 400, stopTokens: [], signal: ac.signal }),
+    ).rejects.toMatchObject({ name: 'AbortError' });
+    clearTimeout(abortTimer);
+    expect(callsAtAbort).toBeGreaterThan(0);
+    expect(m.calls - callsAtAbort).toBeLessThanOrEqual(1);
   });
 });

@@ -1,5 +1,5 @@
 import { QError, Rng } from '@q/core';
-import type { Model } from './model';
+import type { CausalLM } from './lm';
 
 /** Options of `generate`. Temperature 0 (the default) is greedy decoding. */
 export interface GenerateOptions {
@@ -15,8 +15,12 @@ export interface GenerateOptions {
   readonly seed?: number;
   /** Token ids that end generation (not emitted); default the model's EOS ids. */
   readonly stopTokens?: readonly number[];
-  /** Called with each new token id as soon as it is chosen. */
-  readonly onToken?: (id: number) => void;
+  /**
+   * Stops generation: checked before every forward step, so it takes effect within one step. The iterator then
+   * throws `signal.reason` (a `DOMException` named `AbortError` unless the caller gave a reason), as Node's own
+   * APIs do; tokens already yielded stay valid.
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** Index of the largest value (lowest index on ties).
@@ -100,17 +104,37 @@ export function sampleToken(logits: Float32Array, options: GenerateOptions, rng:
 }
 
 /**
- * Continues a prompt (token ids, BOS included when wanted) and returns the new token ids. A prompt longer
- * than the model's context is refused with `E_ARG`; generation ends at a stop token, after `maxTokens`, or
- * when the context is full.
+ * Lets timers, I/O and signal handlers run between forward steps: awaiting a CPU forward pass alone only runs
+ * microtasks, so without this a loop of them would hold the event loop until it ends.
  *
  * @example
  * ```ts
- * const ids = generate(model, [model.config.bosTokenId], { maxTokens: 40 }); // greedy
- * const sampled = generate(model, prompt, { temperature: 0.8, topK: 40, topP: 0.95, seed: 7, onToken: print });
+ * for (const batch of batches) { await yieldToEventLoop(); await model.forward(batch); }
  * ```
  */
-export function generate(model: Model, prompt: readonly number[], options: GenerateOptions = {}): number[] {
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Continues a prompt (token ids, BOS included when wanted) and streams the new token ids as an async iterator.
+ * Generation ends at a stop token (not yielded), after `maxTokens`, or when the context is full. Options and
+ * the prompt are checked when `generate` is called (`E_ARG`, e.g. for a prompt longer than the model's context).
+ * Between forward steps the event loop runs, so a server stays responsive; an aborted `signal` makes the
+ * iterator throw its reason before the next step. Breaking out of a `for await` releases the cache.
+ *
+ * @example
+ * ```ts
+ * for await (const id of generate(model, prompt, { maxTokens: 40, signal: AbortSignal.timeout(5000) }))
+ *   process.stdout.write(decoder.push(id));
+ * const sampled = await generateIds(model, prompt, { temperature: 0.8, topK: 40, topP: 0.95, seed: 7 });
+ * ```
+ */
+export function generate(
+  model: CausalLM,
+  prompt: readonly number[],
+  options: GenerateOptions = {},
+): AsyncGenerator<number, void, undefined> {
   checkOptions(options);
   const ctx = model.config.maxSeqLen;
   if (prompt.length === 0) throw new QError('E_ARG', 'Expected at least one prompt token but received none');
@@ -120,20 +144,54 @@ export function generate(model: Model, prompt: readonly number[], options: Gener
       `Expected a prompt of at most ${ctx} tokens (the model's context) but received ${prompt.length} tokens`,
     );
   }
+  return run(model, [...prompt], options);
+}
+
+async function* run(
+  model: CausalLM,
+  prompt: readonly number[],
+  options: GenerateOptions,
+): AsyncGenerator<number, void, undefined> {
   const maxTokens = options.maxTokens ?? 64;
   const stops = new Set(options.stopTokens ?? model.config.eosTokenIds);
   const rng = new Rng(options.seed ?? 0);
+  const signal = options.signal;
+  signal?.throwIfAborted();
   // Sized to what this call can use, not the model's full context (which can be 128K positions).
-  const cache = model.createCache(1, Math.min(ctx, prompt.length + maxTokens));
-  const out: number[] = [];
-  let logits = model.forward([prompt], { cache, logits: 'last' });
-  while (out.length < maxTokens) {
-    const next = sampleToken(logits, options, rng);
-    if (stops.has(next)) break;
-    out.push(next);
-    options.onToken?.(next);
-    if ((cache.lengths[0] as number) >= cache.capacity) break;
-    logits = model.forward([[next]], { cache, logits: 'last' });
+  const cache = model.createCache({
+    batch: 1,
+    capacity: Math.min(model.config.maxSeqLen, prompt.length + maxTokens),
+  });
+  try {
+    let logits = await model.forward([prompt], { cache, logits: 'last' });
+    for (let n = 0; n < maxTokens; n++) {
+      const next = sampleToken(logits, options, rng);
+      if (stops.has(next)) return;
+      yield next;
+      if ((cache.lengths[0] as number) >= cache.capacity || n + 1 >= maxTokens) return;
+      await yieldToEventLoop();
+      signal?.throwIfAborted();
+      logits = await model.forward([[next]], { cache, logits: 'last' });
+    }
+  } finally {
+    cache.dispose();
   }
+}
+
+/**
+ * `generate` collected into an array (Node 20 has no `Array.fromAsync`).
+ *
+ * @example
+ * ```ts
+ * const ids = await generateIds(model, [model.config.bosTokenId], { maxTokens: 40 }); // greedy
+ * ```
+ */
+export async function generateIds(
+  model: CausalLM,
+  prompt: readonly number[],
+  options: GenerateOptions = {},
+): Promise<number[]> {
+  const out: number[] = [];
+  for await (const id of generate(model, prompt, options)) out.push(id);
   return out;
 }

@@ -4,14 +4,25 @@
  *
  * @example
  * ```ts
- * import { loadModel, generate } from '@q/runtime';
- * const { model, tokenizer } = loadModel('stories260K/stories260K.bin');
- * const ids = generate(model, tokenizer.encodePrompt('Once upon a time'), { maxTokens: 40 });
- * console.log(tokenizer.decode(ids));
+ * import { createModel, generate, loadModel } from '@q/runtime';
+ * const loaded = loadModel('stories260K/stories260K.bin');
+ * const model = await createModel(loaded, { backend: 'cpu' });
+ * const decoder = loaded.tokenizer.streamDecoder();
+ * for await (const id of generate(model, loaded.tokenizer.encodePrompt('Once upon a time'), { maxTokens: 40 }))
+ *   process.stdout.write(decoder.push(id));
+ * await model.dispose();
  * ```
  */
 
 export { Rng } from '@q/core';
+export {
+  type BackendFactory,
+  type CreateModelOptions,
+  createCpuModel,
+  createModel,
+  type ModelSourceData,
+  registerBackend,
+} from './backend';
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
 export { matmulT, threadCount } from './cpu/gemm';
@@ -28,22 +39,29 @@ export {
 } from './demo';
 export { buildDemoModel, type DemoModel, type DemoModelOptions, demoText, demoTokenizer } from './demo-model';
 export {
-  asCausalLM,
   type FinishReason,
   Generator,
   type GeneratorOptions,
   type GeneratorStats,
-  type OpenedModel,
-  openModel,
   type SamplingParams,
   type SequenceHandle,
   type SequenceOptions,
   type StepInfo,
 } from './engine';
 export { type EvalOptions, type EvalResult, evaluatePerplexity } from './evaluate';
-export { argmax, type GenerateOptions, generate, sampleToken } from './generate';
+export { argmax, type GenerateOptions, generate, generateIds, sampleToken } from './generate';
+export type {
+  Backend,
+  CacheOptions,
+  CausalLM,
+  ForwardOptions,
+  KVCache,
+  LinearInputHook,
+} from './lm';
 export {
+  type LoadedFloatModel,
   type LoadedModel,
+  type LoadedQuantizedModel,
   type LoadOptions,
   loadHuggingFace,
   loadLlama2c,
@@ -51,13 +69,12 @@ export {
   type ModelSource,
 } from './load';
 export {
-  type ForwardOptions,
-  KVCache,
-  type LayerWeights,
-  type LinearInputHook,
+  CpuKVCache,
+  type CpuLayerWeights,
+  type CpuModelWeights,
+  type FloatTensorSource,
   layerLinearNames,
   Model,
-  type ModelWeights,
 } from './model';
 export { tensorNames } from './names';
 export {
@@ -80,6 +97,9 @@ export {
   benchServe,
   chatPromptIds,
   formatBenchServe,
+  type OpenedModel,
+  openModel,
+  parseDevice,
   plainChatTemplate,
   type ServeOptions,
   type Server,
@@ -94,3 +114,4 @@ export {
   type TextTokenizer,
   wrapLlama2cTokenizer,
 } from './tokenizer';
+export { type ModelWeights, safetensorsWeights, type TensorInfo, weightsFromMap } from './weights';

@@ -44,6 +44,8 @@ export interface CacheOptions {
   readonly capacity?: number;
   /** Pages in the pool (default enough for every slot at full capacity). */
   readonly pages?: number;
+  /** Positions per page (default 16). */
+  readonly pageSize?: number;
 }
 
 /** Options of one forward pass. */

@@ -1,34 +1,45 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  type ModelConfig,
-  openSafetensorsModel,
-  QError,
-  readHfConfig,
-  readLlama2cCheckpoint,
-  Tensor,
-} from '@q/core';
-import { Model } from './model';
+import { type ModelConfig, QError, readHfConfig, readLlama2cCheckpoint } from '@q/core';
+import type { LayerPlan, QuantizedModel } from '@q/quant';
 import { tensorNames } from './names';
 import { isQuantizedDir, loadQuantizedModel } from './quantize';
 import { findLlama2cTokenizer, loadHfTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
+import { type ModelWeights, safetensorsWeights, weightsFromMap } from './weights';
 
 /** Where a loaded model came from. */
 export type ModelSource = 'llama2c' | 'huggingface' | 'quantized';
 
-/** A model ready to run, with its tokenizer. */
-export interface LoadedModel {
-  readonly source: ModelSource;
-  /** The path given to `loadModel`, resolved. */
+/** What every loader returns besides the weights. */
+interface LoadedCommon {
+  /** The path given to the loader, resolved. */
   readonly path: string;
   readonly config: ModelConfig;
-  readonly model: Model;
   readonly tokenizer: TextTokenizer;
-  /** Float weights under Hugging Face names (float models only): what `quantizeModel` takes. */
-  readonly weights?: ReadonlyMap<string, Tensor>;
-  /** Quantized models: the recipe they were made with. */
-  readonly recipe?: string;
 }
+
+/** A float model (llama2.c or Hugging Face): weights read on demand in their stored dtype. */
+export interface LoadedFloatModel extends LoadedCommon {
+  readonly source: 'llama2c' | 'huggingface';
+  readonly weights: ModelWeights;
+  readonly recipe?: undefined;
+  readonly plans?: undefined;
+}
+
+/** A directory written by `q quantize`: the quantized model, its recipe and per-layer plan. */
+export interface LoadedQuantizedModel extends LoadedCommon {
+  readonly source: 'quantized';
+  readonly weights: QuantizedModel;
+  /** The name of the recipe it was made with. */
+  readonly recipe: string;
+  readonly plans: readonly LayerPlan[];
+}
+
+/**
+ * A loaded model: config, tokenizer and weights, not yet runnable (`createModel` builds it on a backend).
+ * `source` tells the two kinds apart.
+ */
+export type LoadedModel = LoadedFloatModel | LoadedQuantizedModel;
 
 /** Options of `loadModel`. */
 export interface LoadOptions {
@@ -44,7 +55,7 @@ export interface LoadOptions {
  * const m = loadLlama2c('stories260K/stories260K.bin'); // finds tok512.bin beside it
  * ```
  */
-export function loadLlama2c(file: string, options: LoadOptions = {}): LoadedModel {
+export function loadLlama2c(file: string, options: LoadOptions = {}): LoadedFloatModel {
   const tokFile = options.tokenizer ?? findLlama2cTokenizer(file);
   const ckpt = readLlama2cCheckpoint(file);
   const tokenizer = loadLlama2cTokenizer(tokFile, ckpt.config.vocabSize);
@@ -52,9 +63,9 @@ export function loadLlama2c(file: string, options: LoadOptions = {}): LoadedMode
     source: 'llama2c',
     path: path.resolve(file),
     config: ckpt.config,
-    model: Model.fromFloatWeights(ckpt.config, ckpt.weights),
     tokenizer,
-    weights: ckpt.weights,
+    // The file is small next to what a GPU serves, and llama2.c stores f32: read eagerly.
+    weights: weightsFromMap(ckpt.weights, file),
   };
 }
 
@@ -64,9 +75,10 @@ export function loadLlama2c(file: string, options: LoadOptions = {}): LoadedMode
  *
  * @example
  * ```ts
- * const { model, tokenizer } = loadModel('models/stories260K/stories260K.bin');
- * const ids = generate(model, tokenizer.encodePrompt('Once'), { maxTokens: 20 });
- * console.log(tokenizer.decode(ids));
+ * const loaded = loadModel('models/stories260K/stories260K.bin');
+ * const model = await createModel(loaded, { backend: 'cpu' });
+ * const ids = await generateIds(model, loaded.tokenizer.encodePrompt('Once'), { maxTokens: 20 });
+ * console.log(loaded.tokenizer.decode(ids));
  * ```
  */
 export function loadModel(p: string, options: LoadOptions = {}): LoadedModel {
@@ -87,7 +99,7 @@ export function loadModel(p: string, options: LoadOptions = {}): LoadedModel {
 /**
  * Loads a Hugging Face Llama-family directory: `config.json` (llama, mistral, qwen2), `tokenizer.json` (+
  * `tokenizer_config.json` with the chat template) and safetensors weights, single-file or sharded, in any
- * float dtype (converted to f32).
+ * float dtype. Every tensor the config needs is checked to be present; the data is read on demand.
  *
  * @example
  * ```ts
@@ -95,36 +107,25 @@ export function loadModel(p: string, options: LoadOptions = {}): LoadedModel {
  * m.tokenizer.applyChatTemplate?.([{ role: 'user', content: 'Hello' }]);
  * ```
  */
-export function loadHuggingFace(dir: string): LoadedModel {
+export function loadHuggingFace(dir: string): LoadedFloatModel {
   const cfgFile = path.join(dir, 'config.json');
   if (!fs.existsSync(cfgFile)) {
     throw new QError('E_FORMAT', `Expected a config.json in the model directory ${dir} but received none`);
   }
   const config = readHfConfig(dir);
   const tokenizer = loadHfTokenizer(dir, { bosId: config.bosTokenId, eosIds: config.eosTokenIds });
-  const st = openSafetensorsModel(dir);
-  const weights = new Map<string, Tensor<'f32'>>();
+  const weights = safetensorsWeights(dir);
   try {
     for (const name of tensorNames(config)) {
-      if (!st.has(name)) {
-        if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue;
-        throw new QError(
-          'E_FORMAT',
-          `Expected a tensor named ${name} in the safetensors of ${dir} but received none`,
-        );
-      }
-      const t = st.read(name);
-      weights.set(name, t.dtype === 'f32' ? (t as Tensor<'f32'>) : new Tensor('f32', t.shape, t.toFloat32()));
+      if (weights.has(name) || (name === 'lm_head.weight' && config.tieWordEmbeddings)) continue;
+      throw new QError(
+        'E_FORMAT',
+        `Expected a tensor named ${name} in the safetensors of ${dir} but received none`,
+      );
     }
-  } finally {
-    st.close();
+  } catch (e) {
+    weights.close();
+    throw e;
   }
-  return {
-    source: 'huggingface',
-    path: path.resolve(dir),
-    config,
-    model: Model.fromFloatWeights(config, weights),
-    tokenizer,
-    weights,
-  };
+  return { source: 'huggingface', path: path.resolve(dir), config, tokenizer, weights };
 }

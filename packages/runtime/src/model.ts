@@ -1,12 +1,10 @@
-import { type ModelConfig, QError } from '@q/core';
+import { layerLinearNames, layerLinears, llamaNormNames, type ModelConfig, QError } from '@q/core';
 import { FloatLinear, type Linear } from './cpu/linear';
 import { RopeTable, rmsNorm, ropeInvFreq, softmaxInPlace } from './cpu/ops';
+import type { CacheOptions, CausalLM, ForwardOptions, KVCache } from './lm';
 
-/** Called with the input of every linear layer before it runs: x is [rows, cols] row-major. */
-export type LinearInputHook = (name: string, x: Float32Array, rows: number, cols: number) => void;
-
-/** The weights of one decoder layer. */
-export interface LayerWeights {
+/** The weights of one decoder layer of the CPU model. */
+export interface CpuLayerWeights {
   readonly inputNorm: Float32Array;
   readonly postNorm: Float32Array;
   readonly q: Linear;
@@ -18,105 +16,201 @@ export interface LayerWeights {
   readonly down: Linear;
 }
 
-/** Everything a forward pass needs; linears may be float or quantized. */
-export interface ModelWeights {
+/** Everything a CPU forward pass needs; linears may be float or quantized. */
+export interface CpuModelWeights {
   /** [vocab, hidden]. */
   readonly embed: Float32Array;
-  readonly layers: readonly LayerWeights[];
+  readonly layers: readonly CpuLayerWeights[];
   readonly finalNorm: Float32Array;
   /** The classifier; for tied embeddings a float linear over `embed` unless a recipe quantized it. */
   readonly lmHead: Linear;
 }
 
-/** Names of the seven projections of decoder layer i, in forward order.
- *
- * @example
- * ```ts
- * layerLinearNames(0)[6]; // 'model.layers.0.mlp.down_proj'
- * ```
- */
-export function layerLinearNames(i: number): string[] {
-  const p = `model.layers.${i}`;
-  return [
-    `${p}.self_attn.q_proj`,
-    `${p}.self_attn.k_proj`,
-    `${p}.self_attn.v_proj`,
-    `${p}.self_attn.o_proj`,
-    `${p}.mlp.gate_proj`,
-    `${p}.mlp.up_proj`,
-    `${p}.mlp.down_proj`,
-  ];
+/** Float tensors by Hugging Face name: a loader's `ModelWeights` or a plain `Map<string, Tensor>`. */
+export interface FloatTensorSource {
+  has(name: string): boolean;
+  get(name: string): { toFloat32(): Float32Array; readonly shape: readonly number[] } | undefined;
 }
 
-/**
- * Key/value cache for a batch of sequences: per layer, [batch, capacity, kvHeads·headDim] for keys and values,
- * and the number of positions filled for each sequence.
- *
- * @example
- * ```ts
- * const cache = new KVCache(model.config, 2, 256);
- * model.forward([[1, 5, 9], [1, 7]], { cache });
- * cache.lengths; // [3, 2]
- * ```
- */
-export class KVCache {
-  readonly keys: Float32Array[];
-  readonly values: Float32Array[];
-  readonly lengths: number[];
-  readonly kvDim: number;
+export { layerLinearNames };
+
+const DEFAULT_PAGE_SIZE = 16;
+
+function positiveInt(v: number, name: string): number {
+  if (!Number.isInteger(v) || v < 1)
+    throw new QError('E_ARG', `Expected a positive integer for ${name} but received ${v}`);
+  return v;
+}
+
+/** The pages behind a `CpuKVCache`, reachable only from this module (the cache exposes no host arrays). */
+class PagePool {
+  readonly lens: number[];
+  /** Page ids of each slot, in position order. */
+  readonly tables: number[][];
+  readonly free: number[];
+  /** keys[layer][page], values[layer][page]: [pageSize, kvDim], allocated on first use and kept for reuse. */
+  readonly keys: (Float32Array | undefined)[][];
+  readonly values: (Float32Array | undefined)[][];
 
   constructor(
-    config: ModelConfig,
     readonly batch: number,
     readonly capacity: number,
+    readonly pageSize: number,
+    readonly pagesTotal: number,
+    readonly kvDim: number,
+    readonly numLayers: number,
   ) {
-    if (!Number.isInteger(batch) || batch < 1)
-      throw new QError('E_ARG', `Expected a positive integer for batch but received ${batch}`);
-    if (!Number.isInteger(capacity) || capacity < 1)
-      throw new QError('E_ARG', `Expected a positive integer for capacity but received ${capacity}`);
-    this.kvDim = config.numKvHeads * config.headDim;
-    this.keys = [];
-    this.values = [];
-    for (let l = 0; l < config.numLayers; l++) {
-      this.keys.push(new Float32Array(batch * capacity * this.kvDim));
-      this.values.push(new Float32Array(batch * capacity * this.kvDim));
-    }
-    this.lengths = new Array<number>(batch).fill(0);
+    this.lens = new Array<number>(batch).fill(0);
+    this.tables = Array.from({ length: batch }, () => []);
+    // Lowest page ids first, so a fresh cache hands out pages 0, 1, 2, …
+    this.free = Array.from({ length: pagesTotal }, (_, i) => pagesTotal - 1 - i);
+    this.keys = Array.from({ length: numLayers }, () => []);
+    this.values = Array.from({ length: numLayers }, () => []);
   }
 
-  /** Forgets every sequence (keeps the memory). */
-  reset(): void {
-    this.lengths.fill(0);
+  release(slot: number): void {
+    const t = this.tables[slot] as number[];
+    for (let i = t.length - 1; i >= 0; i--) this.free.push(t[i] as number);
+    t.length = 0;
+    this.lens[slot] = 0;
+  }
+
+  /** Makes room for `add[i]` more positions in slot `slots[i]`; checks every slot before taking a page. */
+  reserve(slots: readonly number[], add: readonly number[]): void {
+    let need = 0;
+    slots.forEach((s, i) => {
+      const len = (this.lens[s] as number) + (add[i] as number);
+      if (len > this.capacity)
+        throw new QError(
+          'E_ARG',
+          `Expected at most ${this.capacity} positions (the context) for sequence ${i} but received ${len}`,
+        );
+      need += Math.max(0, Math.ceil(len / this.pageSize) - (this.tables[s] as number[]).length);
+    });
+    if (need > this.free.length)
+      throw new QError(
+        'E_ARG',
+        `Expected at most ${this.free.length} free cache pages (${this.pagesTotal - this.free.length} of ${this.pagesTotal} in use) for forward but received a batch that needs ${need}`,
+      );
+    slots.forEach((s, i) => {
+      const t = this.tables[s] as number[];
+      const pages = Math.ceil(((this.lens[s] as number) + (add[i] as number)) / this.pageSize);
+      while (t.length < pages) {
+        const page = this.free.pop() as number;
+        t.push(page);
+        for (let l = 0; l < this.numLayers; l++) {
+          const kl = this.keys[l] as (Float32Array | undefined)[];
+          const vl = this.values[l] as (Float32Array | undefined)[];
+          if (kl[page] === undefined) kl[page] = new Float32Array(this.pageSize * this.kvDim);
+          if (vl[page] === undefined) vl[page] = new Float32Array(this.pageSize * this.kvDim);
+        }
+      }
+    });
+  }
+
+  /** The pages of one slot for one layer (keys, values), in position order. */
+  pagesOf(layer: number, slot: number): [Float32Array[], Float32Array[]] {
+    const t = this.tables[slot] as number[];
+    const kl = this.keys[layer] as Float32Array[];
+    const vl = this.values[layer] as Float32Array[];
+    return [t.map((p) => kl[p] as Float32Array), t.map((p) => vl[p] as Float32Array)];
   }
 }
 
-/** Options of one forward pass. */
-export interface ForwardOptions {
-  /** Cache to read earlier positions from and append to; a fresh one (sized to the input) when absent. */
-  readonly cache?: KVCache;
-  /** Which logits to return: every input position (default), the last of each sequence, or none. */
-  readonly logits?: 'all' | 'last' | 'none';
-  /** Observes every linear layer input (calibration). */
-  readonly hook?: LinearInputHook;
+const pools = new WeakMap<CpuKVCache, PagePool>();
+
+function poolOf(cache: CpuKVCache): PagePool {
+  const p = pools.get(cache);
+  if (p === undefined)
+    throw new QError('E_DISPOSED', 'Expected a live KV cache but received one that was disposed');
+  return p;
 }
 
 /**
- * A Llama-family decoder (Llama 2/3, Mistral, Qwen2) on the CPU: RMSNorm, RoPE (interleaved or half, theta,
- * linear or llama3 scaling), grouped-query causal attention with a KV cache, SwiGLU MLP, optional q/k/v bias,
- * tied embeddings. Float32 activations; every projection is a `Linear` (float or quantized).
+ * The CPU model's key/value cache: per layer, pages of `pageSize` positions × kvHeads·headDim for keys and
+ * values. A slot takes pages from the pool as its sequence grows (their memory is allocated on first use and
+ * kept for reuse) and gives them back on `reset(slot)`.
  *
  * @example
  * ```ts
- * const model = Model.fromFloatWeights(config, weights); // weights: Map<HF name, Tensor>
- * const logits = model.forward([[config.bosTokenId]], { logits: 'last' }); // [1, vocab]
+ * const cache = model.createCache({ batch: 2, capacity: 256 });
+ * await model.forward([[1, 5, 9], [1, 7]], { cache });
+ * cache.lengths; // [3, 2]
+ * cache.pagesInUse; // 2 (one page of 16 positions per slot)
  * ```
  */
-export class Model {
+export class CpuKVCache implements KVCache {
+  readonly batch: number;
+  readonly capacity: number;
+  readonly pageSize: number;
+  readonly pagesTotal: number;
+
+  constructor(config: ModelConfig, options: CacheOptions = {}) {
+    this.batch = positiveInt(options.batch ?? 1, 'batch');
+    this.capacity = positiveInt(options.capacity ?? config.maxSeqLen, 'capacity');
+    this.pageSize = positiveInt(options.pageSize ?? DEFAULT_PAGE_SIZE, 'pageSize');
+    this.pagesTotal = positiveInt(
+      options.pages ?? this.batch * Math.ceil(this.capacity / this.pageSize),
+      'pages',
+    );
+    pools.set(
+      this,
+      new PagePool(
+        this.batch,
+        this.capacity,
+        this.pageSize,
+        this.pagesTotal,
+        config.numKvHeads * config.headDim,
+        config.numLayers,
+      ),
+    );
+  }
+
+  get lengths(): readonly number[] {
+    return poolOf(this).lens;
+  }
+
+  get pagesInUse(): number {
+    const p = pools.get(this);
+    return p === undefined ? 0 : this.pagesTotal - p.free.length;
+  }
+
+  reset(slot?: number): void {
+    const p = poolOf(this);
+    if (slot === undefined) {
+      for (let s = 0; s < this.batch; s++) p.release(s);
+      return;
+    }
+    if (!Number.isInteger(slot) || slot < 0 || slot >= this.batch)
+      throw new QError('E_ARG', `Expected a slot in [0, ${this.batch}) for reset but received ${slot}`);
+    p.release(slot);
+  }
+
+  dispose(): void {
+    pools.delete(this);
+  }
+}
+
+/**
+ * A Llama-family decoder (Llama 2/3, Mistral, Qwen2) on the CPU, the `'cpu'` backend of `CausalLM`: RMSNorm,
+ * RoPE (interleaved or half, theta, linear or llama3 scaling), grouped-query causal attention over a paged KV
+ * cache, SwiGLU MLP, optional q/k/v bias, tied embeddings. Float32 activations; every projection is a `Linear`
+ * (float or quantized). Usually built by `createModel(loaded, { backend: 'cpu' })`.
+ *
+ * @example
+ * ```ts
+ * const model = Model.fromFloatWeights(config, weights); // weights: Map<HF name, Tensor> or a loader's
+ * const logits = await model.forward([[config.bosTokenId]], { logits: 'last' }); // [1, vocab]
+ * ```
+ */
+export class Model implements CausalLM {
+  readonly backend = 'cpu' as const;
   private readonly rope: RopeTable;
+  private disposed = false;
 
   constructor(
     readonly config: ModelConfig,
-    readonly weights: ModelWeights,
+    readonly weights: CpuModelWeights,
   ) {
     checkConfig(config);
     const d = config.hiddenSize;
@@ -142,13 +236,10 @@ export class Model {
    * const model = Model.fromFloatWeights(config, weights);
    * ```
    */
-  static fromFloatWeights(
-    config: ModelConfig,
-    weights: ReadonlyMap<string, { toFloat32(): Float32Array; readonly shape: readonly number[] }>,
-  ): Model {
+  static fromFloatWeights(config: ModelConfig, weights: FloatTensorSource): Model {
     checkConfig(config);
     const get = (name: string, shape: readonly number[]): Float32Array => {
-      const t = weights.get(name);
+      const t = weights.has(name) ? weights.get(name) : undefined;
       if (t === undefined) throw new QError('E_FORMAT', `Expected a tensor named ${name} but received none`);
       if (t.shape.length !== shape.length || t.shape.some((v, i) => v !== shape[i]))
         throw new QError(
@@ -170,6 +261,11 @@ export class Model {
   /**
    * Builds a model from two getters: `vector(name, shape)` for float tensors (embeddings, norms) and
    * `linear(name, n, k, hasBias)` for projections. Used for float and quantized models alike.
+   *
+   * @example
+   * ```ts
+   * const model = Model.fromGetters(config, (name) => vectors.get(name)!, (name, n, k) => linears.get(name));
+   * ```
    */
   static fromGetters(
     config: ModelConfig,
@@ -189,31 +285,22 @@ export class Model {
       return l;
     };
     const d = config.hiddenSize;
-    const qd = config.numHeads * config.headDim;
-    const kvd = config.numKvHeads * config.headDim;
-    const ff = config.intermediateSize;
-    const layers: LayerWeights[] = [];
+    const layers: CpuLayerWeights[] = [];
     for (let i = 0; i < config.numLayers; i++) {
-      const [q, k, v, o, gate, up, down] = layerLinearNames(i) as [
-        string,
-        string,
-        string,
-        string,
-        string,
-        string,
-        string,
-      ];
-      const p = `model.layers.${i}`;
+      const [q, k, v, o, gate, up, down] = layerLinears(config, i).map((l) =>
+        linear(l.name, l.n, l.k, l.bias),
+      ) as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
+      const norms = llamaNormNames(i);
       layers.push({
-        inputNorm: vector(`${p}.input_layernorm.weight`, [d]),
-        postNorm: vector(`${p}.post_attention_layernorm.weight`, [d]),
-        q: linear(q, qd, d, config.attentionBias),
-        k: linear(k, kvd, d, config.attentionBias),
-        v: linear(v, kvd, d, config.attentionBias),
-        o: linear(o, d, qd, false),
-        gate: linear(gate, ff, d, false),
-        up: linear(up, ff, d, false),
-        down: linear(down, d, ff, false),
+        inputNorm: vector(`${norms.input}.weight`, [d]),
+        postNorm: vector(`${norms.post}.weight`, [d]),
+        q,
+        k,
+        v,
+        o,
+        gate,
+        up,
+        down,
       });
     }
     const embed = vector('model.embed_tokens.weight', [config.vocabSize, d]);
@@ -227,7 +314,13 @@ export class Model {
     return new Model(config, { embed, layers, finalNorm: vector('model.norm.weight', [d]), lmHead });
   }
 
-  /** Every linear layer by name, in forward order (lm_head last). */
+  /** Every linear layer by name, in forward order (lm_head last).
+   *
+   * @example
+   * ```ts
+   * model.linears().get('model.layers.0.mlp.down_proj')?.format; // 'f32' or 'int4'
+   * ```
+   */
   linears(): Map<string, Linear> {
     const m = new Map<string, Linear>();
     for (const l of this.weights.layers)
@@ -236,17 +329,19 @@ export class Model {
     return m;
   }
 
-  /** A cache sized for `batch` sequences of up to `capacity` tokens (default: the model's context). */
-  createCache(batch = 1, capacity = this.config.maxSeqLen): KVCache {
-    return new KVCache(this.config, batch, capacity);
+  /** A paged cache for `batch` slots of up to `capacity` positions (default: the model's context). */
+  createCache(options: CacheOptions = {}): CpuKVCache {
+    this.check();
+    return new CpuKVCache(this.config, options);
   }
 
   /**
-   * Runs the decoder over new tokens of each sequence of a batch (sequences may differ in length; sequence b
-   * continues at position `cache.lengths[b]`). Returns logits [rows, vocab]: all new positions of all
-   * sequences in order (`'all'`), or one row per sequence (`'last'`).
+   * Runs the decoder over new tokens of each sequence of a batch (sequences may differ in length; sequence i
+   * continues slot `slots[i]` at position `cache.lengths[slots[i]]`). Returns logits [rows, vocab]: all new
+   * positions of all sequences in order (`'all'`), or one row per sequence (`'last'`).
    */
-  forward(tokens: readonly (readonly number[])[], options: ForwardOptions = {}): Float32Array {
+  async forward(tokens: readonly (readonly number[])[], options: ForwardOptions = {}): Promise<Float32Array> {
+    this.check();
     const cfg = this.config;
     const d = cfg.hiddenSize;
     const hd = cfg.headDim;
@@ -254,31 +349,56 @@ export class Model {
     const nkv = cfg.numKvHeads;
     const kvd = nkv * hd;
     const groups = nh / nkv;
-    const cache =
-      options.cache ??
-      new KVCache(cfg, Math.max(1, tokens.length), Math.max(1, ...tokens.map((t) => t.length)));
-    if (tokens.length !== cache.batch)
+    let cache: CpuKVCache;
+    if (options.cache === undefined)
+      cache = new CpuKVCache(cfg, {
+        batch: Math.max(1, tokens.length),
+        capacity: Math.max(1, ...tokens.map((t) => t.length)),
+      });
+    else if (options.cache instanceof CpuKVCache) cache = options.cache;
+    else
+      throw new QError(
+        'E_ARG',
+        "Expected a cache made by this model's createCache for forward but received one of another backend",
+      );
+    const slots = options.slots ?? tokens.map((_, i) => i);
+    if (slots.length !== tokens.length)
       throw new QError(
         'E_SHAPE',
-        `Expected ${cache.batch} sequences for forward but received ${tokens.length}`,
+        `Expected one slot per sequence (${tokens.length}) for forward but received ${slots.length}`,
       );
+    const used = new Set<number>();
+    for (const s of slots) {
+      if (!Number.isInteger(s) || s < 0 || s >= cache.batch || used.has(s))
+        throw new QError(
+          'E_ARG',
+          `Expected distinct cache slots in [0, ${cache.batch}) for forward but received ${JSON.stringify(slots)}`,
+        );
+      used.add(s);
+    }
     const hook = options.hook;
     const starts: number[] = [];
     let rows = 0;
     for (let b = 0; b < tokens.length; b++) {
       const seq = tokens[b] as readonly number[];
-      const have = cache.lengths[b] as number;
-      if (have + seq.length > cache.capacity)
-        throw new QError(
-          'E_ARG',
-          `Expected at most ${cache.capacity} positions (the context) for sequence ${b} but received ${have + seq.length}`,
-        );
       for (const t of seq)
         if (!Number.isInteger(t) || t < 0 || t >= cfg.vocabSize)
           throw new QError('E_ARG', `Expected token ids in [0, ${cfg.vocabSize}) but received ${t}`);
       starts.push(rows);
       rows += seq.length;
     }
+    const mode = options.logits ?? 'all';
+    if (mode === 'last')
+      tokens.forEach((seq, b) => {
+        if (seq.length === 0)
+          throw new QError('E_ARG', `Expected at least one new token for sequence ${b} but received none`);
+      });
+    const pool = poolOf(cache);
+    pool.reserve(
+      slots,
+      tokens.map((t) => t.length),
+    );
+    const past = slots.map((s) => pool.lens[s] as number);
     const x = new Float32Array(rows * d);
     {
       let r = 0;
@@ -288,89 +408,100 @@ export class Model {
           r++;
         }
     }
-    const run = (l: Linear, input: Float32Array): Float32Array => {
+    const run = (l: Linear, input: Float32Array): Promise<Float32Array> => {
       hook?.(l.name, input, rows, l.inFeatures);
       return l.forward(input, rows);
     };
     const scale = 1 / Math.sqrt(hd);
-    const maxLen = Math.max(0, ...tokens.map((s, b) => (cache.lengths[b] as number) + s.length));
+    const ps = cache.pageSize;
+    const maxLen = Math.max(0, ...tokens.map((s, b) => (past[b] as number) + s.length));
     const scores = new Float64Array(maxLen);
     for (let li = 0; li < cfg.numLayers; li++) {
-      const L = this.weights.layers[li] as LayerWeights;
+      const L = this.weights.layers[li] as CpuLayerWeights;
       const h = rmsNorm(x, rows, d, L.inputNorm, cfg.rmsNormEps);
-      const q = run(L.q, h);
-      const k = run(L.k, h);
-      const v = run(L.v, h);
-      const kc = cache.keys[li] as Float32Array;
-      const vc = cache.values[li] as Float32Array;
+      const q = await run(L.q, h);
+      const k = await run(L.k, h);
+      const v = await run(L.v, h);
       const att = new Float32Array(rows * nh * hd);
       for (let b = 0; b < tokens.length; b++) {
         const seqLen = (tokens[b] as readonly number[]).length;
-        const past = cache.lengths[b] as number;
-        const base = b * cache.capacity * kvd;
+        const start = past[b] as number;
+        const [kp, vp] = pool.pagesOf(li, slots[b] as number);
         for (let t = 0; t < seqLen; t++) {
           const r = (starts[b] as number) + t;
-          const pos = past + t;
+          const pos = start + t;
           this.rope.apply(q, r * nh * hd, nh, pos, cfg.ropeStyle);
           this.rope.apply(k, r * kvd, nkv, pos, cfg.ropeStyle);
-          kc.set(k.subarray(r * kvd, (r + 1) * kvd), base + pos * kvd);
-          vc.set(v.subarray(r * kvd, (r + 1) * kvd), base + pos * kvd);
+          const page = Math.floor(pos / ps);
+          const off = (pos % ps) * kvd;
+          (kp[page] as Float32Array).set(k.subarray(r * kvd, (r + 1) * kvd), off);
+          (vp[page] as Float32Array).set(v.subarray(r * kvd, (r + 1) * kvd), off);
         }
         for (let t = 0; t < seqLen; t++) {
           const r = (starts[b] as number) + t;
-          const n = past + t + 1;
+          const n = start + t + 1;
           for (let hh = 0; hh < nh; hh++) {
             const qo = r * nh * hd + hh * hd;
-            const ko = base + Math.floor(hh / groups) * hd;
+            const ko = Math.floor(hh / groups) * hd;
             for (let p = 0; p < n; p++) {
               let s = 0;
-              const kp = ko + p * kvd;
-              for (let i = 0; i < hd; i++) s += (q[qo + i] as number) * (kc[kp + i] as number);
+              const kc = kp[Math.floor(p / ps)] as Float32Array;
+              const o = (p % ps) * kvd + ko;
+              for (let i = 0; i < hd; i++) s += (q[qo + i] as number) * (kc[o + i] as number);
               scores[p] = s * scale;
             }
             softmaxInPlace(scores, 0, n);
             const ao = r * nh * hd + hh * hd;
             for (let i = 0; i < hd; i++) {
               let s = 0;
-              for (let p = 0; p < n; p++) s += (scores[p] as number) * (vc[ko + p * kvd + i] as number);
+              for (let p = 0; p < n; p++) {
+                const vc = vp[Math.floor(p / ps)] as Float32Array;
+                s += (scores[p] as number) * (vc[(p % ps) * kvd + ko + i] as number);
+              }
               att[ao + i] = s;
             }
           }
         }
       }
-      const o = run(L.o, att);
+      const o = await run(L.o, att);
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (o[i] as number);
       const h2 = rmsNorm(x, rows, d, L.postNorm, cfg.rmsNormEps);
-      const g = run(L.gate, h2);
-      const u = run(L.up, h2);
+      const g = await run(L.gate, h2);
+      const u = await run(L.up, h2);
       for (let i = 0; i < g.length; i++) {
         const a = g[i] as number;
         g[i] = (a / (1 + Math.exp(-a))) * (u[i] as number);
       }
-      const dn = run(L.down, g);
+      const dn = await run(L.down, g);
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (dn[i] as number);
     }
-    for (let b = 0; b < tokens.length; b++)
-      cache.lengths[b] = (cache.lengths[b] as number) + (tokens[b] as readonly number[]).length;
-    const mode = options.logits ?? 'all';
+    slots.forEach((s, b) => {
+      pool.lens[s] = (pool.lens[s] as number) + (tokens[b] as readonly number[]).length;
+    });
     if (mode === 'none') return new Float32Array(0);
     let hin = x;
     let hrows = rows;
     if (mode === 'last') {
       hin = new Float32Array(tokens.length * d);
-      hrows = 0;
+      hrows = tokens.length;
       for (let b = 0; b < tokens.length; b++) {
-        const len = (tokens[b] as readonly number[]).length;
-        if (len === 0)
-          throw new QError('E_ARG', `Expected at least one new token for sequence ${b} but received none`);
-        const r = (starts[b] as number) + len - 1;
+        const r = (starts[b] as number) + (tokens[b] as readonly number[]).length - 1;
         hin.set(x.subarray(r * d, (r + 1) * d), b * d);
-        hrows++;
       }
     }
     const hf = rmsNorm(hin, hrows, d, this.weights.finalNorm, cfg.rmsNormEps);
     hook?.(this.weights.lmHead.name, hf, hrows, d);
     return this.weights.lmHead.forward(hf, hrows);
+  }
+
+  /** Marks the model disposed (its memory is garbage-collected; the CPU worker threads are shared). */
+  async dispose(): Promise<void> {
+    this.disposed = true;
+  }
+
+  private check(): void {
+    if (this.disposed)
+      throw new QError('E_DISPOSED', 'Expected a live model but received one that was disposed');
   }
 }
 

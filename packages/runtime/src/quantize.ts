@@ -1,24 +1,30 @@
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { type ModelConfig, QError, type Tensor } from '@q/core';
+import { type ModelConfig, QError, Tensor } from '@q/core';
 import {
   type ActivationObserver,
   getRecipe,
-  type LayerPlan,
   type LayerReport,
   linearForward,
   loadQuantized,
   MANIFEST_FILE,
   type QuantizedModel,
   quantizeModel,
+  RECIPE_NAMES,
   type Recipe,
+  type RecipeOverrides,
   saveQuantized,
+  validateRecipe,
 } from '@q/quant';
+import { createCpuModel } from './backend';
 import { calibrate } from './calibrate';
 import { FloatLinear, QuantLinear } from './cpu/linear';
-import type { LoadedModel } from './load';
+import { yieldToEventLoop } from './generate';
+import type { CausalLM } from './lm';
+import type { LoadedFloatModel, LoadedModel, LoadedQuantizedModel } from './load';
 import { Model } from './model';
+import { tensorNames } from './names';
 import { loadHfTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
 
 /**
@@ -28,7 +34,7 @@ import { loadHfTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tok
  * @example
  * ```ts
  * const { model: q } = quantizeModel(weights, config, stats, 'fptq');
- * const runnable = modelFromQuantized(q);
+ * const runnable = modelFromQuantized(q); // or, on any backend: await createModel(q, { backend })
  * ```
  */
 export function modelFromQuantized(q: QuantizedModel): Model {
@@ -93,15 +99,15 @@ function carriedTokenizer(dir: string, config: ModelConfig): TextTokenizer {
  * m.recipe; // 'fptq'
  * ```
  */
-export function loadQuantizedModel(dir: string): LoadedModel & { readonly plans: readonly LayerPlan[] } {
+export function loadQuantizedModel(dir: string): LoadedQuantizedModel {
   const { model: q, manifest } = loadQuantized(dir);
   const tokenizer = carriedTokenizer(dir, manifest.config);
   return {
     source: 'quantized',
     path: path.resolve(dir),
     config: manifest.config,
-    model: modelFromQuantized(q),
     tokenizer,
+    weights: q,
     recipe: manifest.recipe.name,
     plans: q.plans,
   };
@@ -109,16 +115,61 @@ export function loadQuantizedModel(dir: string): LoadedModel & { readonly plans:
 
 /** Recipe options `q quantize` exposes. */
 export interface RecipeChoice {
-  readonly recipe: string;
+  /** A built-in recipe's name, a path to a recipe JSON file, or a `Recipe` object (any name). */
+  readonly recipe: string | Recipe;
   /** int4 group size along K (overrides the recipe's). */
   readonly groupSize?: number;
 }
 
-/** The recipe a choice names, validated (unknown names list the valid ones).
+function readRecipeFile(file: string): Recipe {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new QError(
+      'E_IO',
+      `Expected a readable recipe JSON file for --recipe but received ${JSON.stringify(file)}: ${(e as Error).message}`,
+    );
+  }
+  let obj: unknown;
+  try {
+    obj = JSON.parse(text);
+  } catch (e) {
+    throw new QError(
+      'E_FORMAT',
+      `Expected valid JSON in the recipe file ${file} but received text that does not parse: ${(e as Error).message}`,
+    );
+  }
+  if (typeof obj !== 'object' || obj === null || Array.isArray(obj))
+    throw new QError(
+      'E_FORMAT',
+      `Expected a JSON object in the recipe file ${file} but received ${text.slice(0, 40)}`,
+    );
+  // A file without a name goes by its file name; the description may be left out.
+  const named = {
+    name: path.basename(file).replace(/\.json$/i, ''),
+    description: `custom recipe from ${path.basename(file)}`,
+    ...obj,
+  };
+  try {
+    return validateRecipe(named);
+  } catch (e) {
+    if (e instanceof QError)
+      throw new QError(e.code, `In the recipe file ${file}: ${e.message}`, { cause: e });
+    throw e;
+  }
+}
+
+/**
+ * The recipe a choice names, validated: a built-in name (unknown names list the valid ones), a JSON file
+ * holding a whole `Recipe` (as a manifest records it; `name` defaults to the file name), or a `Recipe` object.
+ * Custom recipes take exactly the path built-in ones do.
  *
  * @example
  * ```ts
  * resolveRecipe({ recipe: 'fptq', groupSize: 64 }).weights.groupSize; // 64
+ * resolveRecipe({ recipe: './my-recipe.json' }).name; // 'my-recipe', or the name the file gives
+ * resolveRecipe({ recipe: { ...RECIPES.fptq, name: 'fptq-g64', weights: { ...RECIPES.fptq.weights, groupSize: 64 } } });
  * ```
  */
 export function resolveRecipe(choice: RecipeChoice): Recipe {
@@ -127,10 +178,22 @@ export function resolveRecipe(choice: RecipeChoice): Recipe {
       'E_ARG',
       `Expected an even integer >= 2 for --group-size but received ${choice.groupSize}`,
     );
-  return getRecipe(
-    choice.recipe,
-    choice.groupSize !== undefined ? { weights: { groupSize: choice.groupSize } } : {},
-  );
+  const r = choice.recipe;
+  let base: Recipe;
+  if (typeof r !== 'string') base = validateRecipe(r);
+  else if ((RECIPE_NAMES as readonly string[]).includes(r)) return getRecipe(r, groupOverride(choice));
+  else if (r.toLowerCase().endsWith('.json') || fs.existsSync(r)) base = readRecipeFile(r);
+  else
+    throw new QError(
+      'E_ARG',
+      `Expected one of ${RECIPE_NAMES.join(', ')} or a recipe JSON file for recipe but received ${JSON.stringify(r)}`,
+    );
+  if (choice.groupSize === undefined) return base;
+  return validateRecipe({ ...base, weights: { ...base.weights, groupSize: choice.groupSize } });
+}
+
+function groupOverride(choice: RecipeChoice): RecipeOverrides {
+  return choice.groupSize !== undefined ? { weights: { groupSize: choice.groupSize } } : {};
 }
 
 /** True when a recipe needs calibration statistics (static scales or LAE).
@@ -154,31 +217,51 @@ export interface QuantizeOptions extends RecipeChoice {
   readonly calibSeqLen?: number;
   /** Reuse statistics instead of calibrating. */
   readonly stats?: ActivationObserver;
+  /** The float model to calibrate with (any backend); default a CPU model of `loaded`, disposed afterwards. */
+  readonly model?: CausalLM;
+  /** Stops calibration between forward passes; the promise then rejects with `signal.reason`. */
+  readonly signal?: AbortSignal;
   readonly onProgress?: (stage: 'calibrate', done: number, total: number) => void;
 }
 
-/** A quantized model in memory, with what it was made from. */
+/** A quantized model in memory, with what it was made from. `createModel(run.quantized)` runs it. */
 export interface QuantizedRun {
   readonly recipe: Recipe;
   readonly quantized: QuantizedModel;
   readonly report: readonly LayerReport[];
-  readonly model: Model;
   readonly stats?: ActivationObserver;
   readonly calibTokens: number;
 }
 
+function isF32(t: Tensor): t is Tensor<'f32'> {
+  return t.dtype === 'f32';
+}
+
+/** Every float tensor a config needs, widened to f32: what `@q/quant`'s quantizeModel takes. */
+function floatTensors(loaded: LoadedFloatModel): Map<string, Tensor<'f32'>> {
+  const out = new Map<string, Tensor<'f32'>>();
+  for (const name of tensorNames(loaded.config)) {
+    if (!loaded.weights.has(name)) continue;
+    const t = loaded.weights.get(name);
+    out.set(name, isF32(t) ? t : new Tensor('f32', t.shape, t.toFloat32()));
+  }
+  return out;
+}
+
 /**
- * Calibrates (when the recipe needs it) and quantizes a float model in memory.
+ * Calibrates (when the recipe needs it) and quantizes a float model in memory. The recipe may be a built-in
+ * name, a recipe JSON file or any `Recipe` object.
  *
  * @example
  * ```ts
  * const float = loadModel('stories260K.bin');
- * const run = quantizeLoaded(float, { recipe: 'fptq', calibText });
- * evaluatePerplexity(run.model, ids, { compare: float.model });
+ * const run = await quantizeLoaded(float, { recipe: 'fptq', calibText });
+ * const model = await createModel(run.quantized);
+ * await evaluatePerplexity(model, ids, { compare: await createModel(float) });
  * ```
  */
-export function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptions): QuantizedRun {
-  if (!loaded.weights)
+export async function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptions): Promise<QuantizedRun> {
+  if (loaded.source === 'quantized')
     throw new QError(
       'E_ARG',
       `Expected a float model (llama2.c or Hugging Face) to quantize but received the ${loaded.source} model ${loaded.path}`,
@@ -194,55 +277,58 @@ export function quantizeLoaded(loaded: LoadedModel, options: QuantizeOptions): Q
       );
     const ids = loaded.tokenizer.encode(options.calibText);
     const maxTokens = Math.min(ids.length, options.calibTokens ?? 16384);
-    stats = calibrate(loaded.model, ids, {
-      maxTokens,
-      seqLen: options.calibSeqLen ?? Math.min(256, loaded.config.maxSeqLen),
-      ...(options.onProgress ? { onProgress: (d, t) => options.onProgress?.('calibrate', d, t) } : {}),
-    });
+    const model = options.model ?? createCpuModel(loaded);
+    try {
+      stats = await calibrate(model, ids, {
+        maxTokens,
+        seqLen: options.calibSeqLen ?? Math.min(256, loaded.config.maxSeqLen),
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.onProgress ? { onProgress: (d, t) => options.onProgress?.('calibrate', d, t) } : {}),
+      });
+    } finally {
+      if (model !== options.model) await model.dispose();
+    }
     calibTokens = maxTokens;
   }
-  const { model: quantized, report } = quantizeModel(
-    loaded.weights as ReadonlyMap<string, Tensor<'f32'>>,
-    loaded.config,
-    stats,
-    recipe,
-  );
-  return {
-    recipe,
-    quantized,
-    report,
-    model: modelFromQuantized(quantized),
-    ...(stats ? { stats } : {}),
-    calibTokens,
-  };
+  await yieldToEventLoop();
+  options.signal?.throwIfAborted();
+  const { model: quantized, report } = quantizeModel(floatTensors(loaded), loaded.config, stats, recipe);
+  return { recipe, quantized, report, ...(stats ? { stats } : {}), calibTokens };
 }
 
 /** Options of `saveQuantizedModel`. */
 export interface SaveQuantizedOptions {
+  /** The tokenizer to carry (the float model's), so the directory runs on its own. */
+  readonly tokenizer: TextTokenizer;
   /** Replace a non-empty output directory. */
   readonly force?: boolean;
-  /** Called between the steps; an exception thrown here aborts and leaves nothing under `out`. */
+  /** Files the model was made from, recorded in the manifest. */
+  readonly sourceFiles?: readonly string[];
+  /** Checked between the steps: an aborted signal stops the save, leaves nothing under `dir` and throws its reason. */
+  readonly signal?: AbortSignal;
+  /** Called between the steps; an exception thrown here aborts and leaves nothing under `dir`. */
   readonly onStep?: (step: 'weights' | 'tokenizer' | 'commit') => void;
 }
 
 /**
- * Writes a quantized model and the source's tokenizer into `out`, atomically: everything goes to a temporary
- * sibling directory that is renamed to `out` only when complete, so an interrupted run leaves nothing under the
- * final name. A non-empty `out` is refused (`E_EXISTS`) unless `force`.
+ * Writes a quantized model and a tokenizer into `dir`, atomically: everything goes to a temporary sibling
+ * directory that is renamed to `dir` only when complete, and removed in a `finally` whatever happens, so an
+ * interrupted or failed save leaves nothing under the final name. A non-empty `dir` is refused (`E_EXISTS`)
+ * unless `force`. Installs no signal handlers: a program that wants Ctrl-C to stop a save passes a `signal`.
  *
  * @example
  * ```ts
- * saveQuantizedModel(run, float, 'stories260K-fptq');
- * loadModel('stories260K-fptq'); // runs on its own, tokenizer included
+ * const run = await quantizeLoaded(float, { recipe: 'w4a8-rtn' });
+ * saveQuantizedModel('stories260K-w4a8', run, { tokenizer: float.tokenizer });
+ * loadModel('stories260K-w4a8'); // runs on its own, tokenizer included
  * ```
  */
 export function saveQuantizedModel(
-  run: QuantizedRun,
-  source: LoadedModel,
-  out: string,
-  options: SaveQuantizedOptions = {},
+  dir: string,
+  model: { readonly quantized: QuantizedModel; readonly report?: readonly LayerReport[] },
+  options: SaveQuantizedOptions,
 ): string {
-  const finalDir = path.resolve(out);
+  const finalDir = path.resolve(dir);
   if (fs.existsSync(finalDir)) {
     const st = fs.statSync(finalDir);
     const nonEmpty = !st.isDirectory() || fs.readdirSync(finalDir).length > 0;
@@ -258,42 +344,38 @@ export function saveQuantizedModel(
     `.${path.basename(finalDir)}.${process.pid}.${randomBytes(6).toString('hex')}.partial`,
   );
   const staged = path.join(tmpParent, 'model');
-  const cleanup = (): void => fs.rmSync(tmpParent, { recursive: true, force: true });
-  const onSignal = (): void => {
-    cleanup();
-    process.exit(130);
+  const step = (s: 'weights' | 'tokenizer' | 'commit'): void => {
+    options.signal?.throwIfAborted();
+    options.onStep?.(s);
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const tokenizer = options.tokenizer;
   try {
     fs.mkdirSync(tmpParent);
-    options.onStep?.('weights');
-    saveQuantized(staged, run.quantized, {
-      sourceFiles: source.source === 'llama2c' ? [source.path] : [],
-      report: run.report,
+    step('weights');
+    saveQuantized(staged, model.quantized, {
+      sourceFiles: options.sourceFiles ?? [],
+      ...(model.report ? { report: model.report } : {}),
     });
-    options.onStep?.('tokenizer');
-    if (source.tokenizer.kind === 'llama2c') {
-      const file = source.tokenizer.files[0];
+    step('tokenizer');
+    if (tokenizer.kind === 'llama2c') {
+      const file = tokenizer.files[0];
       if (!file)
         throw new QError(
           'E_TOKENIZER',
-          `Expected a tokenizer file to carry for ${source.path} but received none`,
+          `Expected a tokenizer file to carry for ${finalDir} but received none`,
         );
       fs.copyFileSync(file, path.join(staged, CARRIED_TOKENIZER.llama2c));
     } else {
-      for (const f of source.tokenizer.files) fs.copyFileSync(f, path.join(staged, path.basename(f)));
+      for (const f of tokenizer.files) fs.copyFileSync(f, path.join(staged, path.basename(f)));
     }
-    options.onStep?.('commit');
+    step('commit');
     if (fs.existsSync(finalDir)) {
       const old = path.join(tmpParent, 'old');
       fs.renameSync(finalDir, old);
     }
     fs.renameSync(staged, finalDir);
   } finally {
-    cleanup();
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
+    fs.rmSync(tmpParent, { recursive: true, force: true });
   }
   return finalDir;
 }

@@ -1,11 +1,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { createModel } from './backend';
 import { evaluatePerplexity } from './evaluate';
-import { generate } from './generate';
-import { loadModel } from './load';
+import { generateIds } from './generate';
+import { loadLlama2c, loadModel } from './load';
 import { sharedDir } from './shared-data';
-import { toF64Map } from './testing/random-model';
 import { referenceForward } from './testing/reference';
 
 const shared = sharedDir();
@@ -24,18 +24,20 @@ function goldenIds(): number[] {
 }
 
 describe.skipIf(!present)('stories260K', () => {
-  it('greedy generation from BOS reproduces the golden ids', () => {
-    const { model, tokenizer } = loadModel(modelFile);
+  it('greedy generation from BOS reproduces the golden ids', async () => {
+    const loaded = loadModel(modelFile);
+    const { tokenizer } = loaded;
+    const model = await createModel(loaded);
     const golden = goldenIds();
-    const ids = generate(model, [tokenizer.bosId], { maxTokens: golden.length - 1, stopTokens: [] });
+    const ids = await generateIds(model, [tokenizer.bosId], { maxTokens: golden.length - 1, stopTokens: [] });
     expect([tokenizer.bosId, ...ids]).toEqual(golden);
     expect(tokenizer.decode([tokenizer.bosId, ...ids])).toMatch(
       /^Once upon a time, there was a little girl named Lily/,
     );
   });
 
-  it('FP32 perplexity on the last 60% of lines matches a float64 forward pass within 0.1%', () => {
-    const loaded = loadModel(modelFile);
+  it('FP32 perplexity on the last 60% of lines matches a float64 forward pass within 1e-8 (as the README says)', async () => {
+    const loaded = loadLlama2c(modelFile);
     const lines = fs
       .readFileSync(textFile, 'utf8')
       .split(/\r?\n/)
@@ -43,12 +45,18 @@ describe.skipIf(!present)('stories260K', () => {
     const evalText = lines.slice(Math.floor(lines.length * 0.4)).join('\n');
     const ids = loaded.tokenizer.encode(evalText);
     const ctx = 256;
-    const r = evaluatePerplexity(loaded.model, ids, { ctx });
+    const r = await evaluatePerplexity(await createModel(loaded), ids, { ctx });
     expect(r.tokens).toBe(ids.length);
     // Independent float64 computation of the same windows.
-    const w64 = toF64Map(loaded.weights as ReadonlyMap<string, never>);
+    const w64 = new Map(
+      loaded.weights
+        .names()
+        .map((n): [string, Float64Array] => [n, Float64Array.from(loaded.weights.get(n).toFloat32())]),
+    );
     let nll = 0;
     for (let s = 0; s < ids.length; s += ctx - 1) {
+      // Long synchronous work starves the test runner's messages: let its event loop run between windows.
+      await new Promise((resolve) => setImmediate(resolve));
       const win = ids.slice(s, s + ctx - 1);
       const logits = referenceForward(loaded.config, w64, [loaded.tokenizer.bosId, ...win.slice(0, -1)]);
       win.forEach((target, t) => {
@@ -62,6 +70,7 @@ describe.skipIf(!present)('stories260K', () => {
     console.log(
       `stories260K ppl: f32 ${r.ppl.toFixed(6)}, f64 ${ppl64.toFixed(6)} (relative ${(r.ppl / ppl64 - 1).toExponential(2)}) over ${ids.length} tokens`,
     );
-    expect(Math.abs(r.ppl / ppl64 - 1)).toBeLessThan(1e-3);
+    // The README's claim: equal to a float64 reference within 1e-8 (relative); measured 5.5e-9.
+    expect(Math.abs(r.ppl / ppl64 - 1)).toBeLessThan(1e-8);
   });
 });

@@ -19,7 +19,7 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'q-threads-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
 describe.skipIf(!built)('worker threads', () => {
-  it('quantized and float evaluation give bit-identical results on 1 and 2 threads', () => {
+  it('quantized and float evaluation give bit-identical results on 1 and 2 threads', async () => {
     const config = smallConfig({
       hiddenSize: 256,
       intermediateSize: 512,
@@ -31,7 +31,9 @@ describe.skipIf(!built)('worker threads', () => {
     writeHfModel(dir, { config, weights: randomWeights(config, 31), tokenizer: bpeTokenizerJson() });
     const float = loadModel(dir);
     const qdir = path.join(tmp, 'w4a8');
-    saveQuantizedModel(quantizeLoaded(float, { recipe: 'w4a8-rtn', groupSize: 64 }), float, qdir);
+    saveQuantizedModel(qdir, await quantizeLoaded(float, { recipe: 'w4a8-rtn', groupSize: 64 }), {
+      tokenizer: float.tokenizer,
+    });
     const rng = new Rng(6);
     const words = ['the', 'cat', 'tea', 'hat', 'cab'];
     const text = Array.from({ length: 400 }, () => words[rng.int(words.length)]).join(' ');

@@ -14,8 +14,8 @@ export interface Linear {
   readonly outFeatures: number;
   /** `f32` for float weights, otherwise the quantized weight format. */
   readonly format: 'f32' | 'int4' | 'int8';
-  /** x [rows, inFeatures] → y [rows, outFeatures]. */
-  forward(x: Float32Array, rows: number): Float32Array;
+  /** x [rows, inFeatures] → y [rows, outFeatures]; asynchronous so a layer may run off the calling thread. */
+  forward(x: Float32Array, rows: number): Promise<Float32Array>;
 }
 
 /**
@@ -24,7 +24,7 @@ export interface Linear {
  * @example
  * ```ts
  * const l = new FloatLinear('proj', new Float32Array([1, 0, 0, 1]), 2, 2);
- * l.forward(new Float32Array([3, 4]), 1); // Float32Array [3, 4]
+ * await l.forward(new Float32Array([3, 4]), 1); // Float32Array [3, 4]
  * ```
  */
 export class FloatLinear implements Linear {
@@ -56,7 +56,7 @@ export class FloatLinear implements Linear {
     this.bias = bias;
   }
 
-  forward(x: Float32Array, rows: number): Float32Array {
+  async forward(x: Float32Array, rows: number): Promise<Float32Array> {
     return matmulT(x, rows, this.inFeatures, this.weight, this.outFeatures, this.bias);
   }
 }
@@ -72,7 +72,7 @@ export type QuantLinearForward = (x: Float32Array, rows: number, layer: Quantize
  * @example
  * ```ts
  * const l = new QuantLinear(quantizedModel.linears.get('model.layers.0.mlp.down_proj')!, linearForward);
- * const y = l.forward(x, rows);
+ * const y = await l.forward(x, rows);
  * ```
  */
 export class QuantLinear implements Linear {
@@ -96,7 +96,7 @@ export class QuantLinear implements Linear {
     this.format = layer.weights.format;
   }
 
-  forward(x: Float32Array, rows: number): Float32Array {
+  async forward(x: Float32Array, rows: number): Promise<Float32Array> {
     return this.parallel
       ? parallelLinearForward(x, rows, this.layer, this.run)
       : this.run(x, rows, this.layer);

@@ -4,13 +4,13 @@ import type { CausalLM } from '../lm';
 import { Model } from '../model';
 import { generateAlone } from '../testing/alone';
 import { randomWeights, smallConfig } from '../testing/random-model';
-import { asCausalLM } from './cpu-adapter';
+import { weightsFromMap } from '../weights';
 import { Generator, type GeneratorOptions } from './generator';
 import type { SequenceHandle } from './sequence';
 
 const config = smallConfig({ maxSeqLen: 96, vocabSize: 48 });
-const model = Model.fromFloatWeights(config, randomWeights(config, 11));
-const lm = asCausalLM(model);
+const model = Model.fromFloatWeights(config, weightsFromMap(randomWeights(config, 11)));
+const lm: CausalLM = model;
 
 function prompts(count: number, seed: number, minLen = 1, maxLen = 24): number[][] {
   const rng = new Rng(seed);
@@ -57,10 +57,10 @@ describe('Generator', () => {
       const outs = hs.map(collect);
       await runAll(gen, hs);
       const got = await Promise.all(outs);
-      ps.forEach((p, i) => {
-        expect(got[i]).toEqual(generateAlone(model, p, { maxTokens, stopTokens: [] }));
+      for (const [i, p] of ps.entries()) {
+        expect(got[i]).toEqual(await generateAlone(model, p, { maxTokens, stopTokens: [] }));
         expect(hs[i]?.finishReason).toBe('length');
-      });
+      }
       expect(gen.stats.pagesInUse).toBe(0);
       await gen.close();
     }
@@ -74,9 +74,9 @@ describe('Generator', () => {
     const outs = hs.map(collect);
     await runAll(gen, hs);
     const got = await Promise.all(outs);
-    ps.forEach((p, i) => {
-      expect(got[i]).toEqual(generateAlone(model, p, { maxTokens: 10, ...opts(i) }));
-    });
+    for (const [i, p] of ps.entries()) {
+      expect(got[i]).toEqual(await generateAlone(model, p, { maxTokens: 10, ...opts(i) }));
+    }
     await gen.close();
   });
 
@@ -84,11 +84,13 @@ describe('Generator', () => {
     const ps = prompts(12, 3);
     // Make the stop token the one greedy decoding picks second for each prompt, where there is one.
     const gen = generator();
-    const expected = ps.map((p) => {
-      const free = generateAlone(model, p, { maxTokens: 6, stopTokens: [] });
-      const stop = free[3] as number;
-      return { stop, ids: generateAlone(model, p, { maxTokens: 6, stopTokens: [stop] }) };
-    });
+    const expected = await Promise.all(
+      ps.map(async (p) => {
+        const free = await generateAlone(model, p, { maxTokens: 6, stopTokens: [] });
+        const stop = free[3] as number;
+        return { stop, ids: await generateAlone(model, p, { maxTokens: 6, stopTokens: [stop] }) };
+      }),
+    );
     const hs = ps.map((p, i) => gen.add(p, { maxTokens: 6, stopTokenIds: [expected[i]?.stop as number] }));
     const outs = hs.map(collect);
     await runAll(gen, hs);
@@ -117,9 +119,9 @@ describe('Generator', () => {
     }
     expect(results[0]).toEqual(results[2]);
     expect(results[1]).toEqual(results[2]);
-    ps.forEach((p, i) => {
-      expect(results[1]?.[i]).toEqual(generateAlone(model, p, { maxTokens: 8, stopTokens: [] }));
-    });
+    for (const [i, p] of ps.entries()) {
+      expect(results[1]?.[i]).toEqual(await generateAlone(model, p, { maxTokens: 8, stopTokens: [] }));
+    }
 
     // A decoding sequence gets a token in every step while a 60-token prompt is prefilled 4 tokens a step.
     const gen = generator({ prefillChunk: 4 });
@@ -166,7 +168,7 @@ describe('Generator', () => {
     await runAll(gen, hs);
     for (const i of [2, 3]) {
       expect(hs[i]?.output).toEqual(
-        generateAlone(model, ps[i] as number[], { maxTokens: 30, stopTokens: [] }),
+        await generateAlone(model, ps[i] as number[], { maxTokens: 30, stopTokens: [] }),
       );
     }
     expect(gen.stats.pagesInUse).toBe(0);
@@ -197,9 +199,9 @@ describe('Generator', () => {
     expect(gen.stats.waiting).toBe(3);
     expect(gen.stats.pagesReserved).toBe(8);
     await runAll(gen, hs);
-    ps.forEach((p, i) => {
-      expect(hs[i]?.output).toEqual(generateAlone(model, p, { maxTokens: 12, stopTokens: [] }));
-    });
+    for (const [i, p] of ps.entries()) {
+      expect(hs[i]?.output).toEqual(await generateAlone(model, p, { maxTokens: 12, stopTokens: [] }));
+    }
     await gen.close();
     // A request that could never fit the pool is refused up front.
     const small = generator({ pages: 4 });
@@ -252,9 +254,9 @@ describe('Generator', () => {
     }
     const got = await Promise.all(hs.map(collect));
     live = false;
-    ps.forEach((p, i) => {
-      expect(got[i]).toEqual(generateAlone(model, p, { maxTokens: 10, stopTokens: [] }));
-    });
+    for (const [i, p] of ps.entries()) {
+      expect(got[i]).toEqual(await generateAlone(model, p, { maxTokens: 10, stopTokens: [] }));
+    }
     expect(seen.length).toBeGreaterThan(10);
     // The event loop turned between every two steps: the engine never holds it for more than one step.
     for (let i = 1; i < seen.length; i++) expect(seen[i]).toBeGreaterThan(seen[i - 1] as number);
@@ -267,7 +269,7 @@ describe('Generator', () => {
   it('drain finishes running work within the timeout and cancels what is left', async () => {
     // 5 ms a step: the short request ends in 2 steps, the long one would need 80.
     const slowLm: CausalLM = {
-      ...lm,
+      backend: lm.backend,
       config: lm.config,
       createCache: (o) => lm.createCache(o),
       forward: async (t, o) => {
@@ -313,7 +315,7 @@ describe('Generator', () => {
     const good = gen.add([config.bosTokenId, 3], { maxTokens: 2, stopTokenIds: [] });
     await runAll(gen, [good]);
     expect(good.output).toEqual(
-      generateAlone(model, [config.bosTokenId, 3], { maxTokens: 2, stopTokens: [] }),
+      await generateAlone(model, [config.bosTokenId, 3], { maxTokens: 2, stopTokens: [] }),
     );
     await gen.close();
   });

@@ -1,5 +1,4 @@
 export { BlockManager } from './block-manager';
-export { asCausalLM, type OpenedModel, openModel } from './cpu-adapter';
 export { Generator, type GeneratorOptions, type GeneratorStats, type StepInfo } from './generator';
 export { ModelRunner } from './model-runner';
 export { sampleNext } from './sampler';

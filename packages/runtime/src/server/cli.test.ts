@@ -18,7 +18,9 @@ afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 function start(...argv: string[]) {
   const out = { stdout: '', stderr: '' };
   const io: CliIO = { stdout: (s) => (out.stdout += s), stderr: (s) => (out.stderr += s), isTTY: false };
-  return { out, code: runCli(argv, io) };
+  // What the q binary aborts on SIGINT and SIGTERM.
+  const stop = new AbortController();
+  return { out, stop, code: runCli(argv, io, stop.signal) };
 }
 
 async function q(...argv: string[]) {
@@ -42,13 +44,18 @@ describe('q serve and q bench serve', () => {
     expect(r.stderr).toMatch(/Expected exactly one of --url and --model .* but received neither/);
     r = await q('serve', 'demo', '--device', 'cuda');
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/Expected cpu for --device but received "cuda".*\[E_UNSUPPORTED\]/);
+    expect(r.stderr).toMatch(
+      /Expected an available backend for createModel but received 'cuda'.*\[E_UNSUPPORTED\]/,
+    );
+    r = await q('serve', 'demo', '--device', 'gpu');
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/Expected cpu, cuda or cuda:N for --device but received "gpu"/);
     r = await q('serve', 'demo', '--port', '-1');
     expect(r.code).toBe(2);
   });
 
-  it.skipIf(!present)('q serve answers until SIGTERM, then shuts down gracefully', async () => {
-    const { out, code } = start('serve', modelFile, '--port', '0', '--max-batch', '4');
+  it.skipIf(!present)('q serve answers until the program signal, then shuts down gracefully', async () => {
+    const { out, stop, code } = start('serve', modelFile, '--port', '0', '--max-batch', '4');
     const deadline = Date.now() + 20_000;
     while (!/on (http:\/\/\S+)/.test(out.stderr)) {
       if (Date.now() > deadline) throw new Error(`q serve did not start: ${out.stderr}`);
@@ -63,12 +70,10 @@ describe('q serve and q bench serve', () => {
     });
     expect(r.status).toBe(200);
     expect(((await r.json()) as { choices: { text: string }[] }).choices[0]?.text.length).toBeGreaterThan(0);
-    // The handler the command installed, called as the signal would call it.
-    process.emit('SIGTERM', 'SIGTERM');
+    stop.abort();
     expect(await code).toBe(0);
-    expect(out.stderr).toMatch(/SIGTERM: finishing running requests/);
+    expect(out.stderr).toMatch(/stopping: finishing running requests/);
     expect(out.stderr).toMatch(/stopped/);
-    expect(process.listeners('SIGTERM')).toHaveLength(0);
     await expect(fetch(`${url}/health`)).rejects.toThrow();
   });
 

@@ -4,9 +4,9 @@ import { QError, writeFileAtomic } from '@q/core';
 import type { Command } from 'commander';
 import type { CliIO } from '../cli-main';
 import { int } from '../cli-options';
-import { openModel } from '../engine/cpu-adapter';
 import { startServer } from './app';
 import { benchServe, formatBenchServe } from './bench';
+import { openModel } from './open-model';
 
 interface EngineFlags {
   device: string;
@@ -21,46 +21,31 @@ const engineOptions = (o: EngineFlags) => ({
   ...(o.prefillChunk !== undefined ? { prefillChunk: o.prefillChunk } : {}),
 });
 
-/** Resolves on the first SIGINT or SIGTERM; a second one calls `again`. */
-function untilSignal(again: () => void): { promise: Promise<string>; dispose: () => void } {
-  let seen = false;
-  let resolve!: (s: string) => void;
-  const promise = new Promise<string>((r) => {
-    resolve = r;
+/** Resolves when `signal` aborts (never without one). */
+function aborted(signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) resolve();
+    else signal?.addEventListener('abort', () => resolve(), { once: true });
   });
-  const handler = (signal: string) => {
-    if (seen) again();
-    seen = true;
-    resolve(signal);
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
-  return {
-    promise,
-    dispose: () => {
-      process.off('SIGINT', handler);
-      process.off('SIGTERM', handler);
-    },
-  };
 }
 
 /**
- * Adds `q serve` to a program: an OpenAI-compatible server on a model, until SIGINT or SIGTERM (then a
- * graceful shutdown).
+ * Adds `q serve` to a program: an OpenAI-compatible server on a model, until `signal` aborts (the `q` binary
+ * aborts it on SIGINT or SIGTERM), then a graceful shutdown.
  *
  * @example
  * ```ts
- * addServeCommand(program, io);
+ * addServeCommand(program, io, signal);
  * ```
  */
-export function addServeCommand(program: Command, io: CliIO): Command {
+export function addServeCommand(program: Command, io: CliIO, signal?: AbortSignal): Command {
   return program
     .command('serve')
     .description('an OpenAI-compatible HTTP server with continuous batching and streaming')
     .argument('<model>', 'model or quantized directory, or "demo" for the embedded demo model')
     .option('--host <host>', 'interface to listen on (0.0.0.0 for every interface)', '127.0.0.1')
     .option('--port <n>', 'port (0 picks a free one)', int('--port', 0), 8000)
-    .option('--device <device>', 'where the model runs (cpu)', 'cpu')
+    .option('--device <device>', 'where the model runs: cpu, cuda or cuda:N', 'cpu')
     .option('--max-batch <n>', 'sequences decoded together (default 8)', int('--max-batch'))
     .option(
       '--max-context <n>',
@@ -107,7 +92,7 @@ Examples:
           shutdownTimeout: number;
         },
       ) => {
-        const opened = openModel(modelPath, { device: o.device });
+        const opened = await openModel(modelPath, { device: o.device });
         const apiKey = o.apiKey ?? process.env.Q_API_KEY;
         if (apiKey !== undefined && apiKey.length === 0)
           throw new QError('E_ARG', 'Expected a non-empty key for --api-key but received an empty one');
@@ -127,19 +112,14 @@ Examples:
         io.stderr(
           `q serve: ${opened.name} on ${server.url} (${opened.model.backend}, batch ${s.slots}, context ${server.generator.maxContext}, ${s.pagesTotal} KV pages${apiKey !== undefined ? ', API key required' : ''})\n`,
         );
-        const stop = untilSignal(() => {
-          io.stderr('q serve: cancelling running requests\n');
-          server.generator.cancelAll();
-        });
-        const signal = await stop.promise;
+        await aborted(signal);
         io.stderr(
-          `q serve: ${signal}: finishing running requests (up to ${o.shutdownTimeout} s; again to cancel them)\n`,
+          `q serve: stopping: finishing running requests (up to ${o.shutdownTimeout} s; a second signal exits at once)\n`,
         );
         try {
           await server.close({ timeoutMs: o.shutdownTimeout * 1000 });
-          await opened.model.dispose();
         } finally {
-          stop.dispose();
+          await opened.model.dispose();
         }
         io.stderr('q serve: stopped\n');
       },
@@ -171,7 +151,7 @@ export function addBenchServeCommand(bench: Command, io: CliIO): Command {
     .option('--prompt-tokens <n>', 'prompt length in tokens', int('--prompt-tokens'), 128)
     .option('--output-tokens <n>', 'output length in tokens (EOS ignored)', int('--output-tokens'), 64)
     .option('--requests <n>', 'requests in all (default 4 x concurrency)', int('--requests'))
-    .option('--device <device>', 'with --model: where the model runs (cpu)', 'cpu')
+    .option('--device <device>', 'with --model: where the model runs (cpu, cuda, cuda:N)', 'cpu')
     .option(
       '--max-batch <n>',
       'with --model: sequences decoded together (default --concurrency)',
@@ -214,7 +194,7 @@ Examples:
             `Expected exactly one of --url and --model for q bench serve but received ${o.url === undefined ? 'neither' : 'both'}`,
           );
         const apiKey = o.apiKey ?? process.env.Q_API_KEY;
-        const opened = o.model !== undefined ? openModel(o.model, { device: o.device }) : undefined;
+        const opened = o.model !== undefined ? await openModel(o.model, { device: o.device }) : undefined;
         const server = opened
           ? await startServer({
               model: opened.model,

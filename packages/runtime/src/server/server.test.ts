@@ -2,15 +2,16 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createModel } from '../backend';
 import { type CliIO, runCli } from '../cli-main';
 import { buildDemoModel, demoText } from '../demo-model';
-import { asCausalLM } from '../engine/cpu-adapter';
 import type { CausalLM } from '../lm';
 import { loadModel } from '../load';
 import { Model } from '../model';
 import { sharedDir } from '../shared-data';
 import { generateAlone, generatedText } from '../testing/alone';
 import type { TextTokenizer } from '../tokenizer';
+import { weightsFromMap } from '../weights';
 import { type ServeOptions, type Server, startServer } from './app';
 
 const shared = sharedDir();
@@ -21,7 +22,7 @@ if (!storiesPresent)
 
 interface Fixture {
   readonly name: string;
-  readonly model: Model;
+  readonly model: CausalLM;
   readonly tokenizer: TextTokenizer;
   /** Prompts of different lengths. */
   readonly texts: readonly string[];
@@ -30,8 +31,10 @@ interface Fixture {
   readonly file?: string;
 }
 
-function storiesFixture(): Fixture {
-  const { model, tokenizer } = loadModel(storiesFile);
+async function storiesFixture(): Promise<Fixture> {
+  const loaded = loadModel(storiesFile);
+  const model = await createModel(loaded);
+  const tokenizer = loaded.tokenizer;
   const words =
     'Once upon a time there was a little girl named Lily who loved to play in the park with her dog'.split(
       ' ',
@@ -46,11 +49,11 @@ function storiesFixture(): Fixture {
   };
 }
 
-function demoFixture(): Fixture {
+async function demoFixture(): Promise<Fixture> {
   const demo = buildDemoModel();
   return {
     name: 'demo',
-    model: Model.fromFloatWeights(demo.config, demo.weights),
+    model: Model.fromFloatWeights(demo.config, weightsFromMap(demo.weights)),
     tokenizer: demo.tokenizer,
     // 1 to 4 words (2 to 18 tokens): this model takes about 20 ms a token on the CPU.
     texts: Array.from({ length: 16 }, (_, i) =>
@@ -64,8 +67,7 @@ function demoFixture(): Fixture {
 }
 
 /** The model as the server sees it, recording the largest batch a step ran. */
-function spied(model: Model): { lm: CausalLM; maxBatch: () => number } {
-  const lm = asCausalLM(model);
+function spied(lm: CausalLM): { lm: CausalLM; maxBatch: () => number } {
   let max = 0;
   return {
     lm: {
@@ -85,11 +87,11 @@ function spied(model: Model): { lm: CausalLM; maxBatch: () => number } {
 const memo = new Map<string, { ids: number[]; text: string; finish: string }>();
 
 /** What greedy generation of a prompt gives alone: the ids and the text `q generate` prints after the prompt. */
-function alone(f: Fixture, promptIds: readonly number[], maxTokens: number) {
+async function alone(f: Fixture, promptIds: readonly number[], maxTokens: number) {
   const key = `${f.name}:${promptIds.join(',')}:${maxTokens}`;
   let r = memo.get(key);
   if (!r) {
-    const ids = generateAlone(f.model, promptIds, { maxTokens });
+    const ids = await generateAlone(f.model, promptIds, { maxTokens });
     r = {
       ids,
       text: generatedText(f.tokenizer, promptIds, ids),
@@ -130,7 +132,7 @@ async function serve(f: Fixture, over: Partial<ServeOptions> = {}) {
   return { server, spy };
 }
 
-const fixtures: [string, boolean, () => Fixture][] = [
+const fixtures: [string, boolean, () => Promise<Fixture>][] = [
   ['stories260K', storiesPresent, storiesFixture],
   ['demo model', true, demoFixture],
 ];
@@ -143,7 +145,7 @@ for (const [label, present, make] of fixtures) {
     let client: OpenAI;
 
     beforeAll(async () => {
-      f = make();
+      f = await make();
       ({ server, spy } = await serve(f));
       client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
     });
@@ -154,7 +156,7 @@ for (const [label, present, make] of fixtures) {
     it('text completions, plain and streamed, return exactly what greedy generation returns', async () => {
       const prompt = f.texts[3] as string;
       const ids = f.tokenizer.encodePrompt(prompt);
-      const want = alone(f, ids, f.tokens);
+      const want = await alone(f, ids, f.tokens);
       if (f.file) {
         // The command line itself, for a model that lives in a file.
         let stdout = '';
@@ -210,7 +212,7 @@ for (const [label, present, make] of fixtures) {
       expect(byIds.choices[0]?.text).toBe(want.text);
       // Sampling is seeded per request: the same text as generating alone with that seed.
       const sampling = { temperature: 0.9, topP: 0.95, seed: 17 };
-      const sampled = generateAlone(f.model, ids, { maxTokens: f.tokens, ...sampling });
+      const sampled = await generateAlone(f.model, ids, { maxTokens: f.tokens, ...sampling });
       const rs = await client.completions.create({
         model: f.name,
         prompt,
@@ -226,7 +228,7 @@ for (const [label, present, make] of fixtures) {
       const content = f.texts[5] as string;
       // The documented plain template (llama2.c tokenizers carry no chat template).
       const ids = f.tokenizer.encodePrompt(`User: ${content}\nAssistant:`);
-      const want = alone(f, ids, f.tokens);
+      const want = await alone(f, ids, f.tokens);
       const r = await client.chat.completions.create({
         model: f.name,
         messages: [{ role: 'user', content }],
@@ -268,10 +270,11 @@ for (const [label, present, make] of fixtures) {
 
     it('16 concurrent requests of different prompt lengths each get what they would get alone', async () => {
       const before = spy.maxBatch();
-      const jobs = f.texts.map((prompt, i) => {
+      const jobs = [];
+      for (const [i, prompt] of f.texts.entries()) {
         const ids = f.tokenizer.encodePrompt(prompt);
-        return { prompt, ids, stream: i % 2 === 1, want: alone(f, ids, f.tokens) };
-      });
+        jobs.push({ prompt, ids, stream: i % 2 === 1, want: await alone(f, ids, f.tokens) });
+      }
       expect(new Set(jobs.map((j) => j.ids.length)).size).toBeGreaterThan(4);
       const got = await Promise.all(
         jobs.map(async (j) => {
@@ -306,7 +309,7 @@ for (const [label, present, make] of fixtures) {
     it('stop strings end the text before the match, streamed or not', async () => {
       const prompt = f.texts[2] as string;
       const ids = f.tokenizer.encodePrompt(prompt);
-      const want = alone(f, ids, f.tokens);
+      const want = await alone(f, ids, f.tokens);
       // A stop string from the middle of the expected text.
       const at = Math.floor(want.text.length / 2);
       const stop = want.text.slice(at, at + 2);
@@ -423,7 +426,7 @@ describe('q serve: bad requests, limits and keys', () => {
     const demo = buildDemoModel({ numLayers: 1, hiddenSize: 64, intermediateSize: 128 });
     f = {
       name: 'demo',
-      model: Model.fromFloatWeights(demo.config, demo.weights),
+      model: Model.fromFloatWeights(demo.config, weightsFromMap(demo.weights)),
       tokenizer: demo.tokenizer,
       texts: [],
       tokens: 4,

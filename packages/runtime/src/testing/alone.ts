@@ -1,11 +1,15 @@
 // Test-only: what one prompt generates on its own, through the one-sequence `generate`: the reference the
 // batched engine and the server must reproduce token for token.
-import { type GenerateOptions, generate } from '../generate';
-import type { Model } from '../model';
+import { type GenerateOptions, generateIds } from '../generate';
+import type { CausalLM } from '../lm';
 import type { TextTokenizer } from '../tokenizer';
 
-export function generateAlone(model: Model, prompt: readonly number[], options: GenerateOptions): number[] {
-  return generate(model, prompt, options);
+export function generateAlone(
+  model: CausalLM,
+  prompt: readonly number[],
+  options: GenerateOptions,
+): Promise<number[]> {
+  return generateIds(model, prompt, options);
 }
 
 /** The text `q generate` prints after the prompt: the stream decoder fed the prompt first, then the output. */
