@@ -55,7 +55,16 @@ describe('q serve and q bench serve', () => {
   });
 
   it.skipIf(!present)('q serve answers until the program signal, then shuts down gracefully', async () => {
-    const { out, stop, code } = start('serve', modelFile, '--port', '0', '--max-batch', '4');
+    const { out, stop, code } = start(
+      'serve',
+      modelFile,
+      '--port',
+      '0',
+      '--max-batch',
+      '4',
+      '--kv-pages',
+      '64',
+    );
     const deadline = Date.now() + 20_000;
     while (!/on (http:\/\/\S+)/.test(out.stderr)) {
       if (Date.now() > deadline) throw new Error(`q serve did not start: ${out.stderr}`);
@@ -63,6 +72,7 @@ describe('q serve and q bench serve', () => {
     }
     const url = (/on (http:\/\/\S+)/.exec(out.stderr) as RegExpExecArray)[1] as string;
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    expect(out.stderr).toMatch(/batch 4, context 512, 64 KV pages/);
     const r = await fetch(`${url}/v1/completions`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

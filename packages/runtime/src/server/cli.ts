@@ -13,12 +13,14 @@ interface EngineFlags {
   maxBatch?: number;
   maxContext?: number;
   prefillChunk?: number;
+  kvPages?: number;
 }
 
 const engineOptions = (o: EngineFlags) => ({
   ...(o.maxBatch !== undefined ? { maxBatch: o.maxBatch } : {}),
   ...(o.maxContext !== undefined ? { maxContext: o.maxContext } : {}),
   ...(o.prefillChunk !== undefined ? { prefillChunk: o.prefillChunk } : {}),
+  ...(o.kvPages !== undefined ? { pages: o.kvPages } : {}),
 });
 
 /** Resolves when `signal` aborts (never without one). */
@@ -53,6 +55,11 @@ export function addServeCommand(program: Command, io: CliIO, signal?: AbortSigna
       int('--max-context'),
     )
     .option('--prefill-chunk <n>', 'prompt tokens computed per step (default 512)', int('--prefill-chunk'))
+    .option(
+      '--kv-pages <n>',
+      'KV cache pages of 16 positions in the pool (default: every slot at full context)',
+      int('--kv-pages'),
+    )
     .option(
       '--max-waiting <n>',
       'requests queued before new ones get 429 (default 256)',
@@ -167,6 +174,7 @@ export function addBenchServeCommand(bench: Command, io: CliIO): Command {
       'with --model: prompt tokens per step (default 512)',
       int('--prefill-chunk'),
     )
+    .option('--kv-pages <n>', 'with --model: KV cache pages in the pool', int('--kv-pages'))
     .option('--json [file]', 'also write the result as JSON (default file: bench-results/serve.json)')
     .addHelpText(
       'after',
