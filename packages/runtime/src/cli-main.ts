@@ -7,9 +7,11 @@ import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
-import { createModel } from './backend';
+import { type CreateModelOptions, createModel } from './backend';
+import { benchE2e, type E2eShape, formatE2eTable, writeE2eJson } from './bench-e2e';
 import { int, num } from './cli-options';
 import { formatDemoTable, runDemo } from './demo';
+import { resolveDevice } from './device';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
@@ -57,6 +59,13 @@ function progress(io: CliIO, enabled: boolean): Progress {
       current = '';
     },
   };
+}
+
+/** `--device` as createModel options, saying in one line on stderr where the model runs. */
+function modelOptions(flag: string | undefined, io: CliIO): CreateModelOptions {
+  const { device, line } = resolveDevice(flag);
+  io.stderr(`${line}\n`);
+  return device.backend === 'cpu' ? { backend: 'cpu' } : { backend: 'cuda', device: device.index };
 }
 
 function readText(file: string, option: string): string {
@@ -282,6 +291,7 @@ Examples:
     .option('--compare <model>', 'reference model (e.g. the float model) for top-1 agreement and KL')
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
     .option('--json', 'print one JSON object {ppl, tokens, ...}, no progress bars')
+    .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
       '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json',
@@ -289,12 +299,20 @@ Examples:
     .action(
       async (
         modelPath: string,
-        o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean },
+        o: {
+          text: string;
+          ctx?: number;
+          compare?: string;
+          tokenizer?: string;
+          json?: boolean;
+          device?: string;
+        },
       ) => {
         const m = load(modelPath, o);
         const ref = o.compare !== undefined ? load(o.compare, o) : undefined;
-        const model = await createModel(m);
-        const refModel = ref ? await createModel(ref) : undefined;
+        const on = modelOptions(o.device, io);
+        const model = await createModel(m, on);
+        const refModel = ref ? await createModel(ref, on) : undefined;
         const ids = m.tokenizer.encode(readText(o.text, '--text'));
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
         const bar = progress(io, !o.json);
@@ -347,6 +365,7 @@ Examples:
     .option('--seed <s>', 'seed of the sampler', int('--seed', 0), 0)
     .option('--chat', 'wrap the prompt in the model chat template (Hugging Face tokenizers with one)')
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
+    .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
       '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
@@ -363,9 +382,11 @@ Examples:
           seed: number;
           chat?: boolean;
           tokenizer?: string;
+          device?: string;
         },
       ) => {
         const m = load(modelPath, o);
+        const on = modelOptions(o.device, io);
         let text = o.prompt;
         if (o.chat) {
           if (!m.tokenizer.applyChatTemplate)
@@ -383,7 +404,7 @@ Examples:
           );
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
-        const model = await createModel(m);
+        const model = await createModel(m, on);
         io.stdout(o.prompt);
         try {
           for await (const id of generate(model, promptIds, {
@@ -487,14 +508,37 @@ Examples:
     .description('W4A8 GEMM in each scale mode against cuBLAS bf16 on Llama-2 7B and 70B layer shapes')
     .option('--json [file]', 'also write the results as JSON (default file: bench-results/gemm.json)')
     .option('--device <n>', 'CUDA device', int('--device', 0), 0)
+    .option(
+      '--stream',
+      'time plain back-to-back launches (per-call cost, host glue included) instead of CUDA-graph replay',
+    )
+    .option('--m <list>', 'token counts M, comma-separated (default 1,16,...,8192)')
+    .option('--shapes <list>', 'only these shapes, e.g. llama2-7b:o,llama2-7b:qkv (default: all)')
     .addHelpText(
       'after',
-      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --json gemm.json',
+      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --stream --m 1 --shapes llama2-7b:o\n  q bench gemm --json gemm.json',
     )
-    .action((o: { json?: string | true; device: number }) => {
+    .action((o: { json?: string | true; device: number; stream?: boolean; m?: string; shapes?: string }) => {
       const json = jsonPath(o.json, 'gemm');
       if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
-      kernels.benchGemm({ device: o.device, ...(json ? { json } : {}) });
+      const ms = o.m?.split(',').map((v) => int('--m', 1)(v.trim()));
+      let shapes: kernels.GemmShape[] | undefined;
+      if (o.shapes !== undefined) {
+        const want = o.shapes.split(',').map((v) => v.trim());
+        shapes = kernels.BENCH_SHAPES.filter((s) => want.includes(`${s.model}:${s.layer}`));
+        if (shapes.length !== want.length)
+          throw new QError(
+            'E_ARG',
+            `Expected shapes among ${kernels.BENCH_SHAPES.map((s) => `${s.model}:${s.layer}`).join(', ')} for --shapes but received ${o.shapes}`,
+          );
+      }
+      kernels.benchGemm({
+        device: o.device,
+        ...(json ? { json } : {}),
+        ...(o.stream ? { timing: 'stream' as const } : {}),
+        ...(ms ? { ms } : {}),
+        ...(shapes ? { shapes } : {}),
+      });
       if (json) io.stderr(`results written to ${json}\n`);
     });
   bench
@@ -521,6 +565,48 @@ Examples:
         io.stderr(`results written to ${json}\n`);
       }
     });
+  bench
+    .command('e2e')
+    .description(
+      'the whole model: q W4A8 and q bf16 side by side (TTFT, decode tok/s, request tok/s, memory)',
+    )
+    .option('--model <path>', 'a model directory or file (default: random weights drawn on the device)')
+    .addOption(
+      new Option('--shape <name>', 'model shape of the random weights')
+        .choices(['llama2-7b', 'llama3-8b', 'llama2-70b'])
+        .default('llama2-7b'),
+    )
+    .option('--json [file]', 'also write the results as JSON (default file: bench-results/e2e.json)')
+    .option('--breakdown', 'time each kernel of one decode step and one 2048-token prefill')
+    .option('--device <n>', 'CUDA device', int('--device', 0), 0)
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q bench e2e\n  q bench e2e --shape llama3-8b --json\n  q bench e2e --shape llama2-70b --breakdown',
+    )
+    .action(
+      async (o: {
+        model?: string;
+        shape: E2eShape;
+        json?: string | true;
+        breakdown?: boolean;
+        device: number;
+      }) => {
+        const r = await benchE2e({
+          shape: o.shape,
+          device: o.device,
+          ...(o.model !== undefined ? { model: o.model } : {}),
+          ...(o.breakdown ? { breakdown: true } : {}),
+          log: (line) => io.stderr(`${line}\n`),
+        });
+        out(formatE2eTable(r));
+        const json = jsonPath(o.json, 'e2e');
+        if (json) {
+          fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+          writeE2eJson(json, r);
+          io.stderr(`results written to ${json}\n`);
+        }
+      },
+    );
   program
     .command('launch')
     .description('start one process per GPU with the rendezvous environment set')

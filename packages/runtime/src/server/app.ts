@@ -74,7 +74,7 @@ const sha256 = (s: string): Buffer => createHash('sha256').update(s, 'utf8').dig
  *
  * @example
  * ```ts
- * const { model, tokenizer, name } = openModel('models/stories260K/stories260K.bin');
+ * const { model, tokenizer, name } = await openModel('models/stories260K/stories260K.bin');
  * const server = await startServer({ model, tokenizer, modelName: name, port: 8000 });
  * // curl http://127.0.0.1:8000/v1/completions -H 'content-type: application/json' \
  * //   -d '{"model": "stories260K", "prompt": "Once upon a time", "max_tokens": 32}'

@@ -9,7 +9,7 @@ import { benchServe, formatBenchServe } from './bench';
 import { openModel } from './open-model';
 
 interface EngineFlags {
-  device: string;
+  device?: string;
   maxBatch?: number;
   maxContext?: number;
   prefillChunk?: number;
@@ -47,7 +47,10 @@ export function addServeCommand(program: Command, io: CliIO, signal?: AbortSigna
     .argument('<model>', 'model or quantized directory, or "demo" for the embedded demo model')
     .option('--host <host>', 'interface to listen on (0.0.0.0 for every interface)', '127.0.0.1')
     .option('--port <n>', 'port (0 picks a free one)', int('--port', 0), 8000)
-    .option('--device <device>', 'where the model runs: cpu, cuda or cuda:N', 'cpu')
+    .option(
+      '--device <device>',
+      'where the model runs: cpu, cuda or cuda:N (default: a usable GPU, else cpu)',
+    )
     .option('--max-batch <n>', 'sequences decoded together (default 8)', int('--max-batch'))
     .option(
       '--max-context <n>',
@@ -99,7 +102,8 @@ Examples:
           shutdownTimeout: number;
         },
       ) => {
-        const opened = await openModel(modelPath, { device: o.device });
+        const opened = await openModel(modelPath, o.device !== undefined ? { device: o.device } : {});
+        io.stderr(`${opened.deviceLine}\n`);
         const apiKey = o.apiKey ?? process.env.Q_API_KEY;
         if (apiKey !== undefined && apiKey.length === 0)
           throw new QError('E_ARG', 'Expected a non-empty key for --api-key but received an empty one');
@@ -158,7 +162,7 @@ export function addBenchServeCommand(bench: Command, io: CliIO): Command {
     .option('--prompt-tokens <n>', 'prompt length in tokens', int('--prompt-tokens'), 128)
     .option('--output-tokens <n>', 'output length in tokens (EOS ignored)', int('--output-tokens'), 64)
     .option('--requests <n>', 'requests in all (default 4 x concurrency)', int('--requests'))
-    .option('--device <device>', 'with --model: where the model runs (cpu, cuda, cuda:N)', 'cpu')
+    .option('--device <device>', 'with --model: cpu, cuda or cuda:N (default: a usable GPU, else cpu)')
     .option(
       '--max-batch <n>',
       'with --model: sequences decoded together (default --concurrency)',
@@ -202,7 +206,11 @@ Examples:
             `Expected exactly one of --url and --model for q bench serve but received ${o.url === undefined ? 'neither' : 'both'}`,
           );
         const apiKey = o.apiKey ?? process.env.Q_API_KEY;
-        const opened = o.model !== undefined ? await openModel(o.model, { device: o.device }) : undefined;
+        const opened =
+          o.model !== undefined
+            ? await openModel(o.model, o.device !== undefined ? { device: o.device } : {})
+            : undefined;
+        if (opened) io.stderr(`${opened.deviceLine}\n`);
         const server = opened
           ? await startServer({
               model: opened.model,

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
-import { QError } from '@q/core';
 import { type CreateModelOptions, createModel } from '../backend';
 import { buildDemoModel } from '../demo-model';
+import { resolveDevice } from '../device';
 import type { CausalLM } from '../lm';
 import { type LoadedModel, loadModel } from '../load';
 import type { TextTokenizer } from '../tokenizer';
@@ -13,30 +13,13 @@ export interface OpenedModel {
   readonly tokenizer: TextTokenizer;
   /** The model's id in the API (`/v1/models`): the file or directory name. */
   readonly name: string;
+  /** Where it runs, in one line (`device: cpu (asked for)`, `device: cuda:0 (NVIDIA H200)`). */
+  readonly deviceLine: string;
 }
 
 /**
- * Parses `--device`: `cpu`, `cuda` or `cuda:N`.
- *
- * @example
- * ```ts
- * parseDevice('cuda:1'); // { backend: 'cuda', device: 1 }
- * ```
- */
-export function parseDevice(device: string): CreateModelOptions {
-  if (device === 'cpu') return { backend: 'cpu' };
-  const m = /^cuda(?::(\d+))?$/.exec(device);
-  if (m === null)
-    throw new QError(
-      'E_ARG',
-      `Expected cpu, cuda or cuda:N for --device but received ${JSON.stringify(device)}`,
-    );
-  return { backend: 'cuda', device: Number(m[1] ?? 0) };
-}
-
-/**
- * Opens a model to serve on a backend: any path `loadModel` reads, or `demo` for the embedded demo model.
- * A backend that is not available (no GPU model in this build) is refused by `createModel`.
+ * Opens a model to serve: any path `loadModel` reads, or `demo` for the embedded demo model, on the device
+ * `--device` names (`cpu`, `cuda`, `cuda:N`; by default a usable GPU, else the CPU: see `resolveDevice`).
  *
  * @example
  * ```ts
@@ -47,7 +30,9 @@ export async function openModel(
   source: string,
   options: { readonly device?: string } = {},
 ): Promise<OpenedModel> {
-  const backend = parseDevice(options.device ?? 'cpu');
+  const { device, line } = resolveDevice(options.device);
+  const backend: CreateModelOptions =
+    device.backend === 'cpu' ? { backend: 'cpu' } : { backend: 'cuda', device: device.index };
   let loaded: LoadedModel;
   let name: string;
   if (source === 'demo') {
@@ -64,5 +49,5 @@ export async function openModel(
     loaded = loadModel(source);
     name = path.basename(loaded.path).replace(/\.bin$/, '');
   }
-  return { model: await createModel(loaded, backend), tokenizer: loaded.tokenizer, name };
+  return { model: await createModel(loaded, backend), tokenizer: loaded.tokenizer, name, deviceLine: line };
 }
