@@ -116,6 +116,7 @@ export {
   chatPromptIds,
   formatBenchServe,
   type OpenedModel,
+  type OpenModelOptions,
   openModel,
   plainChatTemplate,
   type ServeOptions,

@@ -102,7 +102,12 @@ Examples:
           shutdownTimeout: number;
         },
       ) => {
-        const opened = await openModel(modelPath, o.device !== undefined ? { device: o.device } : {});
+        // The model is built for the server's batch and context (a GPU model sizes its buffers by them).
+        const opened = await openModel(modelPath, {
+          ...(o.device !== undefined ? { device: o.device } : {}),
+          ...(o.maxBatch !== undefined ? { maxBatch: o.maxBatch } : {}),
+          ...(o.maxContext !== undefined ? { maxContext: o.maxContext } : {}),
+        });
         io.stderr(`${opened.deviceLine}\n`);
         const apiKey = o.apiKey ?? process.env.Q_API_KEY;
         if (apiKey !== undefined && apiKey.length === 0)
@@ -114,6 +119,8 @@ Examples:
           host: o.host,
           port: o.port,
           ...engineOptions(o),
+          maxBatch: opened.maxBatch,
+          maxContext: opened.maxContext,
           ...(o.maxWaiting !== undefined ? { maxWaiting: o.maxWaiting } : {}),
           ...(apiKey !== undefined ? { apiKey } : {}),
           ...(o.bodyLimit !== undefined ? { bodyLimit: o.bodyLimit } : {}),
@@ -208,7 +215,11 @@ Examples:
         const apiKey = o.apiKey ?? process.env.Q_API_KEY;
         const opened =
           o.model !== undefined
-            ? await openModel(o.model, o.device !== undefined ? { device: o.device } : {})
+            ? await openModel(o.model, {
+                ...(o.device !== undefined ? { device: o.device } : {}),
+                maxBatch: o.maxBatch ?? o.concurrency,
+                ...(o.maxContext !== undefined ? { maxContext: o.maxContext } : {}),
+              })
             : undefined;
         if (opened) io.stderr(`${opened.deviceLine}\n`);
         const server = opened
@@ -218,7 +229,8 @@ Examples:
               modelName: opened.name,
               port: 0,
               ...engineOptions(o),
-              maxBatch: o.maxBatch ?? o.concurrency,
+              maxBatch: opened.maxBatch,
+              maxContext: opened.maxContext,
               ...(apiKey !== undefined ? { apiKey } : {}),
             })
           : undefined;

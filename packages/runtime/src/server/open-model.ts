@@ -15,6 +15,20 @@ export interface OpenedModel {
   readonly name: string;
   /** Where it runs, in one line (`device: cpu (asked for)`, `device: cuda:0 (NVIDIA H200)`). */
   readonly deviceLine: string;
+  /** Sequences one step may hold, as the model was built for (a GPU model sizes its buffers by it). */
+  readonly maxBatch: number;
+  /** Positions per sequence, as the model was built for. */
+  readonly maxContext: number;
+}
+
+/** Options of `openModel`. */
+export interface OpenModelOptions {
+  /** `cpu`, `cuda` or `cuda:N` (default: a usable GPU, else the CPU). */
+  readonly device?: string;
+  /** Sequences one step may hold (default 8). */
+  readonly maxBatch?: number;
+  /** Positions per sequence (default the model's context). */
+  readonly maxContext?: number;
 }
 
 /**
@@ -26,10 +40,7 @@ export interface OpenedModel {
  * const { model, tokenizer, name } = await openModel('models/stories260K/stories260K.bin', { device: 'cpu' });
  * ```
  */
-export async function openModel(
-  source: string,
-  options: { readonly device?: string } = {},
-): Promise<OpenedModel> {
+export async function openModel(source: string, options: OpenModelOptions = {}): Promise<OpenedModel> {
   const { device, line } = resolveDevice(options.device);
   const backend: CreateModelOptions =
     device.backend === 'cpu' ? { backend: 'cpu' } : { backend: 'cuda', device: device.index };
@@ -49,5 +60,14 @@ export async function openModel(
     loaded = loadModel(source);
     name = path.basename(loaded.path).replace(/\.bin$/, '');
   }
-  return { model: await createModel(loaded, backend), tokenizer: loaded.tokenizer, name, deviceLine: line };
+  const maxBatch = options.maxBatch ?? 8;
+  const maxContext = options.maxContext ?? loaded.config.maxSeqLen;
+  return {
+    model: await createModel(loaded, { ...backend, maxBatch, maxContext }),
+    tokenizer: loaded.tokenizer,
+    name,
+    deviceLine: line,
+    maxBatch,
+    maxContext,
+  };
 }
