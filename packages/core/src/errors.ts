@@ -24,6 +24,7 @@ export const Q_ERROR_CODES = [
   'E_COMM', // a collective failed: peer lost, mismatched messages
   'E_TIMEOUT', // something did not happen in time
   'E_AUTH', // a process presented no or the wrong job token
+  'E_BUSY', // a bounded queue is full: try again later
   'E_INTERNAL', // a broken invariant inside q: a bug, please report it
 ] as const;
 

@@ -9,12 +9,14 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import pkg from '../package.json';
 import { type CreateModelOptions, createModel } from './backend';
 import { benchE2e, type E2eShape, formatE2eTable, writeE2eJson } from './bench-e2e';
+import { int, num } from './cli-options';
 import { formatDemoTable, runDemo } from './demo';
 import { resolveDevice } from './device';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
 import { quantizeLoaded, resolveRecipe, saveQuantizedModel } from './quantize';
+import { addBenchServeCommand, addServeCommand } from './server/cli';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -58,25 +60,6 @@ function progress(io: CliIO, enabled: boolean): Progress {
     },
   };
 }
-
-const int =
-  (name: string, min = 1) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n < min)
-      throw new InvalidArgumentError(
-        `Expected an integer >= ${min} for ${name} but received ${JSON.stringify(v)}`,
-      );
-    return n;
-  };
-const num =
-  (name: string, ok: (n: number) => boolean, what: string) =>
-  (v: string): number => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || !ok(n))
-      throw new InvalidArgumentError(`Expected ${what} for ${name} but received ${JSON.stringify(v)}`);
-    return n;
-  };
 
 /** `--device` as createModel options, saying in one line on stderr where the model runs. */
 function modelOptions(flag: string | undefined, io: CliIO): CreateModelOptions {
@@ -512,7 +495,12 @@ Examples:
       },
     );
 
-  const bench = program.command('bench').description('GPU benchmarks (need the CUDA addon and a GPU)');
+  addServeCommand(program, io, options.signal);
+
+  const bench = program
+    .command('bench')
+    .description('benchmarks: GEMM and all-reduce on the GPU (need the CUDA addon), serving load');
+  addBenchServeCommand(bench, io);
   const jsonPath = (v: string | true | undefined, name: string): string | undefined =>
     v === undefined ? undefined : v === true ? path.join('bench-results', `${name}.json`) : v;
   bench

@@ -56,6 +56,16 @@ export {
 } from './demo';
 export { buildDemoModel, type DemoModel, type DemoModelOptions, demoText, demoTokenizer } from './demo-model';
 export { type DeviceChoice, type ResolvedDevice, resolveDevice } from './device';
+export {
+  type FinishReason,
+  Generator,
+  type GeneratorOptions,
+  type GeneratorStats,
+  type SamplingParams,
+  type SequenceHandle,
+  type SequenceOptions,
+  type StepInfo,
+} from './engine';
 export { type EvalOptions, type EvalResult, evaluatePerplexity } from './evaluate';
 export { argmax, type GenerateOptions, generate, generateIds, sampleToken } from './generate';
 export type {
@@ -98,6 +108,22 @@ export {
   type SaveQuantizedOptions,
   saveQuantizedModel,
 } from './quantize';
+export {
+  ApiError,
+  type BenchServeOptions,
+  type BenchServeResult,
+  benchServe,
+  chatPromptIds,
+  formatBenchServe,
+  type OpenedModel,
+  type OpenModelOptions,
+  openModel,
+  plainChatTemplate,
+  type ServeOptions,
+  type Server,
+  StopMatcher,
+  startServer,
+} from './server';
 export {
   type ChatMessage,
   findLlama2cTokenizer,
