@@ -65,6 +65,7 @@ export {
   type FloatTensorSource,
   layerLinearNames,
   Model,
+  type ShardCollectives,
 } from './model';
 export { tensorNames } from './names';
 export {
@@ -88,4 +89,5 @@ export {
   type TextTokenizer,
   wrapLlama2cTokenizer,
 } from './tokenizer';
+export * from './tp/index';
 export { type ModelWeights, safetensorsWeights, type TensorInfo, weightsFromMap } from './weights';

@@ -1,0 +1,214 @@
+import { allReduceReference } from '@q/comm';
+import { isQError, QError } from '@q/core';
+
+/**
+ * The collectives of one tensor-parallel rank over host f32 arrays. `LocalTpGroup` implements them for ranks
+ * that run in one process (the CPU path); a GPU rank implements the same calls with `@q/comm`'s `Communicator`.
+ */
+export interface TpCollectives {
+  readonly rank: number;
+  readonly world: number;
+  /**
+   * Sum over ranks, the same bits on every rank: `'none'` is the f32 sum in rank order; `'int8'` / `'int4'` the
+   * two-step Flash Communication all-reduce (`@q/comm`'s `allReduceReference`).
+   */
+  allReduce(what: string, x: Float32Array, wire: 'none' | 'int8' | 'int4'): Promise<Float32Array>;
+  /** Element-wise max over ranks (exact). */
+  allReduceMax(what: string, x: Float32Array): Promise<Float32Array>;
+  /** Every rank's array, in rank order. */
+  allGather(what: string, x: Float32Array): Promise<Float32Array[]>;
+  /** Fails on every rank (E_COMM, naming each rank's value) when the ranks passed different values. */
+  checkSame(what: string, value: string): Promise<void>;
+  /** Tells the other ranks that this one failed: their pending and later collectives fail with E_COMM. */
+  fail(error: unknown): void;
+}
+
+/** Options of `LocalTpGroup`. */
+export interface LocalTpGroupOptions {
+  /** A collective that some rank does not reach within this time fails every rank (E_TIMEOUT). Default 60 000. */
+  readonly timeoutMs?: number;
+}
+
+type Kind = 'sum' | 'max' | 'gather' | 'same';
+
+interface Pending {
+  readonly kind: Kind;
+  readonly what: string;
+  readonly values: (Float32Array | string | undefined)[];
+  readonly waiters: { resolve: (v: unknown) => void; reject: (e: unknown) => void }[];
+  readonly wire: 'none' | 'int8' | 'int4';
+  arrived: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * Tensor-parallel ranks in one process meeting at collectives: the k-th collective of every rank is matched with
+ * the k-th of the others, checked to be the same operation on the same length, and computed once when the last
+ * rank arrives. A rank that fails (`fail`) or does not arrive within the timeout fails every other rank's
+ * pending and later collectives with a QError (E_COMM or E_TIMEOUT), so no rank waits forever.
+ *
+ * @example
+ * ```ts
+ * const g = new LocalTpGroup(2, { timeoutMs: 5000 });
+ * const [a, b] = await Promise.all([
+ *   g.rank(0).allReduce('x', Float32Array.of(1, 2), 'none'),
+ *   g.rank(1).allReduce('x', Float32Array.of(3, 4), 'none'),
+ * ]); // both [4, 6]
+ * ```
+ */
+export class LocalTpGroup {
+  readonly timeoutMs: number;
+  private readonly seq: number[];
+  private readonly pending = new Map<number, Pending>();
+  private failure: QError | undefined;
+  private readonly failureListeners = new Set<(e: QError) => void>();
+
+  constructor(
+    readonly world: number,
+    options: LocalTpGroupOptions = {},
+  ) {
+    if (!Number.isInteger(world) || world < 1)
+      throw new QError('E_ARG', `Expected a positive integer for world but received ${world}`);
+    this.timeoutMs = options.timeoutMs ?? 60_000;
+    if (!(this.timeoutMs > 0))
+      throw new QError('E_ARG', `Expected a positive timeout for timeoutMs but received ${this.timeoutMs}`);
+    this.seq = new Array<number>(world).fill(0);
+  }
+
+  /** Why the group failed, once it has. */
+  get failed(): QError | undefined {
+    return this.failure;
+  }
+
+  /** Calls `listener` once when the group fails (at once if it has); returns a function that removes it. */
+  onFailure(listener: (e: QError) => void): () => void {
+    if (this.failure !== undefined) {
+      listener(this.failure);
+      return () => {};
+    }
+    this.failureListeners.add(listener);
+    return () => this.failureListeners.delete(listener);
+  }
+
+  /** Rank `r`'s collectives. */
+  rank(r: number): TpCollectives {
+    if (!Number.isInteger(r) || r < 0 || r >= this.world)
+      throw new QError('E_ARG', `Expected a rank in [0, ${this.world}) but received ${r}`);
+    const meet = <T>(kind: Kind, what: string, v: Float32Array | string, wire: Pending['wire'] = 'none') =>
+      this.meet(r, kind, what, v, wire) as Promise<T>;
+    return {
+      rank: r,
+      world: this.world,
+      allReduce: (what, x, wire) => meet<Float32Array>('sum', what, x, wire),
+      allReduceMax: (what, x) => meet<Float32Array>('max', what, x),
+      allGather: (what, x) => meet<Float32Array[]>('gather', what, x),
+      checkSame: (what, value) => meet<void>('same', what, value),
+      fail: (e) => {
+        const msg = e instanceof Error ? e.message : String(e);
+        this.abort(new QError('E_COMM', `Expected every rank to stay in the job but rank ${r} failed: ${msg}`, { cause: e }));
+      },
+    };
+  }
+
+  /** Fails every pending and later collective with `error`. */
+  abort(error: QError): void {
+    if (this.failure !== undefined) return;
+    this.failure = error;
+    for (const p of this.pending.values()) {
+      if (p.timer) clearTimeout(p.timer);
+      for (const w of p.waiters) w?.reject(error);
+    }
+    this.pending.clear();
+    for (const l of this.failureListeners) l(error);
+    this.failureListeners.clear();
+  }
+
+  private meet(
+    rank: number,
+    kind: Kind,
+    what: string,
+    value: Float32Array | string,
+    wire: Pending['wire'],
+  ): Promise<unknown> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    const id = this.seq[rank] as number;
+    this.seq[rank] = id + 1;
+    let p = this.pending.get(id);
+    if (p === undefined) {
+      p = {
+        kind,
+        what,
+        wire,
+        values: new Array(this.world).fill(undefined),
+        waiters: new Array(this.world),
+        arrived: 0,
+        timer: undefined,
+      };
+      const entry = p;
+      entry.timer = setTimeout(() => {
+        const missing = entry.values.flatMap((v, r) => (v === undefined ? [r] : []));
+        this.abort(
+          new QError(
+            'E_TIMEOUT',
+            `Expected rank${missing.length > 1 ? 's' : ''} ${missing.join(', ')} to reach collective #${id} (${entry.what}) within ${this.timeoutMs} ms but ${missing.length > 1 ? 'they' : 'it'} did not`,
+          ),
+        );
+      }, this.timeoutMs);
+      this.pending.set(id, p);
+    } else {
+      const first = p.values.find((v) => v !== undefined);
+      const len = (v: Float32Array | string | undefined) => (typeof v === 'string' ? -1 : (v?.length ?? -1));
+      if (p.kind !== kind || p.what !== what || p.wire !== wire || (kind !== 'gather' && len(first) !== len(value))) {
+        const e = new QError(
+          'E_COMM',
+          `Expected the same collective on every rank at #${id} but received ${p.kind} ${p.what} (${len(first)} values) and, on rank ${rank}, ${kind} ${what} (${len(value)} values)`,
+        );
+        this.abort(e);
+        return Promise.reject(e);
+      }
+    }
+    const entry = p;
+    entry.values[rank] = value;
+    entry.arrived++;
+    const done = new Promise<unknown>((resolve, reject) => {
+      entry.waiters[rank] = { resolve, reject };
+    });
+    if (entry.arrived === this.world) {
+      clearTimeout(entry.timer);
+      this.pending.delete(id);
+      let results: unknown[];
+      try {
+        results = combine(entry);
+      } catch (e) {
+        const err = isQError(e) ? e : new QError('E_COMM', String(e), { cause: e });
+        this.abort(err);
+        return done;
+      }
+      entry.waiters.forEach((w, r) => w.resolve(results[r]));
+    }
+    return done;
+  }
+}
+
+function combine(p: Pending): unknown[] {
+  const world = p.values.length;
+  if (p.kind === 'same') {
+    const vs = p.values as string[];
+    if (vs.some((v) => v !== vs[0]))
+      throw new QError(
+        'E_COMM',
+        `Expected the same ${p.what} on every rank but received ${vs.map((v, r) => `rank ${r}: ${v}`).join(', ')}`,
+      );
+    return new Array(world).fill(undefined);
+  }
+  const xs = p.values as Float32Array[];
+  if (p.kind === 'gather') return xs.map(() => xs.map((x) => x.slice()));
+  let out: Float32Array;
+  if (p.kind === 'max') {
+    out = xs[0]?.slice() ?? new Float32Array(0);
+    for (const x of xs.slice(1)) for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, x[i] as number);
+  } else {
+    out = allReduceReference(xs, 'f32', { wire: p.wire }) as Float32Array;
+  }
+  return xs.map(() => out.slice());
+}
