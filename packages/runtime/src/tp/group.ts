@@ -27,6 +27,8 @@ export interface TpCollectives {
 export interface LocalTpGroupOptions {
   /** A collective that some rank does not reach within this time fails every rank (E_TIMEOUT). Default 60 000. */
   readonly timeoutMs?: number;
+  /** Elements per scale of the int8/int4 wire. Default 128, the group of `@q/comm`'s GPU kernels. */
+  readonly wireGroupSize?: number;
 }
 
 type Kind = 'sum' | 'max' | 'gather' | 'same';
@@ -58,6 +60,7 @@ interface Pending {
  */
 export class LocalTpGroup {
   readonly timeoutMs: number;
+  readonly wireGroupSize: number;
   private readonly seq: number[];
   private readonly pending = new Map<number, Pending>();
   private failure: QError | undefined;
@@ -72,6 +75,7 @@ export class LocalTpGroup {
     this.timeoutMs = options.timeoutMs ?? 60_000;
     if (!(this.timeoutMs > 0))
       throw new QError('E_ARG', `Expected a positive timeout for timeoutMs but received ${this.timeoutMs}`);
+    this.wireGroupSize = options.wireGroupSize ?? 128;
     this.seq = new Array<number>(world).fill(0);
   }
 
@@ -178,10 +182,11 @@ export class LocalTpGroup {
       this.pending.delete(id);
       let results: unknown[];
       try {
-        results = combine(entry);
+        results = combine(entry, this.wireGroupSize);
       } catch (e) {
         const err = isQError(e) ? e : new QError('E_COMM', String(e), { cause: e });
         this.abort(err);
+        for (const w of entry.waiters) w.reject(err);
         return done;
       }
       entry.waiters.forEach((w, r) => w.resolve(results[r]));
@@ -190,7 +195,7 @@ export class LocalTpGroup {
   }
 }
 
-function combine(p: Pending): unknown[] {
+function combine(p: Pending, groupSize: number): unknown[] {
   const world = p.values.length;
   if (p.kind === 'same') {
     const vs = p.values as string[];
@@ -208,7 +213,7 @@ function combine(p: Pending): unknown[] {
     out = xs[0]?.slice() ?? new Float32Array(0);
     for (const x of xs.slice(1)) for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, x[i] as number);
   } else {
-    out = allReduceReference(xs, 'f32', { wire: p.wire }) as Float32Array;
+    out = allReduceReference(xs, 'f32', { wire: p.wire, groupSize }) as Float32Array;
   }
   return xs.map(() => out.slice());
 }

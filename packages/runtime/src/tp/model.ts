@@ -21,6 +21,8 @@ export interface TensorParallelOptions {
   readonly timeoutMs?: number;
   /** Largest all-reduce (bytes) that `auto` keeps unquantized. Default 4 MiB, as `@q/comm`. */
   readonly smallBytes?: number;
+  /** Elements per scale of the int8/int4 all-reduce wire (CPU). Default 128, the group of the GPU kernels. */
+  readonly wireGroupSize?: number;
   /** Default `'cpu'`; `'cuda'` needs `tp` GPUs and a GPU tensor-parallel model (not in this build). */
   readonly backend?: Backend;
 }
@@ -127,7 +129,7 @@ function fingerprintQuantized(q: QuantizedModel): string {
     h.update(`${name}\0${w.format}\0${w.n}\0${w.k}\0${l.act}\0${l.staticScale ?? ''}\0`);
     const data = w.format === 'int4' ? w.packed : w.data;
     h.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-    h.update(new Uint8Array(w.format === 'f32' ? 0 : w.scales.byteLength));
+    if (w.format !== 'f32') h.update(new Uint8Array(w.scales.buffer, w.scales.byteOffset, w.scales.byteLength));
   }
   for (const [name, t] of [...q.tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
     const f = t.toFloat32();
@@ -138,8 +140,8 @@ function fingerprintQuantized(q: QuantizedModel): string {
 }
 
 /**
- * The fingerprint of what a rank loaded: its files (`fingerprintPath`), or the contents of an in-memory
- * quantized model.
+ * The fingerprint of what a rank loaded: its files (`fingerprintPath`), or the contents of a model built in
+ * memory.
  *
  * @example
  * ```ts
@@ -147,7 +149,19 @@ function fingerprintQuantized(q: QuantizedModel): string {
  * ```
  */
 export function modelFingerprint(source: ModelSourceData): string {
-  return 'source' in source ? fingerprintPath(source.path) : fingerprintQuantized(source);
+  if (!('source' in source)) return fingerprintQuantized(source);
+  if (fs.existsSync(source.path)) return fingerprintPath(source.path);
+  if (source.source === 'quantized') return fingerprintQuantized(source.weights);
+  // Weights built in memory: their names, shapes and values.
+  const h = createHash('sha256');
+  h.update(JSON.stringify(source.config));
+  for (const name of [...source.weights.names()].sort()) {
+    const t = source.weights.get(name);
+    const f = t.toFloat32();
+    h.update(`${name}\0${t.shape.join(',')}\0`);
+    h.update(new Uint8Array(f.buffer, f.byteOffset, f.byteLength));
+  }
+  return h.digest('hex');
 }
 
 /** What every rank must agree on before the first forward. */
@@ -266,10 +280,13 @@ export class TensorParallelModel implements CausalLM {
       stopListening = this.group.onFailure(reject);
     });
     failed.catch(() => {});
+    // A rank's own failure, kept apart from the group failure it causes (which may settle the race first).
+    const own: unknown[] = [];
     const results = await Promise.allSettled(
       this.ranks.map((m, r) =>
         Promise.race([
           m.forward(tokens, { ...options, cache: caches[r] as KVCache }).catch((e: unknown) => {
+            own[r] = e;
             (this.collectives[r] as TpCollectives).fail(e);
             throw e;
           }),
@@ -281,7 +298,7 @@ export class TensorParallelModel implements CausalLM {
     if (results.every((r) => r.status === 'fulfilled') && first?.status === 'fulfilled') return first.value;
     const errors = results.map((r, rank) => ({
       rank,
-      error: r.status === 'rejected' ? (r.reason as unknown) : undefined,
+      error: r.status === 'rejected' ? (own[rank] ?? (r.reason as unknown)) : undefined,
     }));
     const groupError = this.group.failed;
     // The root cause: a rank's own failure, else what the group failed with (a timeout).
@@ -367,7 +384,10 @@ export async function createTensorParallelModel(
   }
   const allreduce = parseAllReduce(options.allreduce ?? 'auto', backend);
   shardPlan(config, tp, 0);
-  const group = new LocalTpGroup(tp, options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {});
+  const group = new LocalTpGroup(tp, {
+    ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    ...(options.wireGroupSize !== undefined ? { wireGroupSize: options.wireGroupSize } : {}),
+  });
   const collectives = Array.from({ length: tp }, (_, r) => group.rank(r));
   const fingerprint = modelFingerprint(source);
   const ranks = collectives.map((c) => {
