@@ -11,8 +11,10 @@ import { createModel } from './backend';
 import { formatDemoTable, runDemo } from './demo';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
+import type { Backend, CausalLM } from './lm';
 import { type LoadedModel, loadModel } from './load';
 import { quantizeLoaded, resolveRecipe, saveQuantizedModel } from './quantize';
+import { ALLREDUCE_OPTIONS, createTensorParallelModel, parseAllReduce } from './tp/index';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -85,6 +87,43 @@ function readText(file: string, option: string): string {
       `Expected a readable text file for ${option} but received ${JSON.stringify(file)}: ${(e as Error).message}`,
     );
   }
+}
+
+/** Options every command that runs a model takes. */
+interface RunOptions {
+  device: Backend;
+  tp: number;
+  allreduce: string;
+}
+
+/** `--device`, `--tp` and `--allreduce` on a command that runs a model. */
+function runOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--device <backend>', 'where the model runs').choices(['cpu', 'cuda']).default('cpu'))
+    .option(
+      '--tp <n>',
+      'tensor-parallel ranks on this node (CPU: ranks in this process; cuda: one GPU per rank)',
+      int('--tp', 1),
+      1,
+    )
+    .addOption(
+      new Option(
+        '--allreduce <mode>',
+        'all-reduce after o_proj and down_proj with --tp > 1: auto, exact (CPU), nccl, fused (GPU), int8, int4',
+      )
+        .choices(ALLREDUCE_OPTIONS as string[])
+        .default('auto'),
+    );
+}
+
+/** The model of a loaded checkpoint on one rank, or split over `--tp` ranks. */
+function runnable(m: LoadedModel, o: RunOptions): Promise<CausalLM> {
+  if (o.tp === 1) return createModel(m, { backend: o.device });
+  return createTensorParallelModel(m, {
+    tp: o.tp,
+    allreduce: parseAllReduce(o.allreduce, o.device),
+    backend: o.device,
+  });
 }
 
 function load(p: string, opts: { tokenizer?: string }): LoadedModel {
@@ -284,8 +323,7 @@ Examples:
       },
     );
 
-  program
-    .command('eval')
+  runOptions(program.command('eval'))
     .description(
       'perplexity over a text file; with --compare, top-1 agreement and KL against a reference model',
     )
@@ -301,17 +339,17 @@ Examples:
     .option('--json', 'print one JSON object {ppl, tokens, ...}, no progress bars')
     .addHelpText(
       'after',
-      '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json',
+      '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json\n  q eval stories260K.bin --text valid.txt --tp 2 --allreduce int8 --compare stories260K.bin',
     )
     .action(
       async (
         modelPath: string,
-        o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean },
+        o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean } & RunOptions,
       ) => {
         const m = load(modelPath, o);
         const ref = o.compare !== undefined ? load(o.compare, o) : undefined;
-        const model = await createModel(m);
-        const refModel = ref ? await createModel(ref) : undefined;
+        const model = await runnable(m, o);
+        const refModel = ref ? await createModel(ref, { backend: o.device }) : undefined;
         const ids = m.tokenizer.encode(readText(o.text, '--text'));
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
         const bar = progress(io, !o.json);
@@ -342,8 +380,7 @@ Examples:
       },
     );
 
-  program
-    .command('generate')
+  runOptions(program.command('generate'))
     .description('continue a prompt, streaming tokens to stdout (greedy by default)')
     .argument('<model>', 'model or quantized directory')
     .requiredOption('--prompt <text>', 'prompt text')
@@ -366,7 +403,7 @@ Examples:
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
     .addHelpText(
       'after',
-      '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
+      '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K.bin --prompt "Once upon a time" --tp 4 --allreduce exact\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
     )
     .action(
       async (
@@ -380,7 +417,7 @@ Examples:
           seed: number;
           chat?: boolean;
           tokenizer?: string;
-        },
+        } & RunOptions,
       ) => {
         const m = load(modelPath, o);
         let text = o.prompt;
@@ -400,7 +437,7 @@ Examples:
           );
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
-        const model = await createModel(m);
+        const model = await runnable(m, o);
         io.stdout(o.prompt);
         try {
           for await (const id of generate(model, promptIds, {
