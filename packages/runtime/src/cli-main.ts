@@ -577,9 +577,12 @@ Examples:
     .allowExcessArguments()
     .argument(
       '[args...]',
-      '--nproc N [--addr A] [--port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
+      '--nproc N [--addr|--master-addr A] [--port|--master-port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
     )
-    .addHelpText('after', '\nExamples:\n  q launch --nproc 2 -- node serve.mjs');
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q launch --nproc 2 -- node serve.mjs\n  Q_JOB_TOKEN=<shared> q launch --nproc 4 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 -- node serve.mjs',
+    );
   return program;
 }
 

@@ -1,4 +1,4 @@
-import { allReduceReference } from '@q/comm';
+import { allReduceReference, type ProcessGroup } from '@q/comm';
 import { isQError, QError } from '@q/core';
 
 /**
@@ -216,4 +216,59 @@ function combine(p: Pending, groupSize: number): unknown[] {
     out = allReduceReference(xs, 'f32', { wire: p.wire, groupSize }) as Float32Array;
   }
   return xs.map(() => out.slice());
+}
+
+function f32Bytes(x: Float32Array): Uint8Array {
+  return new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+}
+
+function f32Of(b: Uint8Array): Float32Array {
+  // The exchange hands back fresh bytes; copy into an aligned buffer.
+  const out = new Float32Array(b.byteLength / 4);
+  new Uint8Array(out.buffer).set(b);
+  return out;
+}
+
+/**
+ * The collectives of one rank of a job started by `q launch` (one process per rank), over the host rendezvous of
+ * `@q/comm`'s `ProcessGroup`: every rank receives every rank's array and computes the same reduction (the
+ * reference all-reduce, bit for bit `LocalTpGroup`'s). Slow next to NCCL, meant for CPU ranks in separate
+ * processes and for the checks at start; a GPU rank swaps in `Communicator` for the three array collectives.
+ * Faults are the process group's: a rank that exits fails the others with E_COMM, one that hangs with E_TIMEOUT.
+ *
+ * @example
+ * ```ts
+ * const pg = await initProcessGroup(); // inside `q launch --nproc 2 -- node rank.mjs`
+ * const c = processGroupCollectives(pg);
+ * await tpHandshake(c, { tp: 2, fingerprint, allreduce: 'int8' });
+ * ```
+ */
+export function processGroupCollectives(pg: ProcessGroup, options: { wireGroupSize?: number } = {}): TpCollectives {
+  const groupSize = options.wireGroupSize ?? 128;
+  const gather = async (what: string, x: Float32Array): Promise<Float32Array[]> =>
+    (await pg.exchange(`tp:${what}`, f32Bytes(x))).map(f32Of);
+  const same = (what: string, xs: Float32Array[]): Float32Array[] => {
+    const n = xs[0]?.length ?? 0;
+    xs.forEach((x, r) => {
+      if (x.length !== n)
+        throw new QError('E_COMM', `Expected ${n} values from rank ${r} for ${what} (as rank 0) but received ${x.length}`);
+    });
+    return xs;
+  };
+  return {
+    rank: pg.rank,
+    world: pg.world,
+    allReduce: async (what, x, wire) =>
+      allReduceReference(same(what, await gather(what, x)), 'f32', { wire, groupSize }) as Float32Array,
+    async allReduceMax(what, x) {
+      const xs = same(what, await gather(what, x));
+      const out = (xs[0] as Float32Array).slice();
+      for (const y of xs.slice(1)) for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, y[i] as number);
+      return out;
+    },
+    allGather: gather,
+    checkSame: (what, value) => pg.checkSame(what, value),
+    // The launcher notices the process exit and tells the other ranks.
+    fail: () => {},
+  };
 }

@@ -1,4 +1,4 @@
-export { type LocalTpGroupOptions, LocalTpGroup, type TpCollectives } from './group';
+export { type LocalTpGroupOptions, LocalTpGroup, processGroupCollectives, type TpCollectives } from './group';
 export {
   createTensorParallelModel,
   fingerprintPath,
