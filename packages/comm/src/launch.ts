@@ -173,7 +173,15 @@ export async function launchCli(argv: readonly string[]): Promise<number> {
   const values: Record<string, string> = {};
   for (let i = 0; i < flags.length; i++) {
     const f = flags[i] as string;
-    const known = ['--nproc', '--addr', '--port', '--timeout-ms', '--nnodes', '--node-rank', ...Object.keys(LAUNCH_ALIASES)];
+    const known = [
+      '--nproc',
+      '--addr',
+      '--port',
+      '--timeout-ms',
+      '--nnodes',
+      '--node-rank',
+      ...Object.keys(LAUNCH_ALIASES),
+    ];
     const [given, inline] = f.includes('=') ? (f.split('=', 2) as [string, string]) : [f, undefined];
     const k = LAUNCH_ALIASES[given] ?? given;
     if (!known.includes(given))

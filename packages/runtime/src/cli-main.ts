@@ -99,7 +99,9 @@ interface RunOptions {
 /** `--device`, `--tp` and `--allreduce` on a command that runs a model. */
 function runOptions(cmd: Command): Command {
   return cmd
-    .addOption(new Option('--device <backend>', 'where the model runs').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(
+      new Option('--device <backend>', 'where the model runs').choices(['cpu', 'cuda']).default('cpu'),
+    )
     .option(
       '--tp <n>',
       'tensor-parallel ranks on this node (CPU: ranks in this process; cuda: one GPU per rank)',

@@ -538,7 +538,13 @@ export class Model implements CausalLM {
 function vocabRowsOf(config: ModelConfig, shard: ShardCollectives | undefined): number {
   if (shard === undefined) return config.vocabSize;
   const { start, end } = shard.vocab;
-  if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end <= start || end > config.vocabSize)
+  if (
+    !Number.isInteger(start) ||
+    !Number.isInteger(end) ||
+    start < 0 ||
+    end <= start ||
+    end > config.vocabSize
+  )
     throw new QError(
       'E_ARG',
       `Expected a vocabulary range within [0, ${config.vocabSize}) for shard.vocab but received [${start}, ${end})`,

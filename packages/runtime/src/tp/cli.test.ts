@@ -9,7 +9,8 @@ const shared = sharedDir();
 const modelFile = shared ? path.join(shared, 'models', 'stories260K', 'stories260K.bin') : '';
 const textFile = shared ? path.join(shared, 'data', 'tinystories-valid-sample.txt') : '';
 const present = shared !== null && fs.existsSync(modelFile) && fs.existsSync(textFile);
-if (!present) console.warn('skipping q --tp CLI tests: ../shared/models/stories260K or ../shared/data is absent');
+if (!present)
+  console.warn('skipping q --tp CLI tests: ../shared/models/stories260K or ../shared/data is absent');
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'q-tp-cli-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -37,7 +38,21 @@ describe.skipIf(!present)('q generate and q eval with --tp (stories260K)', () =>
   it('q eval --tp 2 --allreduce int8 --compare reports agreement with the one-rank model', async () => {
     const text = path.join(tmp, 'eval.txt');
     fs.writeFileSync(text, fs.readFileSync(textFile, 'utf8').split(/\r?\n/).slice(0, 3).join('\n'));
-    const r = await q('eval', modelFile, '--text', text, '--ctx', '64', '--tp', '2', '--allreduce', 'int8', '--compare', modelFile, '--json');
+    const r = await q(
+      'eval',
+      modelFile,
+      '--text',
+      text,
+      '--ctx',
+      '64',
+      '--tp',
+      '2',
+      '--allreduce',
+      'int8',
+      '--compare',
+      modelFile,
+      '--json',
+    );
     expect(r.code).toBe(0);
     const j = JSON.parse(r.stdout) as { top1: number; kl: number };
     expect(j.top1).toBeGreaterThanOrEqual(0.97);
@@ -48,9 +63,13 @@ describe.skipIf(!present)('q generate and q eval with --tp (stories260K)', () =>
   it('refuses --tp that does not divide the heads, GPU-only all-reduce modes on the CPU, and --device cuda without the GPUs', async () => {
     const r3 = await q('generate', modelFile, '--prompt', 'x', '--tp', '3');
     expect(r3.code).not.toBe(0);
-    expect(r3.stderr).toMatch(/Expected a tensor-parallel degree that divides the 8 attention heads for --tp but received 3/);
+    expect(r3.stderr).toMatch(
+      /Expected a tensor-parallel degree that divides the 8 attention heads for --tp but received 3/,
+    );
     const nccl = await q('generate', modelFile, '--prompt', 'x', '--tp', '2', '--allreduce', 'nccl');
-    expect(nccl.stderr).toMatch(/Expected one of auto, exact, int8, int4 for --allreduce on the cpu backend but received "nccl"/);
+    expect(nccl.stderr).toMatch(
+      /Expected one of auto, exact, int8, int4 for --allreduce on the cpu backend but received "nccl"/,
+    );
     const cuda = await q('generate', modelFile, '--prompt', 'x', '--tp', '64', '--device', 'cuda');
     expect(cuda.code).not.toBe(0);
     expect(cuda.stderr).toMatch(/Expected 64 visible CUDA devices for --tp 64 but received \d+/);

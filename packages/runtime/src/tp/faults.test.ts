@@ -42,7 +42,11 @@ function faultyModel(tp: number, victim: number, at: number, how: 'crash' | 'han
     return r === victim ? faulty(c, at, how) : c;
   });
   const ranks: CausalLM[] = collectives.map((c) =>
-    floatShardModel(weights, shardPlan(demo.config, tp, c.rank), shardCollectives(c, demo.config.vocabSize, 'exact')),
+    floatShardModel(
+      weights,
+      shardPlan(demo.config, tp, c.rank),
+      shardCollectives(c, demo.config.vocabSize, 'exact'),
+    ),
   );
   return { model: new TensorParallelModel(demo.config, ranks, collectives, group), demo };
 }
@@ -113,7 +117,9 @@ describe('tensor-parallel faults on CPU ranks', () => {
       expect(r.status).toBe('rejected');
       const e = (r as PromiseRejectedResult).reason as QError;
       expect(e.code).toBe('E_COMM');
-      expect(e.message).toMatch(/Expected the same model files \(SHA-256 fingerprint\) on every rank but received rank 0: [0-9a-f]{64}, rank 1: [0-9a-f]{64}/);
+      expect(e.message).toMatch(
+        /Expected the same model files \(SHA-256 fingerprint\) on every rank but received rank 0: [0-9a-f]{64}, rank 1: [0-9a-f]{64}/,
+      );
     }
     for (const r of await start([
       { tp: 2, fingerprint: fa },

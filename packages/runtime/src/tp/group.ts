@@ -109,7 +109,11 @@ export class LocalTpGroup {
       checkSame: (what, value) => meet<void>('same', what, value),
       fail: (e) => {
         const msg = e instanceof Error ? e.message : String(e);
-        this.abort(new QError('E_COMM', `Expected every rank to stay in the job but rank ${r} failed: ${msg}`, { cause: e }));
+        this.abort(
+          new QError('E_COMM', `Expected every rank to stay in the job but rank ${r} failed: ${msg}`, {
+            cause: e,
+          }),
+        );
       },
     };
   }
@@ -162,7 +166,12 @@ export class LocalTpGroup {
     } else {
       const first = p.values.find((v) => v !== undefined);
       const len = (v: Float32Array | string | undefined) => (typeof v === 'string' ? -1 : (v?.length ?? -1));
-      if (p.kind !== kind || p.what !== what || p.wire !== wire || (kind !== 'gather' && len(first) !== len(value))) {
+      if (
+        p.kind !== kind ||
+        p.what !== what ||
+        p.wire !== wire ||
+        (kind !== 'gather' && len(first) !== len(value))
+      ) {
         const e = new QError(
           'E_COMM',
           `Expected the same collective on every rank at #${id} but received ${p.kind} ${p.what} (${len(first)} values) and, on rank ${rank}, ${kind} ${what} (${len(value)} values)`,
@@ -189,7 +198,9 @@ export class LocalTpGroup {
         for (const w of entry.waiters) w.reject(err);
         return done;
       }
-      entry.waiters.forEach((w, r) => w.resolve(results[r]));
+      entry.waiters.forEach((w, r) => {
+        w.resolve(results[r]);
+      });
     }
     return done;
   }
@@ -211,7 +222,8 @@ function combine(p: Pending, groupSize: number): unknown[] {
   let out: Float32Array;
   if (p.kind === 'max') {
     out = xs[0]?.slice() ?? new Float32Array(0);
-    for (const x of xs.slice(1)) for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, x[i] as number);
+    for (const x of xs.slice(1))
+      for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, x[i] as number);
   } else {
     out = allReduceReference(xs, 'f32', { wire: p.wire, groupSize }) as Float32Array;
   }
@@ -243,7 +255,10 @@ function f32Of(b: Uint8Array): Float32Array {
  * await tpHandshake(c, { tp: 2, fingerprint, allreduce: 'int8' });
  * ```
  */
-export function processGroupCollectives(pg: ProcessGroup, options: { wireGroupSize?: number } = {}): TpCollectives {
+export function processGroupCollectives(
+  pg: ProcessGroup,
+  options: { wireGroupSize?: number } = {},
+): TpCollectives {
   const groupSize = options.wireGroupSize ?? 128;
   const gather = async (what: string, x: Float32Array): Promise<Float32Array[]> =>
     (await pg.exchange(`tp:${what}`, f32Bytes(x))).map(f32Of);
@@ -251,7 +266,10 @@ export function processGroupCollectives(pg: ProcessGroup, options: { wireGroupSi
     const n = xs[0]?.length ?? 0;
     xs.forEach((x, r) => {
       if (x.length !== n)
-        throw new QError('E_COMM', `Expected ${n} values from rank ${r} for ${what} (as rank 0) but received ${x.length}`);
+        throw new QError(
+          'E_COMM',
+          `Expected ${n} values from rank ${r} for ${what} (as rank 0) but received ${x.length}`,
+        );
     });
     return xs;
   };
@@ -263,7 +281,8 @@ export function processGroupCollectives(pg: ProcessGroup, options: { wireGroupSi
     async allReduceMax(what, x) {
       const xs = same(what, await gather(what, x));
       const out = (xs[0] as Float32Array).slice();
-      for (const y of xs.slice(1)) for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, y[i] as number);
+      for (const y of xs.slice(1))
+        for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, y[i] as number);
       return out;
     },
     allGather: gather,

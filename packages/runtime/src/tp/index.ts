@@ -1,4 +1,4 @@
-export { type LocalTpGroupOptions, LocalTpGroup, processGroupCollectives, type TpCollectives } from './group';
+export { LocalTpGroup, type LocalTpGroupOptions, processGroupCollectives, type TpCollectives } from './group';
 export {
   createTensorParallelModel,
   fingerprintPath,
@@ -6,8 +6,8 @@ export {
   modelFingerprint,
   type RankIdentity,
   shardCollectives,
-  type TensorParallelOptions,
   TensorParallelModel,
+  type TensorParallelOptions,
   tpHandshake,
 } from './model';
 export {
@@ -18,5 +18,18 @@ export {
   gpuAlgorithm,
   parseAllReduce,
 } from './options';
-export { checkTensorParallel, type ShardKind, type ShardPlan, shardPlan, type TensorShard, vocabRange } from './plan';
-export { floatShardModel, type MaxAcross, quantizedShardModel, sliceMatrix, sliceQuantizedLinear } from './shard';
+export {
+  checkTensorParallel,
+  type ShardKind,
+  type ShardPlan,
+  shardPlan,
+  type TensorShard,
+  vocabRange,
+} from './plan';
+export {
+  floatShardModel,
+  type MaxAcross,
+  quantizedShardModel,
+  sliceMatrix,
+  sliceQuantizedLinear,
+} from './shard';

@@ -6,7 +6,7 @@ import type { QuantizedModel } from '@q/quant';
 import type { ModelSourceData } from '../backend';
 import type { Backend, CacheOptions, CausalLM, ForwardOptions, KVCache } from '../lm';
 import type { ShardCollectives } from '../model';
-import { type TpCollectives, LocalTpGroup } from './group';
+import { LocalTpGroup, type TpCollectives } from './group';
 import { type AllReduceOption, AUTO_SMALL_BYTES, cpuWire, parseAllReduce } from './options';
 import { shardPlan, vocabRange } from './plan';
 import { floatShardModel, type MaxAcross, quantizedShardModel } from './shard';
@@ -47,7 +47,11 @@ export function shardCollectives(
   return {
     vocab: ranges[c.rank] as { start: number; end: number },
     allReduce: (name, x) =>
-      c.allReduce(name, x, name === 'model.embed_tokens' ? 'none' : cpuWire(allreduce, x.length * 4, smallBytes)),
+      c.allReduce(
+        name,
+        x,
+        name === 'model.embed_tokens' ? 'none' : cpuWire(allreduce, x.length * 4, smallBytes),
+      ),
     async gatherLogits(logits, rows) {
       const parts = await c.allGather('lm_head', logits);
       const out = new Float32Array(rows * vocabSize);
@@ -109,7 +113,9 @@ export function fingerprintPath(p: string): string {
   if (st.isFile()) hashFile(h, p, path.basename(p));
   else {
     const walk = (dir: string, rel: string): void => {
-      for (const e of fs.readdirSync(dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      for (const e of fs
+        .readdirSync(dir, { withFileTypes: true })
+        .sort((a, b) => (a.name < b.name ? -1 : 1))) {
         const full = path.join(dir, e.name);
         const r = rel ? `${rel}/${e.name}` : e.name;
         if (e.isDirectory()) walk(full, r);
@@ -129,7 +135,8 @@ function fingerprintQuantized(q: QuantizedModel): string {
     h.update(`${name}\0${w.format}\0${w.n}\0${w.k}\0${l.act}\0${l.staticScale ?? ''}\0`);
     const data = w.format === 'int4' ? w.packed : w.data;
     h.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-    if (w.format !== 'f32') h.update(new Uint8Array(w.scales.buffer, w.scales.byteOffset, w.scales.byteLength));
+    if (w.format !== 'f32')
+      h.update(new Uint8Array(w.scales.buffer, w.scales.byteOffset, w.scales.byteLength));
   }
   for (const [name, t] of [...q.tensors].sort(([a], [b]) => (a < b ? -1 : 1))) {
     const f = t.toFloat32();
@@ -250,7 +257,10 @@ export class TensorParallelModel implements CausalLM {
     private readonly group: LocalTpGroup,
   ) {
     if (ranks.length !== group.world || collectives.length !== group.world)
-      throw new QError('E_ARG', `Expected ${group.world} ranks and collectives but received ${ranks.length} and ${collectives.length}`);
+      throw new QError(
+        'E_ARG',
+        `Expected ${group.world} ranks and collectives but received ${ranks.length} and ${collectives.length}`,
+      );
     this.tp = group.world;
   }
 
@@ -303,7 +313,9 @@ export class TensorParallelModel implements CausalLM {
     const groupError = this.group.failed;
     // The root cause: a rank's own failure, else what the group failed with (a timeout).
     const root =
-      errors.find((e) => e.error !== undefined && e.error !== groupError)?.error ?? groupError ?? errors[0]?.error;
+      errors.find((e) => e.error !== undefined && e.error !== groupError)?.error ??
+      groupError ??
+      errors[0]?.error;
     const msg = (e: unknown) => (e instanceof Error ? e.message : String(e));
     throw new QError(
       isQError(root) ? root.code : 'E_COMM',
@@ -330,10 +342,15 @@ export class TensorParallelModel implements CausalLM {
   }
 
   private check(): void {
-    if (this.disposed) throw new QError('E_DISPOSED', 'Expected a live model but received one that was disposed');
+    if (this.disposed)
+      throw new QError('E_DISPOSED', 'Expected a live model but received one that was disposed');
     const f = this.group.failed;
     if (f !== undefined)
-      throw new QError('E_COMM', `Expected a working tensor-parallel group but it failed earlier: ${f.message}`, { cause: f });
+      throw new QError(
+        'E_COMM',
+        `Expected a working tensor-parallel group but it failed earlier: ${f.message}`,
+        { cause: f },
+      );
   }
 }
 

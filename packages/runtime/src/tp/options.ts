@@ -13,7 +13,14 @@ import type { Backend } from '../lm';
 export type AllReduceOption = 'auto' | 'exact' | 'nccl' | 'fused' | 'int8' | 'int4';
 
 /** Every `AllReduceOption`. */
-export const ALLREDUCE_OPTIONS: readonly AllReduceOption[] = ['auto', 'exact', 'nccl', 'fused', 'int8', 'int4'];
+export const ALLREDUCE_OPTIONS: readonly AllReduceOption[] = [
+  'auto',
+  'exact',
+  'nccl',
+  'fused',
+  'int8',
+  'int4',
+];
 
 /** Messages up to this size stay unquantized under `auto` (the default of `@q/comm`'s Communicator). */
 export const AUTO_SMALL_BYTES = 4 * 1024 * 1024;
@@ -51,7 +58,11 @@ export function parseAllReduce(value: string, backend: Backend): AllReduceOption
  * cpuWire('int4', 4096); // 'int4'
  * ```
  */
-export function cpuWire(option: AllReduceOption, bytes: number, smallBytes = AUTO_SMALL_BYTES): 'none' | 'int8' | 'int4' {
+export function cpuWire(
+  option: AllReduceOption,
+  bytes: number,
+  smallBytes = AUTO_SMALL_BYTES,
+): 'none' | 'int8' | 'int4' {
   switch (option) {
     case 'exact':
       return 'none';
@@ -82,7 +93,10 @@ export function gpuAlgorithm(option: AllReduceOption, singleHost: boolean): AllR
       return option;
     case 'fused':
       if (!singleHost)
-        throw new QError('E_ARG', "Expected ranks on one host for --allreduce fused but received several hosts (use nccl, int8 or int4)");
+        throw new QError(
+          'E_ARG',
+          'Expected ranks on one host for --allreduce fused but received several hosts (use nccl, int8 or int4)',
+        );
       return 'fused';
     case 'int8':
     case 'int4':

@@ -23,9 +23,18 @@ describe('tensor-parallel ranks over the q launch rendezvous (one process group 
     });
     const pgs = await Promise.all([0, 1].map((r) => initProcessGroup({ env: env(r), timeoutMs: 5000 })));
     try {
-      const loaded = { source: 'llama2c' as const, path: '<demo>', config: demo.config, tokenizer: demo.tokenizer, weights };
+      const loaded = {
+        source: 'llama2c' as const,
+        path: '<demo>',
+        config: demo.config,
+        tokenizer: demo.tokenizer,
+        weights,
+      };
       const fingerprint = modelFingerprint(loaded);
-      const tokens = [demo.tokenizer.encodePrompt('the cat saw a dog'), demo.tokenizer.encodePrompt('a red ball')];
+      const tokens = [
+        demo.tokenizer.encodePrompt('the cat saw a dog'),
+        demo.tokenizer.encodePrompt('a red ball'),
+      ];
       const logits = await Promise.all(
         pgs.map(async (pg) => {
           const c = processGroupCollectives(pg);
@@ -41,7 +50,8 @@ describe('tensor-parallel ranks over the q launch rendezvous (one process group 
       const ref = await Model.fromFloatWeights(demo.config, demo.weights).forward(tokens, { logits: 'last' });
       expect(logits[0]).toEqual(logits[1]);
       let d = 0;
-      for (let i = 0; i < ref.length; i++) d = Math.max(d, Math.abs((logits[0]?.[i] as number) - (ref[i] as number)));
+      for (let i = 0; i < ref.length; i++)
+        d = Math.max(d, Math.abs((logits[0]?.[i] as number) - (ref[i] as number)));
       expect(d).toBeLessThan(1e-5);
     } finally {
       for (const pg of pgs) pg.close();

@@ -31,7 +31,10 @@ export type MaxAcross = (x: Float32Array) => Promise<Float32Array>;
 function shardOf(plan: ShardPlan, name: string): TensorShard {
   const s = plan.tensors.get(name);
   if (s === undefined)
-    throw new QError('E_FORMAT', `Expected ${name} in the Llama tensor layout for the shard plan but received none`);
+    throw new QError(
+      'E_FORMAT',
+      `Expected ${name} in the Llama tensor layout for the shard plan but received none`,
+    );
   return s;
 }
 
@@ -51,7 +54,10 @@ export function sliceMatrix<T extends Float32Array | Int8Array | Int32Array>(
   const rows = shape[0] as number;
   const cols = shape.length > 1 ? (shape[1] as number) : 1;
   if (a.length !== rows * cols)
-    throw new QError('E_SHAPE', `Expected ${rows * cols} values ([${shape.join(', ')}]) for a slice but received ${a.length}`);
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${rows * cols} values ([${shape.join(', ')}]) for a slice but received ${a.length}`,
+    );
   if (s.dim === 0) return a.slice(s.start * cols, s.end * cols) as T;
   const w = s.end - s.start;
   const out = new (a.constructor as new (n: number) => T)(rows * w);
@@ -173,7 +179,10 @@ class RowDynamicLinear implements Linear {
         if (!(v <= m)) m = v;
       }
       if (!Number.isFinite(m))
-        throw new QError('E_NUMERIC', `Expected finite values for ${this.name} row ${i} but received max|x| = ${m}`);
+        throw new QError(
+          'E_NUMERIC',
+          `Expected finite values for ${this.name} row ${i} but received max|x| = ${m}`,
+        );
       amax[i] = m;
     }
     const global = await this.maxAcross(amax);
@@ -189,7 +198,8 @@ class RowDynamicLinear implements Linear {
       const xin = new Float32Array(x.length);
       for (let i = 0; i < rows; i++) {
         const s = scales[i] as number;
-        for (let j = 0; j < k; j++) xin[i * k + j] = Math.fround(quantizeValue(x[i * k + j] as number, s) * s);
+        for (let j = 0; j < k; j++)
+          xin[i * k + j] = Math.fround(quantizeValue(x[i * k + j] as number, s) * s);
       }
       const { bias: _b, ...rest } = this.layer;
       out = linearForward(xin, rows, { ...rest, act: 'none' });
@@ -209,7 +219,9 @@ class RowDynamicLinear implements Linear {
     if (bias)
       for (let i = 0; i < rows; i++)
         for (let c = 0; c < this.outFeatures; c++)
-          out[i * this.outFeatures + c] = Math.fround((out[i * this.outFeatures + c] as number) + (bias[c] as number));
+          out[i * this.outFeatures + c] = Math.fround(
+            (out[i * this.outFeatures + c] as number) + (bias[c] as number),
+          );
     return out;
   }
 }
@@ -232,7 +244,10 @@ function floatSlice(
   const out = s.kind === 'replicated' ? a : sliceMatrix(a, s.shape, s);
   const want = shape.reduce((p, v) => p * v, 1);
   if (out.length !== want)
-    throw new QError('E_SHAPE', `Expected ${want} values ([${shape.join(', ')}]) for the shard of ${name} but received ${out.length}`);
+    throw new QError(
+      'E_SHAPE',
+      `Expected ${want} values ([${shape.join(', ')}]) for the shard of ${name} but received ${out.length}`,
+    );
   return out;
 }
 
@@ -261,7 +276,8 @@ export function floatShardModel(
       let b: Float32Array | null = null;
       if (withBias || weights.has(`${name}.bias`)) {
         const full = get(`${name}.bias`);
-        if (full === undefined) throw new QError('E_FORMAT', `Expected a tensor named ${name}.bias but received none`);
+        if (full === undefined)
+          throw new QError('E_FORMAT', `Expected a tensor named ${name}.bias but received none`);
         const a = full.toFloat32();
         b = s.dim === 0 ? a.slice(s.start, s.end) : plan.rank === 0 ? a : null;
       }
@@ -301,7 +317,14 @@ export function quantizedShardModel(
       const w = floatSlice(get, plan, `${name}.weight`, [n, k]);
       const s = shardOf(plan, `${name}.weight`);
       const bt = q.tensors.get(`${name}.bias`);
-      const b = bt === undefined ? null : s.dim === 0 ? bt.toFloat32().slice(s.start, s.end) : plan.rank === 0 ? bt.toFloat32() : null;
+      const b =
+        bt === undefined
+          ? null
+          : s.dim === 0
+            ? bt.toFloat32().slice(s.start, s.end)
+            : plan.rank === 0
+              ? bt.toFloat32()
+              : null;
       return new FloatLinear(name, w, n, k, b);
     },
     collectives,

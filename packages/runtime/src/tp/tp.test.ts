@@ -16,7 +16,8 @@ import { shardPlan } from './plan';
 const shared = sharedDir();
 const storiesFile = shared ? path.join(shared, 'models', 'stories260K', 'stories260K.bin') : '';
 const storiesPresent = shared !== null && fs.existsSync(storiesFile);
-if (!storiesPresent) console.warn('skipping stories260K tensor-parallel tests: ../shared/models/stories260K is absent');
+if (!storiesPresent)
+  console.warn('skipping stories260K tensor-parallel tests: ../shared/models/stories260K is absent');
 
 function demoLoaded(layers = 2): LoadedFloatModel & { calibText: string; evalText: string } {
   const d = buildDemoModel({ numLayers: layers });
@@ -108,7 +109,9 @@ describe('tensor parallelism on CPU ranks, exact all-reduce', () => {
       await model.dispose();
       got.forEach((g, i) => {
         const d = relMaxDiff(g, ref[i] as Float32Array);
-        console.log(`demo float tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`);
+        console.log(
+          `demo float tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`,
+        );
         expect(d).toBeLessThan(EXACT_TOL);
       });
     }
@@ -116,8 +119,14 @@ describe('tensor parallelism on CPU ranks, exact all-reduce', () => {
 
   it('TP = 2 and 4 give the logits of TP = 1 on the fptq demo model (dynamic row-parallel layers included)', async () => {
     const loaded = demoLoaded();
-    const run = await quantizeLoaded(loaded, { recipe: 'fptq', calibText: loaded.calibText, calibTokens: 256 });
-    expect(run.quantized.plans.some((p) => p.act === 'dynamic' && /o_proj|down_proj/.test(p.name))).toBe(true);
+    const run = await quantizeLoaded(loaded, {
+      recipe: 'fptq',
+      calibText: loaded.calibText,
+      calibTokens: 256,
+    });
+    expect(run.quantized.plans.some((p) => p.act === 'dynamic' && /o_proj|down_proj/.test(p.name))).toBe(
+      true,
+    );
     const ids = loaded.tokenizer.encode(loaded.evalText);
     const prompts = [ids.slice(0, 12), ids.slice(20, 27)];
     const ref = await logitsOf(createCpuModel(run.quantized), prompts);
@@ -127,7 +136,9 @@ describe('tensor parallelism on CPU ranks, exact all-reduce', () => {
       await model.dispose();
       got.forEach((g, i) => {
         const d = relMaxDiff(g, ref[i] as Float32Array);
-        console.log(`demo fptq tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`);
+        console.log(
+          `demo fptq tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`,
+        );
         expect(d).toBeLessThan(EXACT_TOL);
       });
     }
@@ -160,43 +171,47 @@ describe('tensor parallelism on CPU ranks, quantized all-reduce', () => {
   });
 });
 
-describe.skipIf(!storiesPresent)('tensor parallelism on stories260K (8 heads, 4 KV heads, MLP 172: TP = 2 and 4)', () => {
-  it('TP = 2 and 4 with the exact all-reduce give the logits of TP = 1 (float)', async () => {
-    const loaded = loadModel(storiesFile);
-    const prompts = [loaded.tokenizer.encodePrompt('Once upon a time, there was'), [1, 403, 407]];
-    const ref = await logitsOf(createCpuModel(loaded), prompts);
-    for (const tp of [2, 4]) {
-      const model = await createTensorParallelModel(loaded, { tp, allreduce: 'exact' });
+describe.skipIf(!storiesPresent)(
+  'tensor parallelism on stories260K (8 heads, 4 KV heads, MLP 172: TP = 2 and 4)',
+  () => {
+    it('TP = 2 and 4 with the exact all-reduce give the logits of TP = 1 (float)', async () => {
+      const loaded = loadModel(storiesFile);
+      const prompts = [loaded.tokenizer.encodePrompt('Once upon a time, there was'), [1, 403, 407]];
+      const ref = await logitsOf(createCpuModel(loaded), prompts);
+      for (const tp of [2, 4]) {
+        const model = await createTensorParallelModel(loaded, { tp, allreduce: 'exact' });
+        const got = await logitsOf(model, prompts);
+        await model.dispose();
+        got.forEach((g, i) => {
+          const d = relMaxDiff(g, ref[i] as Float32Array);
+          console.log(`stories260K float tp=${tp} step ${i}: ${d.toExponential(2)}`);
+          expect(d).toBeLessThan(EXACT_TOL);
+        });
+      }
+    });
+
+    it('fptq: g128 is refused for TP (K/tp splits a group); with groups of 2, TP = 2 gives the logits of TP = 1', async () => {
+      const loaded = loadModel(storiesFile);
+      if (loaded.source === 'quantized') throw new Error('expected a float model');
+      const calibText =
+        'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
+      const g128 = await quantizeLoaded(loaded, { recipe: 'fptq', calibText });
+      await expect(createTensorParallelModel(g128.quantized, { tp: 2 })).rejects.toThrow(
+        /K\/tp \(172\/2 = 86\) to be a multiple of the int4 group size 128 .*down_proj/,
+      );
+      const g2 = await quantizeLoaded(loaded, { recipe: 'fptq', calibText, groupSize: 2, stats: g128.stats });
+      // MLP 172 / 4 = 43 columns per rank: no even group size fits, so TP = 4 is refused.
+      await expect(createTensorParallelModel(g2.quantized, { tp: 4 })).rejects.toThrow(/43.*down_proj/);
+      const prompts = [loaded.tokenizer.encodePrompt('Once upon a time, there was'), [1, 403, 407]];
+      const ref = await logitsOf(createCpuModel(g2.quantized), prompts);
+      const model = await createTensorParallelModel(g2.quantized, { tp: 2, allreduce: 'exact' });
       const got = await logitsOf(model, prompts);
       await model.dispose();
       got.forEach((g, i) => {
         const d = relMaxDiff(g, ref[i] as Float32Array);
-        console.log(`stories260K float tp=${tp} step ${i}: ${d.toExponential(2)}`);
+        console.log(`stories260K fptq g2 tp=2 step ${i}: ${d.toExponential(2)}`);
         expect(d).toBeLessThan(EXACT_TOL);
       });
-    }
-  });
-
-  it('fptq: g128 is refused for TP (K/tp splits a group); with groups of 2, TP = 2 gives the logits of TP = 1', async () => {
-    const loaded = loadModel(storiesFile);
-    if (loaded.source === 'quantized') throw new Error('expected a float model');
-    const calibText = 'Once upon a time, there was a little girl named Lily. She loved to play outside in the park.';
-    const g128 = await quantizeLoaded(loaded, { recipe: 'fptq', calibText });
-    await expect(createTensorParallelModel(g128.quantized, { tp: 2 })).rejects.toThrow(
-      /K\/tp \(172\/2 = 86\) to be a multiple of the int4 group size 128 .*down_proj/,
-    );
-    const g2 = await quantizeLoaded(loaded, { recipe: 'fptq', calibText, groupSize: 2, stats: g128.stats });
-    // MLP 172 / 4 = 43 columns per rank: no even group size fits, so TP = 4 is refused.
-    await expect(createTensorParallelModel(g2.quantized, { tp: 4 })).rejects.toThrow(/43.*down_proj/);
-    const prompts = [loaded.tokenizer.encodePrompt('Once upon a time, there was'), [1, 403, 407]];
-    const ref = await logitsOf(createCpuModel(g2.quantized), prompts);
-    const model = await createTensorParallelModel(g2.quantized, { tp: 2, allreduce: 'exact' });
-    const got = await logitsOf(model, prompts);
-    await model.dispose();
-    got.forEach((g, i) => {
-      const d = relMaxDiff(g, ref[i] as Float32Array);
-      console.log(`stories260K fptq g2 tp=2 step ${i}: ${d.toExponential(2)}`);
-      expect(d).toBeLessThan(EXACT_TOL);
     });
-  });
-});
+  },
+);
