@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// The whole gate, in the order CI runs it: lint, build (TypeScript + the CUDA addon where nvcc exists),
+// The whole gate, in the order CI runs it: lint, build (TypeScript + the CUDA addon where nvcc exists, compiled
+// once and staged into its platform package @q/kernels-cuda-linux-x64-gnu),
 // typecheck, every vitest project with a JSON report, release checks (publint, attw, consumer install),
 // and last the one closing line `N passed, M failed`.
 import { spawnSync } from 'node:child_process';

@@ -4,7 +4,8 @@
 #   node.xz          this machine's node binary
 #   deps.tar.xz      a flat node_modules (no symlinks) with the test runner and the runtime's dependencies
 #   dist/<pkg>/      every package's built JavaScript
-#   native/<pkg>/    every package's built CUDA addon (packages/<pkg>/build)
+#   native/<pkg>/    the built CUDA addon (packages/kernels-cuda/build: the one addon, comm's NCCL and
+#                    all-reduce code included)
 # Then run there, with .device carried:  bash tools/device-run.sh <command>
 set -euo pipefail
 cd "$(dirname "$0")/.."

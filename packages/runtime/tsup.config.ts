@@ -1,7 +1,8 @@
 import { defineConfig } from 'tsup';
 
 export default defineConfig({
-  entry: ['src/index.ts', 'src/cli.ts'],
+  // Worker entries ship beside the entries that start them (see shippedScript in @q/core).
+  entry: { index: 'src/index.ts', cli: 'src/cli.ts', 'cpu-worker': 'src/cpu/cpu-worker.ts' },
   format: ['esm', 'cjs'],
   dts: true,
   clean: true,

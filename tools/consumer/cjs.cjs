@@ -13,4 +13,7 @@ assert.throws(
   (e) => e instanceof QError && e.code === 'E_DTYPE',
 );
 for (const m of [quant, kernels, comm, runtime]) assert.ok(Object.keys(m).length > 0);
+const status = kernels.gpuStatus();
+if (process.env.Q_CONSUMER_PLATFORM_PACKAGE)
+  assert.ok(status.addonPath?.includes(process.env.Q_CONSUMER_PLATFORM_PACKAGE), status.reason);
 console.log('cjs consumer ok');

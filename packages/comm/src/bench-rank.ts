@@ -3,6 +3,7 @@
  * events and writes rank 0's table as JSON to Q_BENCH_OUT. Latency is the largest per-rank median.
  */
 import { writeFileSync } from 'node:fs';
+import type { Event } from '@q/kernels-cuda';
 import { BENCH_COLUMNS, BENCH_EXTRA_COLUMNS, type BenchCell, type BenchRow } from './bench-columns';
 import { Communicator } from './communicator';
 import { initProcessGroup } from './group';
@@ -61,15 +62,15 @@ async function main(): Promise<void> {
           for (let i = 0; i < 5; i++)
             used = await comm.quantizedAllReduce(ins[i % rot] as (typeof ins)[0], out, n, 'bf16', col.opts);
           await comm.barrier();
-          const starts: bigint[] = [];
-          const ends: bigint[] = [];
+          const starts: Event[] = [];
+          const ends: Event[] = [];
           for (let i = 0; i < iters; i++) {
             starts.push(comm.recordEvent());
             await comm.quantizedAllReduce(ins[i % rot] as (typeof ins)[0], out, n, 'bf16', col.opts);
             ends.push(comm.recordEvent());
           }
           comm.synchronize();
-          mine = median(starts.map((s0, i) => comm.elapsedMs(s0, ends[i] as bigint))) * 1000;
+          mine = median(starts.map((s0, i) => comm.elapsedMs(s0, ends[i] as Event))) * 1000;
           await comm.quantizedAllReduce(ins[0] as (typeof ins)[0], out, n, 'bf16', col.opts);
           if (pg.rank === 0) {
             const m = Math.min(n, errN);

@@ -3,9 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { QError, shippedScript } from '@q/core';
+import { gpuStatus } from '@q/kernels-cuda';
 import { BENCH_COLUMNS, BENCH_EXTRA_COLUMNS, type BenchRow } from './bench-columns';
 import { launch } from './launch';
-import { loadCommNative } from './native';
 
 /** Options of `benchAllreduce`. */
 export interface BenchAllreduceOptions {
@@ -121,16 +121,16 @@ export function formatBenchTable(r: BenchAllreduceResult): string {
  * ```
  */
 export async function benchAllreduce(opts: BenchAllreduceOptions = {}): Promise<BenchAllreduceResult[]> {
-  const b = loadCommNative();
-  const count = b.deviceCount();
-  if (count.count < 2) {
+  const status = gpuStatus();
+  const count = status.devices.length;
+  if (count < 2) {
     throw new QError(
       'E_NO_DEVICE',
-      `Expected at least 2 CUDA devices for the all-reduce benchmark but received ${count.count}${count.error ? ` (${count.error})` : ''}`,
+      `Expected at least 2 CUDA devices for the all-reduce benchmark but received ${count} (${status.reason})`,
     );
   }
-  const gpu = b.deviceInfo(0).name;
-  const worlds = (opts.worlds ?? [2, 4]).filter((w) => w <= count.count);
+  const gpu = status.devices[0]?.name ?? 'unknown';
+  const worlds = (opts.worlds ?? [2, 4]).filter((w) => w <= count);
   const script = fileURLToPath(await shippedScript('bench-rank', import.meta.url));
   const results: BenchAllreduceResult[] = [];
   for (const world of worlds) {

@@ -1,47 +1,52 @@
 import { QError } from '@q/core';
+import { loadNative, nativePath } from '@q/kernels-cuda';
 import { describe, expect, it } from 'vitest';
-import type { CommBinding } from './binding';
-import { Communicator } from './communicator';
+import { type CommBinding, Communicator } from './communicator';
 import { initProcessGroup, type ProcessGroup } from './group';
-import {
-  commAddonFileName,
-  isCommAddonAvailable,
-  loadCommNative,
-  ncclCandidates,
-  resolveCommAddon,
-} from './native';
+import { ncclCandidates } from './nccl-lib';
 import { newJobToken, StoreServer } from './store';
 
+/** An error as the addon throws it: the q code set natively in `code`, never in the message. */
+function nativeErr(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
 /** A stand-in addon that records what is allocated, mapped and released. */
-function fakeBinding(opts: { syncError?: string } = {}) {
+function fakeBinding(opts: { syncError?: Error } = {}) {
   let next = 0x1000n;
   const live = new Set<bigint>();
   const mapped = new Set<bigint>();
   const calls: string[] = [];
   const b = {
-    addonVersion: 'fake',
-    deviceCount: () => ({ count: 2 }),
+    deviceCount: () => ({ count: 2, driverVersion: 13000, runtimeVersion: 13000 }),
     setDevice: () => {},
-    deviceInfo: () => ({ name: 'fake', major: 9, minor: 0, multiProcessorCount: 132, pciBusId: '0' }),
-    canAccessPeer: () => true,
+    deviceProperties: (index: number) => ({
+      index,
+      name: 'fake',
+      major: 9,
+      minor: 0,
+      multiProcessorCount: 132,
+      totalGlobalMem: 80e9,
+      l2CacheSize: 50e6,
+      sharedMemPerBlockOptin: 232448,
+      memoryBusWidth: 5120,
+      clockRateKHz: 1980000,
+      memoryClockRateKHz: 2619000,
+    }),
     malloc: () => {
       next += 0x100000n;
       live.add(next);
       return next;
     },
     free: (p: bigint) => {
-      if (!live.delete(p)) throw new Error(`E_CUDA: double free of ${p}`);
+      if (!live.delete(p)) throw nativeErr('E_CUDA', `double free of ${p}`);
     },
     memset: () => {},
-    copyHtoD: () => {},
-    copyDtoH: () => {},
+    memcpyHtoD: (_dst: bigint, _src: unknown, stream: bigint) => calls.push(`memcpyHtoD on ${stream}`),
+    memcpyDtoH: () => {},
     streamCreate: () => 7n,
     streamDestroy: () => calls.push('streamDestroy'),
     streamSynchronize: () => {},
-    eventCreate: () => 1n,
-    eventDestroy: () => {},
-    eventRecord: () => {},
-    eventElapsedMs: () => 0,
     ipcGetHandle: () => new Uint8Array(64).fill(1),
     ipcOpenHandle: () => {
       next += 0x100000n;
@@ -52,7 +57,6 @@ function fakeBinding(opts: { syncError?: string } = {}) {
       mapped.delete(p);
       calls.push('ipcClose');
     },
-    deviceSynchronize: () => {},
     ncclLoad: () => 22803,
     ncclGetUniqueId: () => new Uint8Array(128),
     ncclCommInitRank: () => 99n,
@@ -64,7 +68,7 @@ function fakeBinding(opts: { syncError?: string } = {}) {
     ncclBroadcast: () => {},
     ncclAllToAll: () => calls.push('ncclAllToAll'),
     syncWatch: () => {
-      if (opts.syncError) throw new Error(opts.syncError);
+      if (opts.syncError) throw opts.syncError;
     },
     arQuantize: () => calls.push('arQuantize'),
     arReduce: () => calls.push('arReduce'),
@@ -135,7 +139,9 @@ describe('Communicator (stand-in addon)', () => {
   });
 
   it('turns a collective timeout into E_TIMEOUT and does not destroy the aborted NCCL communicator', async () => {
-    const f = fakeBinding({ syncError: 'E_TIMEOUT: Expected the collective to finish within 1000 ms' });
+    const f = fakeBinding({
+      syncError: nativeErr('E_TIMEOUT', 'Expected the collective to finish within 1000 ms'),
+    });
     const comm = await Communicator.create(fakeGroup(2), { binding: f.b });
     const x = comm.alloc(64);
     await comm.allReduce(x, x, 16, 'f32');
@@ -148,7 +154,7 @@ describe('Communicator (stand-in addon)', () => {
   it('falls back to NCCL on every rank when a peer buffer cannot be mapped (no P2P)', async () => {
     const f = fakeBinding();
     f.b.ipcOpenHandle = () => {
-      throw new Error('E_CUDA: cudaIpcOpenMemHandle failed: cudaErrorPeerAccessUnsupported');
+      throw nativeErr('E_CUDA', 'cudaIpcOpenMemHandle failed: cudaErrorPeerAccessUnsupported');
     };
     const comm = await Communicator.create(fakeGroup(2), { binding: f.b });
     expect(comm.fusedAvailable).toBe(false);
@@ -233,23 +239,23 @@ describe('Communicator over a real rendezvous (stand-in addon)', () => {
   });
 });
 
-describe('addon loader', () => {
-  it('diagnoses a missing addon with every path tried and possible solutions', () => {
-    const r = resolveCommAddon({
-      env: { Q_COMM_ADDON: '/nope/q_comm.node' },
-      platform: 'linux',
-      arch: 'x64',
-      buildDir: '/also/nope',
-      exists: () => false,
-      load: () => ({}),
-    });
-    expect('error' in r).toBe(true);
-    if ('error' in r) {
-      expect(r.error.code).toBe('E_NATIVE_MISSING');
-      expect(r.error.message).toContain('/nope/q_comm.node');
-      expect(r.error.message).toContain(`/also/nope/${commAddonFileName('linux', 'x64')}`);
-      expect(r.error.message).toContain('Possible solutions');
-    }
+describe('NCCL library and the one addon', () => {
+  it('uploads on the communicator stream, so the collectives queued after it see the data', async () => {
+    const f = fakeBinding();
+    const comm = await Communicator.create(fakeGroup(2), { binding: f.b });
+    const x = comm.alloc(64);
+    comm.upload(x, new Uint16Array(32));
+    expect(f.calls).toContain('memcpyHtoD on 7');
+    expect(comm.stream.handle).toBe(7n);
+    expect(() => comm.upload(x, new Uint16Array(33))).toThrow(expect.objectContaining({ code: 'E_SHAPE' }));
+    comm.close();
+  });
+
+  it('takes the error code the addon set, whatever the message says', async () => {
+    const f = fakeBinding({ syncError: nativeErr('E_NCCL', 'E_TIMEOUT: looks like another code') });
+    const comm = await Communicator.create(fakeGroup(2), { binding: f.b });
+    expect(() => comm.synchronize()).toThrow(expect.objectContaining({ code: 'E_NCCL' }));
+    comm.close();
   });
 
   it('tries Q_NCCL_LIB first, then the loader search', () => {
@@ -258,27 +264,17 @@ describe('addon loader', () => {
     expect(c[1]).toBe('libnccl.so.2');
   });
 
-  it('rejects a file that lacks functions', () => {
-    const r = resolveCommAddon({
-      env: {},
-      platform: 'linux',
-      arch: 'x64',
-      buildDir: '/b',
-      exists: () => true,
-      load: () => ({ malloc: () => 0 }),
-    });
-    expect('error' in r && r.error.message).toMatch(/lacks deviceCount/);
-  });
-
-  const built = isCommAddonAvailable();
+  const built = nativePath() !== undefined;
   if (!built)
     console.warn(
-      'skipping the real-addon test: build/ holds no q_comm addon (pnpm --filter @q/comm build:native)',
+      'skipping the real-addon test: no @q/kernels-cuda addon here (pnpm --filter @q/kernels-cuda build:native)',
     );
-  it.skipIf(!built)('loads the real addon without a GPU and reports the device count', () => {
-    const b = loadCommNative();
-    const c = b.deviceCount();
-    expect(typeof c.count).toBe('number');
-    expect(() => b.ncclGetUniqueId()).toThrow(QError);
-  });
+  it.skipIf(!built)(
+    'the real addon throws E_NCCL, set natively, for a collective before NCCL is loaded',
+    () => {
+      const b = loadNative();
+      expect(typeof b.deviceCount().count).toBe('number');
+      expect(() => b.ncclGetUniqueId()).toThrow(expect.objectContaining({ code: 'E_NCCL' }));
+    },
+  );
 });

@@ -1,15 +1,79 @@
 /**
- * One rank's GPU communicator: NCCL collectives through the addon, and the quantized all-reduce in two forms,
+ * One rank's GPU communicator: NCCL collectives through @q/kernels-cuda's addon (the one native binding of q),
+ * and the quantized all-reduce in two forms,
  * (a) over NCCL (quantize kernel → all-to-all → dequantize-sum-requantize kernel → all-gather → dequantize kernel;
  * works across nodes) and (b) a fused intra-node kernel over CUDA IPC peer memory (buffers registered once here,
  * handles exchanged through the rendezvous, flag barriers; one-shot for small messages, two-shot for large).
  * Both give exactly the bits of `allReduceReference` (the NCCL-native 'nccl' algorithm sums in NCCL's order).
  */
 import { QError } from '@q/core';
-import type { CommBinding, NativeArLayout } from './binding';
+import {
+  Event,
+  loadNative,
+  type NativeArLayout,
+  type NativeBinding,
+  nativeError,
+  Stream,
+  useDevice,
+} from '@q/kernels-cuda';
 import type { ProcessGroup } from './group';
-import { loadCommNative, ncclCandidates, toQError } from './native';
+import { ncclCandidates } from './nccl-lib';
 import { type PayloadDType, type QuantOptions, schemeOf, wireLayout } from './reference';
+
+/** The part of @q/kernels-cuda's addon a communicator uses (tests pass a stand-in). */
+export type CommBinding = Pick<
+  NativeBinding,
+  | 'deviceCount'
+  | 'setDevice'
+  | 'deviceProperties'
+  | 'malloc'
+  | 'free'
+  | 'memset'
+  | 'memcpyHtoD'
+  | 'memcpyDtoH'
+  | 'streamCreate'
+  | 'streamDestroy'
+  | 'streamSynchronize'
+  | 'ipcGetHandle'
+  | 'ipcOpenHandle'
+  | 'ipcCloseHandle'
+  | 'ncclLoad'
+  | 'ncclGetUniqueId'
+  | 'ncclCommInitRank'
+  | 'ncclCommDestroy'
+  | 'ncclCommAbort'
+  | 'ncclAllReduce'
+  | 'ncclAllGather'
+  | 'ncclReduceScatter'
+  | 'ncclBroadcast'
+  | 'ncclAllToAll'
+  | 'syncWatch'
+  | 'arQuantize'
+  | 'arReduce'
+  | 'arDequant'
+  | 'arFused'
+  | 'arConstants'
+>;
+
+/**
+ * The binding with every native error turned into a QError carrying the code the C++ glue set (built once per
+ * communicator, so a collective pays no wrapper allocation).
+ */
+function guarded(b: CommBinding): CommBinding {
+  const out: Record<string, unknown> = {};
+  for (const name of Object.keys(b) as (keyof CommBinding)[]) {
+    const fn = b[name] as unknown;
+    if (typeof fn !== 'function') continue;
+    out[name] = (...args: unknown[]) => {
+      try {
+        return (fn as (...a: unknown[]) => unknown)(...args);
+      } catch (e) {
+        throw nativeError(e, name);
+      }
+    };
+  }
+  return out as CommBinding;
+}
 
 /** A device buffer: anything with a device pointer and a size (kernels-cuda's DeviceTensor fits). */
 export interface DeviceBuffer {
@@ -63,7 +127,7 @@ export interface CommunicatorOptions {
   readonly ncclLib?: string;
   /** Collective and barrier timeout, ms. Default: the group's. */
   readonly timeoutMs?: number;
-  /** The addon; tests pass a stand-in. */
+  /** The addon (default: @q/kernels-cuda's); tests pass a stand-in. */
   readonly binding?: CommBinding;
 }
 
@@ -94,7 +158,8 @@ export class Communicator {
   readonly rank: number;
   readonly world: number;
   readonly device: number;
-  readonly stream: bigint;
+  /** The stream every collective runs on (owned by the communicator: `close()` destroys it). */
+  readonly stream: Stream;
   readonly ncclVersion: number;
   readonly multiProcessorCount: number;
   readonly timeoutMs: number;
@@ -104,6 +169,7 @@ export class Communicator {
   /** Why the fused kernel is not set up, when it is not. */
   fusedUnavailableReason = '';
   private readonly b: CommBinding;
+  private readonly s: bigint;
   private readonly pg: ProcessGroup;
   private readonly smallBytes: number;
   private readonly oneShotMaxBytes: number;
@@ -137,7 +203,8 @@ export class Communicator {
     this.rank = init.pg.rank;
     this.world = init.pg.world;
     this.device = init.device;
-    this.stream = init.stream;
+    this.s = init.stream;
+    this.stream = Stream.wrap(init.stream, init.device);
     this.comm = init.comm;
     this.ncclVersion = init.ncclVersion;
     this.multiProcessorCount = init.sms;
@@ -158,7 +225,7 @@ export class Communicator {
    * ```
    */
   static async create(pg: ProcessGroup, opts: CommunicatorOptions = {}): Promise<Communicator> {
-    const b = opts.binding ?? loadCommNative();
+    const b = guarded(opts.binding ?? loadNative());
     const device = opts.device ?? pg.localRank;
     const timeoutMs = opts.timeoutMs ?? pg.timeoutMs;
     const count = b.deviceCount();
@@ -174,8 +241,10 @@ export class Communicator {
         `Expected a device index in [0, ${count.count}) for rank ${pg.rank} but received ${device} (set CUDA_VISIBLE_DEVICES or options.device)`,
       );
     }
-    b.setDevice(device);
-    const info = b.deviceInfo(device);
+    // Through kernels-cuda's useDevice, which caches the current device per thread, unless a stand-in is used.
+    if (opts.binding) b.setDevice(device);
+    else useDevice(device);
+    const info = b.deviceProperties(device);
     const tried: string[] = [];
     let ncclVersion = 0;
     for (const path of opts.ncclLib ? [opts.ncclLib] : ncclCandidates()) {
@@ -241,11 +310,11 @@ export class Communicator {
     let handle: Uint8Array = new Uint8Array(0);
     let failure = '';
     try {
-      this.ipcBase = this.b.malloc(constants.signalRegion + dataBytes);
+      this.ipcBase = this.b.malloc(BigInt(constants.signalRegion + dataBytes));
       this.owned.add(this.ipcBase);
-      this.b.memset(this.ipcBase, 0, constants.signalRegion);
-      // cudaMemset runs on the legacy stream, which a non-blocking stream does not wait for.
-      this.b.deviceSynchronize();
+      // Zeroed on the communicator's stream (which does not wait for the legacy one) before any peer maps it.
+      this.b.memset(this.ipcBase, 0, BigInt(constants.signalRegion), this.s);
+      this.b.streamSynchronize(this.s);
       handle = this.b.ipcGetHandle(this.ipcBase);
     } catch (e) {
       failure = e instanceof Error ? e.message : String(e);
@@ -318,7 +387,7 @@ export class Communicator {
     this.live();
     if (!Number.isInteger(bytes) || bytes < 1)
       throw new QError('E_ARG', `Expected a positive byte count for alloc but received ${bytes}`);
-    const ptr = this.b.malloc(bytes);
+    const ptr = this.b.malloc(BigInt(bytes));
     this.owned.add(ptr);
     return {
       ptr,
@@ -330,7 +399,8 @@ export class Communicator {
   }
 
   /**
-   * Copies host bytes to the start of `dst` (synchronous).
+   * Copies host bytes to the start of `dst` on the communicator's stream, so the collectives queued after it
+   * see the data, and waits for the copy (so `src` may be reused at once).
    *
    * @example
    * ```ts
@@ -344,7 +414,8 @@ export class Communicator {
         'E_SHAPE',
         `Expected at most ${dst.byteLength} bytes for upload but received ${src.byteLength}`,
       );
-    this.b.copyHtoD(dst.ptr, src);
+    this.b.memcpyHtoD(dst.ptr, src, this.s);
+    this.b.streamSynchronize(this.s);
   }
 
   /**
@@ -364,7 +435,8 @@ export class Communicator {
         `Expected at most ${src.byteLength} bytes for download but received ${dst.byteLength}`,
       );
     this.synchronize();
-    this.b.copyDtoH(src.ptr, dst);
+    this.b.memcpyDtoH(dst, src.ptr, this.s);
+    this.b.streamSynchronize(this.s);
   }
 
   /**
@@ -379,9 +451,9 @@ export class Communicator {
   synchronize(): void {
     this.live();
     try {
-      this.b.syncWatch(this.stream, this.comm, this.timeoutMs);
+      this.b.syncWatch(this.s, this.comm, this.timeoutMs);
     } catch (e) {
-      const q = toQError(e, `rank ${this.rank} synchronize`);
+      const q = nativeError(e, `rank ${this.rank} synchronize`);
       // syncWatch aborted the NCCL communicator (which frees it) before throwing these.
       if (q.code === 'E_NCCL' || q.code === 'E_TIMEOUT') this.comm = 0n;
       if (q.code === 'E_CUDA' && this.fusedAvailable) {
@@ -439,7 +511,7 @@ export class Communicator {
     this.need(send, count * DTYPE_BYTES[dtype], 'allReduce send');
     this.need(recv, count * DTYPE_BYTES[dtype], 'allReduce recv');
     await this.sameOnAllRanks(`allReduce ${count} ${dtype}`);
-    this.b.ncclAllReduce(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.stream);
+    this.b.ncclAllReduce(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.s);
   }
 
   /**
@@ -461,7 +533,7 @@ export class Communicator {
     this.need(send, count * DTYPE_BYTES[dtype], 'allGather send');
     this.need(recv, count * this.world * DTYPE_BYTES[dtype], 'allGather recv');
     await this.sameOnAllRanks(`allGather ${count} ${dtype}`);
-    this.b.ncclAllGather(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], this.comm, this.stream);
+    this.b.ncclAllGather(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], this.comm, this.s);
   }
 
   /**
@@ -483,7 +555,7 @@ export class Communicator {
     this.need(send, count * this.world * DTYPE_BYTES[dtype], 'reduceScatter send');
     this.need(recv, count * DTYPE_BYTES[dtype], 'reduceScatter recv');
     await this.sameOnAllRanks(`reduceScatter ${count} ${dtype}`);
-    this.b.ncclReduceScatter(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.stream);
+    this.b.ncclReduceScatter(send.ptr, recv.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.s);
   }
 
   /**
@@ -507,7 +579,7 @@ export class Communicator {
     this.need(send, bytes * this.world, 'allToAll send');
     this.need(recv, bytes * this.world, 'allToAll recv');
     await this.sameOnAllRanks(`allToAll ${count} ${dtype}`);
-    this.b.ncclAllToAll(send.ptr, recv.ptr, bytes, this.world, this.comm, this.stream);
+    this.b.ncclAllToAll(send.ptr, recv.ptr, bytes, this.world, this.comm, this.s);
   }
 
   /**
@@ -525,7 +597,7 @@ export class Communicator {
       throw new QError('E_ARG', `Expected a root in [0, ${this.world}) but received ${root}`);
     this.need(buf, count * DTYPE_BYTES[dtype], 'broadcast buffer');
     await this.sameOnAllRanks(`broadcast ${count} ${dtype} ${root}`);
-    this.b.ncclBroadcast(buf.ptr, buf.ptr, count, NCCL_DTYPE[dtype], root, this.comm, this.stream);
+    this.b.ncclBroadcast(buf.ptr, buf.ptr, count, NCCL_DTYPE[dtype], root, this.comm, this.s);
   }
 
   /**
@@ -539,7 +611,7 @@ export class Communicator {
   async barrier(): Promise<void> {
     this.live();
     const s = this.ensureScratch(16);
-    this.b.ncclAllReduce(s.reduced, s.reduced, 1, NCCL_DTYPE.i32, 0, this.comm, this.stream);
+    this.b.ncclAllReduce(s.reduced, s.reduced, 1, NCCL_DTYPE.i32, 0, this.comm, this.s);
     this.synchronize();
   }
 
@@ -579,7 +651,7 @@ export class Communicator {
     }
     const size = align(Math.max(bytes, 4096), 4096);
     const a = () => {
-      const p = this.b.malloc(size);
+      const p = this.b.malloc(BigInt(size));
       this.owned.add(p);
       return p;
     };
@@ -655,7 +727,7 @@ export class Communicator {
     const symmetric = opts.symmetric ?? false;
     await this.sameOnAllRanks(`quantizedAllReduce ${count} ${dtype} ${algo} ${symmetric}`);
     if (algo === 'nccl') {
-      this.b.ncclAllReduce(input.ptr, output.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.stream);
+      this.b.ncclAllReduce(input.ptr, output.ptr, count, NCCL_DTYPE[dtype], 0, this.comm, this.s);
       return algo;
     }
     if (dtype === 'f32')
@@ -692,22 +764,23 @@ export class Communicator {
         oneShot,
         this.multiProcessorCount,
         this.timeoutMs,
-        this.stream,
+        this.s,
       );
       this.epoch = (this.epoch + 1) >>> 0 || 1;
       return algo;
     }
     const s = this.ensureScratch(this.world * L.recordBytes);
-    this.b.arQuantize(L, input.ptr, s.send, this.multiProcessorCount, this.stream);
-    this.b.ncclAllToAll(s.send, s.recv, L.recordBytes, this.world, this.comm, this.stream);
-    this.b.arReduce(L, s.recv, s.reduced, this.multiProcessorCount, this.stream);
-    this.b.ncclAllGather(s.reduced, s.gathered, L.recordBytes, NCCL_DTYPE.u8, this.comm, this.stream);
-    this.b.arDequant(L, s.gathered, output.ptr, this.multiProcessorCount, this.stream);
+    this.b.arQuantize(L, input.ptr, s.send, this.multiProcessorCount, this.s);
+    this.b.ncclAllToAll(s.send, s.recv, L.recordBytes, this.world, this.comm, this.s);
+    this.b.arReduce(L, s.recv, s.reduced, this.multiProcessorCount, this.s);
+    this.b.ncclAllGather(s.reduced, s.gathered, L.recordBytes, NCCL_DTYPE.u8, this.comm, this.s);
+    this.b.arDequant(L, s.gathered, output.ptr, this.multiProcessorCount, this.s);
     return algo;
   }
 
   /**
-   * Records a CUDA event on the stream (for timing).
+   * Records a CUDA event on the communicator's stream: for timing (`elapsedMs`), or, with `timing: false`, for
+   * another stream to wait on (`stream.waitEvent(e)`: a GEMM that reads the all-reduce's output).
    *
    * @example
    * ```ts
@@ -716,25 +789,47 @@ export class Communicator {
    * const ms = comm.elapsedMs(a, comm.recordEvent());
    * ```
    */
-  recordEvent(): bigint {
-    const e = this.b.eventCreate();
-    this.b.eventRecord(e, this.stream);
+  recordEvent(options: { timing?: boolean } = {}): Event {
+    this.live();
+    const e = Event.create(this.device, options);
+    e.record(this.stream);
     return e;
   }
 
   /**
-   * Milliseconds between two recorded events; destroys both.
+   * Makes the collectives queued after this call wait, on the device, for `event` (recorded on another
+   * stream, e.g. after the GEMM that writes the all-reduce's input). No host wait.
+   *
+   * @example
+   * ```ts
+   * const done = Event.create(0, { timing: false });
+   * gemmW4A8({ ...args, stream: compute });
+   * done.record(compute);
+   * comm.waitEvent(done);
+   * await comm.quantizedAllReduce(y, y, n, 'bf16');
+   * ```
+   */
+  waitEvent(event: Event): void {
+    this.live();
+    this.stream.waitEvent(event);
+  }
+
+  /**
+   * Milliseconds between two events from `recordEvent`; waits for `end`, then disposes both.
    *
    * @example
    * ```ts
    * const ms = comm.elapsedMs(start, comm.recordEvent());
    * ```
    */
-  elapsedMs(start: bigint, end: bigint): number {
-    const ms = this.b.eventElapsedMs(start, end);
-    this.b.eventDestroy(start);
-    this.b.eventDestroy(end);
-    return ms;
+  elapsedMs(start: Event, end: Event): number {
+    try {
+      end.synchronize();
+      return Event.elapsedMs(start, end);
+    } finally {
+      start.dispose();
+      end.dispose();
+    }
   }
 
   /**
@@ -757,7 +852,7 @@ export class Communicator {
         errors.push(`${what}: ${e instanceof Error ? e.message : String(e)}`);
       }
     };
-    attempt('stream synchronize', () => this.b.streamSynchronize(this.stream));
+    attempt('stream synchronize', () => this.b.streamSynchronize(this.s));
     for (const p of this.opened) attempt('cudaIpcCloseMemHandle', () => this.b.ipcCloseHandle(p));
     this.opened.clear();
     if (this.comm !== 0n) attempt('ncclCommDestroy', () => this.b.ncclCommDestroy(this.comm));
@@ -765,7 +860,8 @@ export class Communicator {
     for (const p of this.owned) attempt('cudaFree', () => this.b.free(p));
     this.owned.clear();
     this.scratch = undefined;
-    attempt('cudaStreamDestroy', () => this.b.streamDestroy(this.stream));
+    this.stream.dispose();
+    attempt('cudaStreamDestroy', () => this.b.streamDestroy(this.s));
     (this as { fusedAvailable: boolean }).fusedAvailable = false;
     if (errors.length > 0 && process.env.Q_COMM_DEBUG)
       console.warn(`Communicator.close on rank ${this.rank}: ${errors.join('; ')}`);

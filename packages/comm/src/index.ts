@@ -11,10 +11,10 @@ export {
   type BenchColumn,
   type BenchRow,
 } from './bench-columns';
-export type { CommBinding, NativeArLayout } from './binding';
 export {
   type AllReduceAlgorithm,
   type CollectiveDType,
+  type CommBinding,
   Communicator,
   type CommunicatorOptions,
   type DeviceBuffer,
@@ -24,16 +24,7 @@ export {
 export { allReduceThreads, type CpuAllReduceOptions } from './cpu';
 export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions } from './group';
 export { type LaunchOptions, type LaunchResult, launch, launchCli } from './launch';
-export {
-  COMM_VERSION,
-  type CommAddonAttempt,
-  type CommAddonEnvironment,
-  commAddonFileName,
-  isCommAddonAvailable,
-  loadCommNative,
-  ncclCandidates,
-  resolveCommAddon,
-} from './native';
+export { ncclCandidates } from './nccl-lib';
 export * from './quantize';
 export * from './reference';
 export {

@@ -1,4 +1,4 @@
-import { bf16ArrayToF32, QError } from '@q/core';
+import { bf16ArrayToF32, QError, Rng } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import { allReduceThreads } from './cpu';
 import { dequantizeGroups, quantizeGroups } from './quantize';
@@ -12,7 +12,7 @@ import {
   schemeOf,
   wireLayout,
 } from './reference';
-import { mulberry32, randomPayload } from './test-utils';
+import { randomPayload } from './test-utils';
 
 describe('wireLayout', () => {
   it('splits into group-aligned chunks, the last ones short or empty', () => {
@@ -37,7 +37,7 @@ describe('allReduceReference', () => {
   ];
   for (const opts of cases) {
     it(`is close to the exact sum (${JSON.stringify(opts)})`, () => {
-      const rand = mulberry32(101);
+      const rand = new Rng(101);
       const inputs = Array.from({ length: 4 }, () => randomPayload(3000, 'f32', rand));
       const exact = exactSum(inputs, 'f32');
       const oneRound = dequantizeGroups(quantizeGroups(Float32Array.from(exact), schemeOf(opts)));
@@ -49,7 +49,7 @@ describe('allReduceReference', () => {
   }
 
   it('is within f32 rounding of the exact sum unquantized', () => {
-    const rand = mulberry32(102);
+    const rand = new Rng(102);
     const inputs = Array.from({ length: 4 }, () => randomPayload(3000, 'f32', rand));
     expect(
       relativeError(allReduceReference(inputs, 'f32', { wire: 'none' }), 'f32', exactSum(inputs, 'f32')),
@@ -68,7 +68,7 @@ describe('allReduceReference', () => {
   });
 
   it('returns bf16 that is the f32 result rounded once', () => {
-    const rand = mulberry32(7);
+    const rand = new Rng(7);
     const inputs = Array.from({ length: 2 }, () => randomPayload(777, 'bf16', rand));
     const out = allReduceReference(inputs, 'bf16', { wire: 'int8' }) as Uint16Array;
     const f32in = inputs.map((x) => bf16ArrayToF32(x as Uint16Array));
@@ -108,7 +108,7 @@ describe('allReduceThreads', () => {
   ];
   for (const [world, n, dtype, opts] of grid) {
     it(`equals the reference bit for bit on every rank (W=${world}, n=${n}, ${dtype}, ${JSON.stringify(opts)})`, async () => {
-      const rand = mulberry32(world * 1000 + n);
+      const rand = new Rng(world * 1000 + n);
       const inputs = Array.from({ length: world }, () => randomPayload(n, dtype, rand));
       const ref = allReduceReference(inputs, dtype, opts);
       const outs = await allReduceThreads(inputs, dtype, opts);

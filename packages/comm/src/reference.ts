@@ -17,7 +17,14 @@
  * A one-shot kernel that reads every rank's records and reduces all chunks locally gives the same bits, since
  * steps 4-6 are deterministic functions of the records.
  */
-import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16, QError } from '@q/core';
+import {
+  bf16ArrayToF32,
+  f16ArrayToF32,
+  f32ArrayToBf16,
+  f32ArrayToF16,
+  QError,
+  relativeError as relativeErrorF64,
+} from '@q/core';
 import { checkScheme, codeBytes, dequantizeInto, type QuantScheme, quantizeInto } from './quantize';
 
 /** What travels between ranks: int8 or int4 codes with scales, or the input dtype unchanged. */
@@ -323,7 +330,7 @@ export function exactSum(inputs: readonly HostPayload[], dtype: PayloadDType): F
 }
 
 /**
- * ‖out − ref‖₂ / ‖ref‖₂ with `out` widened from its dtype.
+ * ‖out − ref‖₂ / ‖ref‖₂ (`@q/core`'s `relativeError`) with `out` widened from its dtype.
  *
  * @example
  * ```ts
@@ -337,12 +344,5 @@ export function relativeError(out: HostPayload, dtype: PayloadDType, ref: Float6
       : dtype === 'f16'
         ? f16ArrayToF32(out as Uint16Array)
         : bf16ArrayToF32(out as Uint16Array);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < ref.length; i++) {
-    const d = (f[i] as number) - (ref[i] as number);
-    num += d * d;
-    den += (ref[i] as number) * (ref[i] as number);
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
+  return relativeErrorF64(f.subarray(0, ref.length), ref);
 }

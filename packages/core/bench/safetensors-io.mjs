@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createSafetensorsWriter, openSafetensors } from '../dist/index.js';
+import { createSafetensorsWriter, openSafetensors, Rng } from '../dist/index.js';
 
 const args = process.argv.slice(2);
 const arg = (name, fallback) => {
@@ -21,15 +21,10 @@ const tensorBytes = rows * cols * 4;
 const count = Math.ceil((gib * 2 ** 30) / tensorBytes);
 const file = path.join(dir, `q-bench-${process.pid}.safetensors`);
 
-/** Deterministic, non-constant contents per tensor (xorshift32 seeded by the index). */
+/** Deterministic, non-constant contents per tensor (the seeded Rng, seeded by the index). */
 function fill(buf, seed) {
-  let x = (seed * 2654435761 + 1) >>> 0 || 1;
-  for (let i = 0; i < buf.length; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    buf[i] = x >>> 0;
-  }
+  const rng = new Rng(seed);
+  for (let i = 0; i < buf.length; i++) buf[i] = rng.nextU32();
 }
 
 /** FNV-1a over 32-bit words. */

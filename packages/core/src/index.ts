@@ -8,6 +8,7 @@ export * from './int4';
 export * from './llama-layout';
 export * from './llama2c';
 export * from './random';
+export * from './relative-error';
 export * from './safetensors';
 export * from './tensor';
 export * from './tokenizer-llama2c';

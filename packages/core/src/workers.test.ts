@@ -1,7 +1,9 @@
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import type { PoolJob } from '../test/fixtures/pool-worker';
 import { Rng } from './random';
-import { shippedScript, WorkerPool } from './workers';
+import { bundleSource, shippedScript, WorkerPool } from './workers';
 
 const fixture = new URL('../test/fixtures/', import.meta.url);
 
@@ -47,5 +49,16 @@ describe('WorkerPool from TypeScript sources', () => {
     });
     await pool.terminate();
     await expect(shippedScript('no-such-worker', fixture)).rejects.toMatchObject({ code: 'E_INTERNAL' });
+  });
+
+  it('lets a process exit while its pool sits idle (workers are unref’d when they have no job)', async () => {
+    const worker = await shippedScript('pool-worker', fixture);
+    const script = await bundleSource(fileURLToPath(new URL('pool-exit.ts', fixture)));
+    const out = execFileSync(process.execPath, [fileURLToPath(script)], {
+      encoding: 'utf8',
+      env: { ...process.env, Q_POOL_WORKER: worker.href },
+      timeout: 30_000,
+    });
+    expect(out.trim()).toBe('3');
   });
 });

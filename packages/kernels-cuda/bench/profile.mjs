@@ -2,6 +2,7 @@
 // One shape, a few launches, for Nsight Compute:
 //   ncu --kernel-name regex:w4a8 --launch-skip 2 --launch-count 1 node packages/kernels-cuda/bench/profile.mjs \
 //     --m 4096 --k 4096 --n 4096 --mode per-channel [--variant 16]
+import { Rng } from '@q/core';
 import { DeviceGemmWeights, DeviceTensor, gemmW4A8, synchronize } from '@q/kernels-cuda';
 
 const args = process.argv.slice(2);
@@ -16,7 +17,8 @@ const mode = opt('--mode', 'per-channel');
 const variant = Number(opt('--variant', 0));
 const gs = mode === 'per-channel' ? k : 128;
 const groups = k / gs;
-const rnd = (len) => Uint8Array.from({ length: len }, () => (Math.random() * 256) | 0);
+const rng = new Rng(7);
+const rnd = (len) => Uint8Array.from({ length: len }, () => rng.int(256));
 const packed = DeviceTensor.fromHost(
   'u8',
   [(n / 16) * Math.ceil(k / 64) * 512],

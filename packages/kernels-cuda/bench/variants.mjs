@@ -5,6 +5,7 @@
 //    @q/quant's golden integer GEMM on one small problem per mode;
 // 2. the median time of each variant on a few layer shapes and M values.
 import { writeFileSync } from 'node:fs';
+import { Rng } from '@q/core';
 import {
   BENCH_SHAPES,
   benchGemm,
@@ -22,11 +23,9 @@ if (!s.available) {
   process.exit(0);
 }
 const args = process.argv.slice(2);
-let seed = Number(process.env.Q_TEST_SEED ?? Date.now() % 1e9);
-const rand = () => {
-  seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-  return seed / 2 ** 32;
-};
+const seed = Number(process.env.Q_TEST_SEED ?? Date.now() % 1e9);
+const rng = new Rng(seed);
+const rand = () => rng.next();
 const [m, n, k] = [200, 256, 640];
 // --check 20,23 narrows the variants checked.
 const ci = args.indexOf('--check');

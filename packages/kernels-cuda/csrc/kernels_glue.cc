@@ -1,8 +1,9 @@
-// N-API glue for the kernels: reads the argument object, runs the launcher, and turns a launcher status
-// into a JS error naming the kernel and the CUDA error. Shape and dtype checks happen in TypeScript
-// (src/validate.ts) before this is called; the checks here guard only what would corrupt memory.
+// N-API glue for the kernels: reads the argument block (src/args.ts), runs the launcher, and turns a launcher
+// status into a JS error naming the kernel and the CUDA error. Shape and dtype checks happen in TypeScript
+// (src/ops.ts) before this is called; the checks here guard only what would corrupt memory.
 #include "kernels_glue.h"
 
+#include <cstdio>
 #include <string>
 
 #include "actquant/act_quant.h"
@@ -12,54 +13,69 @@
 namespace q {
 namespace {
 
-int Int(const Napi::Object& o, const char* k) { return static_cast<int>(I64(o.Get(k), k)); }
+std::string Hex(uint64_t p) {
+  char b[24];
+  snprintf(b, sizeof b, "0x%llx", static_cast<unsigned long long>(p));
+  return b;
+}
 
+// The last guard before memory is touched: a misaligned pointer would fault inside the kernel.
+void Aligned(Napi::Env env, const char* op, const char* name, uint64_t p, uint64_t bytes) {
+  if (p % bytes != 0)
+    Throw(env, "E_ARG", std::string(op) + ": Expected a " + std::to_string(bytes) + "-byte aligned device pointer for " +
+                            name + " but received " + Hex(p));
+}
+
+// actQuant(block): p = [x, gain, q, scales, stream], i = [m, k, ldq, dtype], f = [eps, staticScale].
 Napi::Value ActQuant(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::Object o = info[0].As<Napi::Object>();
+  const ArgBlock& b = Args(info[0], "actQuant");
   ActQuantArgs a{};
-  a.x = Ptr(o.Get("x"), "x");
-  a.gain = Ptr(o.Get("gain"), "gain");
-  a.eps = static_cast<float>(o.Get("eps").As<Napi::Number>().DoubleValue());
-  a.staticScale = static_cast<float>(o.Get("staticScale").As<Napi::Number>().DoubleValue());
-  a.q = Ptr(o.Get("q"), "q");
-  a.scales = static_cast<float*>(Ptr(o.Get("scales"), "scales"));
-  a.M = Int(o, "m");
-  a.K = Int(o, "k");
-  a.ldq = Int(o, "ldq");
-  a.dtype = Int(o, "dtype");
-  a.stream = Ptr(o.Get("stream"), "stream");
+  a.x = ArgPtr<void>(b, 0);
+  a.gain = ArgPtr<void>(b, 1);
+  a.q = ArgPtr<void>(b, 2);
+  a.scales = ArgPtr<float>(b, 3);
+  a.stream = ArgPtr<void>(b, 4);
+  a.M = b.i[0];
+  a.K = b.i[1];
+  a.ldq = b.i[2];
+  a.dtype = b.i[3];
+  a.eps = b.f[0];
+  a.staticScale = b.f[1];
   if (a.ldq < a.K) Throw(env, "E_SHAPE", "actQuant: ldq=" + std::to_string(a.ldq) + " < k=" + std::to_string(a.K));
+  Aligned(env, "actQuant", "x", b.p[0], 2);
   cudaError_t err = q_act_quant(&a);
   if (err != cudaSuccess) Throw(env, "E_CUDA", CudaMsg("actQuant kernel launch", err));
   return env.Undefined();
 }
 
+// gemmW4A8(block): p = [a, aScale, w, wScale, qScale, unit, bias, residual, out, stream],
+// i = [lda, aScaleStride, m, n, k, groupSize, groups, mode, outType, variant].
 Napi::Value GemmW4A8(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::Object o = info[0].As<Napi::Object>();
+  const ArgBlock& b = Args(info[0], "gemmW4A8");
   W4A8Args a{};
-  a.a = static_cast<const int8_t*>(Ptr(o.Get("a"), "a"));
-  a.lda = Int(o, "lda");
-  a.aScale = static_cast<const float*>(Ptr(o.Get("aScale"), "aScale"));
-  a.aScaleStride = Int(o, "aScaleStride");
-  a.w = Ptr(o.Get("w"), "w");
-  a.wScale = static_cast<const float*>(Ptr(o.Get("wScale"), "wScale"));
-  a.qScale = static_cast<const int32_t*>(Ptr(o.Get("qScale"), "qScale"));
-  a.unit = static_cast<const float*>(Ptr(o.Get("unit"), "unit"));
-  a.bias = static_cast<const float*>(Ptr(o.Get("bias"), "bias"));
-  a.residual = Ptr(o.Get("residual"), "residual");
-  a.out = Ptr(o.Get("out"), "out");
-  a.M = Int(o, "m");
-  a.N = Int(o, "n");
-  a.K = Int(o, "k");
-  a.groupSize = Int(o, "groupSize");
-  a.G = Int(o, "groups");
+  a.a = ArgPtr<const int8_t>(b, 0);
+  a.aScale = ArgPtr<const float>(b, 1);
+  a.w = ArgPtr<const void>(b, 2);
+  a.wScale = ArgPtr<const float>(b, 3);
+  a.qScale = ArgPtr<const int32_t>(b, 4);
+  a.unit = ArgPtr<const float>(b, 5);
+  a.bias = ArgPtr<const float>(b, 6);
+  a.residual = ArgPtr<const void>(b, 7);
+  a.out = ArgPtr<void>(b, 8);
+  a.stream = ArgPtr<void>(b, 9);
+  a.lda = b.i[0];
+  a.aScaleStride = b.i[1];
+  a.M = b.i[2];
+  a.N = b.i[3];
+  a.K = b.i[4];
+  a.groupSize = b.i[5];
+  a.G = b.i[6];
+  a.mode = b.i[7];
+  a.outType = b.i[8];
+  a.variant = b.i[9];
   a.kTiles = (a.K + 63) / 64;
-  a.mode = Int(o, "mode");
-  a.outType = Int(o, "outType");
-  a.variant = o.Has("variant") ? Int(o, "variant") : 0;
-  a.stream = Ptr(o.Get("stream"), "stream");
   // The last guard before memory is touched: these would read out of bounds.
   if (a.N % 16 != 0) Throw(env, "E_SHAPE", "gemmW4A8: n=" + std::to_string(a.N) + " is not a multiple of 16");
   if (a.K % 16 != 0 || a.lda % 16 != 0 || a.lda < a.K)
@@ -72,6 +88,9 @@ Napi::Value GemmW4A8(const Napi::CallbackInfo& info) {
   if (!a.a || !a.aScale || !a.w || !a.out || (a.outType != Q_OUT_I32 && !a.wScale) ||
       (a.mode == Q_MODE_GROUP_INT && (!a.qScale || !a.unit)))
     Throw(env, "E_ARG", "gemmW4A8: a required device pointer is null");
+  Aligned(env, "gemmW4A8", "a", b.p[0], 16);
+  Aligned(env, "gemmW4A8", "weights.packed", b.p[2], 16);
+  Aligned(env, "gemmW4A8", "out", b.p[8], a.outType == Q_OUT_I32 ? 4 : 2);
   cudaError_t err = q_w4a8_gemm(&a);
   if (err != cudaSuccess) Throw(env, "E_CUDA", CudaMsg("gemmW4A8 kernel launch", err));
   return env.Undefined();

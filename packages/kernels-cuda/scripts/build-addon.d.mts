@@ -4,14 +4,14 @@ export interface BuildCudaAddonOptions {
   pkgDir: string;
   /** File name stem of the addon, e.g. `q_cuda` → build/q_cuda-linux-x64-v0.1.0.node. */
   baseName: string;
-  /** C++ standard of the .cu files (default c++17). */
+  /** C++ standard of the .cu files (default c++20). */
   cudaStd?: string;
-  /** Preprocessor definitions for every file, e.g. `Q_COMM_VERSION="0.1.0"`. */
+  /** Preprocessor definitions for every file besides Q_ADDON_VERSION, e.g. `Q_TRACE=1`. */
   defines?: string[];
 }
 
 /**
- * Builds the CUDA addon of a q package with nvcc (sm_80 + sm_90a, cudart static); resolves to an exit code,
+ * Builds the q CUDA addon with nvcc (sm_80 + sm_90a cubins, compute_90 PTX, cudart static); resolves to an exit code,
  * 0 also when it skipped because nvcc or the headers are absent.
  *
  * @example

@@ -1,13 +1,17 @@
-// Builds one q CUDA addon: every .cc (g++, node-addon-api) and .cu (nvcc) file under <pkgDir>/csrc, linked by
-// nvcc into ONE binary build/<baseName>-<platform>-<arch>-v<version>.node with machine code for sm_80 (mma.sync)
-// and sm_90a (Hopper: wgmma, TMA). cudart is linked statically, so loading the file needs no CUDA library and a
-// machine without a GPU can still import it; cuBLAS and NCCL are dlopen'ed at run time by the addons.
-// Skips with a printed reason (result 0) when nvcc or the headers are absent: the TypeScript side of a package
-// works without its addon. Object files go to a private temporary folder, so only the .node file ships and
-// concurrent builds of different checkouts never share objects. @q/kernels-cuda and @q/comm both build this way.
+// Builds the q CUDA addon: every .cc (g++, node-addon-api) and .cu (nvcc) file under <pkgDir>/csrc, each
+// compiled once, linked by nvcc into ONE binary build/<baseName>-<platform>-<arch>-v<version>.node. Machine code:
+// cubins for sm_80 (mma.sync) and sm_90a (Hopper: wgmma, TMA), plus compute_90 PTX that newer GPUs JIT-compile.
+// A .cu file whose header says "Compiled for sm_90a only" (the wgmma/TMA kernels) gets the sm_90a cubin alone:
+// its instructions exist nowhere else, and the launchers pick it at run time by compute capability.
+// cudart is linked statically, so loading the file needs no CUDA library and a machine without a GPU can still
+// import it; cuBLAS and NCCL are dlopen'ed at run time. The version in package.json is compiled in
+// (Q_ADDON_VERSION), so the loader can tell a stale file. Skips with a printed reason (result 0) when nvcc or the
+// headers are absent: the TypeScript side works without the addon. Object files go to a private temporary folder,
+// so only the .node file ships and concurrent builds of different checkouts never share objects.
 //
-// Environment: NVCC, CUDA_HOME, CXX, Q_CUDA_ARCHS (e.g. "80,90a"), Q_BUILD_JOBS (parallel compiles, default 2,
-// what CI has), Q_BUILD_VERBOSE (print registers and spills of every kernel).
+// Environment: NVCC, CUDA_HOME, CXX, Q_CUDA_ARCHS (cubins, default "80,90a"), Q_CUDA_PTX (PTX, default "90";
+// "" for none), Q_BUILD_JOBS (parallel compiles, default 2, what CI has), Q_BUILD_VERBOSE (print registers and
+// spills of every kernel).
 import { spawn, spawnSync } from 'node:child_process';
 import {
   existsSync,
@@ -63,7 +67,7 @@ function notable(log, verbose) {
  * @param {{ pkgDir: string, baseName: string, cudaStd?: string, defines?: string[] }} options
  * @returns {Promise<number>}
  */
-export async function buildCudaAddon({ pkgDir, baseName, cudaStd = 'c++17', defines = [] }) {
+export async function buildCudaAddon({ pkgDir, baseName, cudaStd = 'c++20', defines = [] }) {
   const csrc = join(pkgDir, 'csrc');
   const pkg = JSON.parse(readFileSync(join(pkgDir, 'package.json'), 'utf8'));
   const outDir = join(pkgDir, 'build');
@@ -100,16 +104,27 @@ export async function buildCudaAddon({ pkgDir, baseName, cudaStd = 'c++17', defi
   ].find((d) => d && existsSync(join(d, 'cuda_runtime.h')));
   if (!cudaInclude) return skip('cuda_runtime.h not found (set CUDA_HOME)');
 
-  const archs = (process.env.Q_CUDA_ARCHS ?? '80,90a').split(',').map((a) => a.trim());
-  const gencode = archs.map((a) => `-gencode=arch=compute_${a},code=sm_${a}`);
+  const list = (v) =>
+    v
+      .split(',')
+      .map((a) => a.trim())
+      .filter(Boolean);
+  const archs = list(process.env.Q_CUDA_ARCHS ?? '80,90a');
+  const ptx = list(process.env.Q_CUDA_PTX ?? '90');
+  const gencode = [
+    ...archs.map((a) => `-gencode=arch=compute_${a},code=sm_${a}`),
+    ...ptx.map((a) => `-gencode=arch=compute_${a},code=compute_${a}`),
+  ];
+  const sm90aOnly = ['-gencode=arch=compute_90a,code=sm_90a'];
   const sources = walk(csrc).filter((f) => f.endsWith('.cc') || f.endsWith('.cu'));
   const objDir = mkdtempSync(join(tmpdir(), `${baseName}-obj-`));
   mkdirSync(outDir, { recursive: true });
-  const defs = defines.map((d) => `-D${d}`);
+  const defs = [`Q_ADDON_VERSION="${pkg.version}"`, ...defines].map((d) => `-D${d}`);
   const jobs = sources.map((src) => {
     const obj = join(objDir, `${relative(csrc, src).replaceAll('/', '_')}.o`);
     if (src.endsWith('.cu')) {
-      const args = ['-O3', `-std=${cudaStd}`, `-I${csrc}`, ...defs, ...gencode];
+      const only90a = /Compiled for sm_90a only/.test(readFileSync(src, 'utf8').slice(0, 4000));
+      const args = ['-O3', `-std=${cudaStd}`, `-I${csrc}`, ...defs, ...(only90a ? sm90aOnly : gencode)];
       args.push('-Xcompiler', '-fPIC', '-Xptxas', '-v', '-lineinfo', '-c', src, '-o', obj);
       return { src, obj, cmd: nvcc, args };
     }
@@ -146,7 +161,6 @@ export async function buildCudaAddon({ pkgDir, baseName, cudaStd = 'c++17', defi
       '-shared',
       '-cudart',
       'static',
-      ...gencode,
       '-o',
       tmp,
       ...jobs.map((j) => j.obj),
@@ -161,7 +175,9 @@ export async function buildCudaAddon({ pkgDir, baseName, cudaStd = 'c++17', defi
     }
     renameSync(tmp, join(outDir, name));
     const s = ((Date.now() - t0) / 1000).toFixed(1);
-    console.log(`build:native: built build/${name} for sm_${archs.join(', sm_')} in ${s} s`);
+    console.log(
+      `build:native: built build/${name} for sm_${archs.join(', sm_')}${ptx.length ? ` + compute_${ptx.join(', compute_')} PTX` : ''} in ${s} s`,
+    );
     return 0;
   } finally {
     rmSync(objDir, { recursive: true, force: true });

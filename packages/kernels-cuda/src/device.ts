@@ -9,12 +9,34 @@ import {
   describeValue,
   byteLength as dtypeByteLength,
   numel,
+  Q_ERROR_CODES,
   QError,
+  type QErrorCode,
   type Shape,
   type TypedArrayOf,
 } from '@q/core';
 import type { NativeBinding, NativeDeviceProperties } from './binding';
 import { loadNative } from './native';
+
+/**
+ * The QError for an error the addon threw: its code is the one the C++ glue set on the error (`E_CUDA`,
+ * `E_NCCL`, `E_ARG`, ...); an error without one (a bug) becomes E_INTERNAL. Messages are never parsed.
+ *
+ * @example
+ * ```ts
+ * try { binding.ncclGetUniqueId(); } catch (e) { throw nativeError(e, 'ncclGetUniqueId'); }
+ * ```
+ */
+export function nativeError(e: unknown, what: string): QError {
+  if (e instanceof QError) return e;
+  const code = (e as { code?: unknown } | null)?.code;
+  const msg = e instanceof Error ? e.message : String(e);
+  const known =
+    typeof code === 'string' && (Q_ERROR_CODES as readonly string[]).includes(code)
+      ? (code as QErrorCode)
+      : 'E_INTERNAL';
+  return new QError(known, `${what}: ${msg}`, { cause: e });
+}
 
 /**
  * Runs a native call and turns the error it throws (with a q code in `code`) into a QError.
@@ -29,19 +51,26 @@ export function callNative<T>(what: string, fn: (b: NativeBinding) => T): T {
   try {
     return fn(b);
   } catch (e) {
-    if (e instanceof QError) throw e;
-    const code = (e as { code?: unknown }).code;
-    const msg = e instanceof Error ? e.message : String(e);
-    const known = typeof code === 'string' && /^E_[A-Z_]+$/.test(code) ? code : 'E_CUDA';
-    throw new QError(known as QError['code'], `${what}: ${msg}`, { cause: e });
+    throw nativeError(e, what);
   }
 }
 
-let countCache: number | undefined;
+// Per thread (each worker loads its own copy of this module, and CUDA's current device is per thread): the
+// device count, asked once, and the device this thread last made current through useDevice.
+let countCache: { count: number; error?: string } | undefined;
+let currentDevice: number | undefined;
+
+function countOnce(): { count: number; error?: string } {
+  if (countCache === undefined) {
+    const c = callNative('deviceCount', (b) => b.deviceCount());
+    countCache = c.error === undefined ? { count: c.count } : { count: 0, error: c.error };
+  }
+  return countCache;
+}
 
 /**
  * Number of CUDA devices; 0 when there is no driver or no device (never throws for that, only when the
- * addon is missing).
+ * addon is missing). Asked once per thread.
  *
  * @example
  * ```ts
@@ -49,15 +78,31 @@ let countCache: number | undefined;
  * ```
  */
 export function deviceCount(): number {
-  if (countCache === undefined) {
-    const c = callNative('deviceCount', (b) => b.deviceCount());
-    countCache = c.error === undefined ? c.count : 0;
+  return countOnce().count;
+}
+
+function noDevice(device: number, what: string): QError {
+  if (!Number.isInteger(device) || device < 0) {
+    return new QError(
+      'E_NO_DEVICE',
+      `Expected a device index (a non-negative integer) for ${what} but received ${describeValue(device)}`,
+    );
   }
-  return countCache;
+  const c = countOnce();
+  if (c.error !== undefined) {
+    return new QError(
+      'E_NO_DEVICE',
+      `Expected a usable CUDA driver for ${what} ${device} but the driver reported ${c.error}`,
+    );
+  }
+  return new QError(
+    'E_NO_DEVICE',
+    `Expected a device index in [0, ${c.count}) for ${what} but received ${device} (${c.count} CUDA device(s) present)`,
+  );
 }
 
 /**
- * Throws E_NO_DEVICE unless `device` names an existing device; returns it.
+ * Throws E_NO_DEVICE unless `device` names an existing device; returns it. No native call after the first.
  *
  * @example
  * ```ts
@@ -66,31 +111,14 @@ export function deviceCount(): number {
  * ```
  */
 export function checkDevice(device: number, what = 'device'): number {
-  if (!Number.isInteger(device) || device < 0) {
-    throw new QError(
-      'E_NO_DEVICE',
-      `Expected a device index (a non-negative integer) for ${what} but received ${describeValue(device)}`,
-    );
-  }
-  const b = loadNative();
-  const c = b.deviceCount();
-  if (c.error !== undefined) {
-    throw new QError(
-      'E_NO_DEVICE',
-      `Expected a usable CUDA driver for ${what} ${device} but the driver reported ${c.error}`,
-    );
-  }
-  if (device >= c.count) {
-    throw new QError(
-      'E_NO_DEVICE',
-      `Expected a device index in [0, ${c.count}) for ${what} but received ${device} (${c.count} CUDA device(s) present)`,
-    );
-  }
+  if (device === currentDevice) return device;
+  if (!(Number.isInteger(device) && device >= 0 && device < countOnce().count)) throw noDevice(device, what);
   return device;
 }
 
 /**
- * Makes `device` current for this thread after checking it exists.
+ * Makes `device` current for this thread after checking it exists. Costs one comparison when it already is
+ * (the last device this thread chose through here), so kernels call it on every launch.
  *
  * @example
  * ```ts
@@ -98,8 +126,10 @@ export function checkDevice(device: number, what = 'device'): number {
  * ```
  */
 export function useDevice(device: number): void {
+  if (device === currentDevice) return;
   checkDevice(device);
   callNative('cudaSetDevice', (b) => b.setDevice(device));
+  currentDevice = device;
 }
 
 /**
@@ -162,7 +192,7 @@ export class Stream {
   readonly #owned: boolean;
   private static readonly registry = new FinalizationRegistry<{ handle: bigint; device: number }>((h) => {
     try {
-      loadNative().setDevice(h.device);
+      useDevice(h.device);
       loadNative().streamDestroy(h.handle);
     } catch {
       // Best effort: the process may be shutting down.
@@ -196,6 +226,35 @@ export class Stream {
   /** The default stream of `device` (never destroyed). */
   static default(device = 0): Stream {
     return new Stream(device, 0n, false);
+  }
+
+  /**
+   * A stream someone else created and destroys (e.g. a communicator's); `dispose()` then destroys nothing.
+   *
+   * @example
+   * ```ts
+   * const s = Stream.wrap(handle, 0);
+   * ```
+   */
+  static wrap(handle: bigint, device = 0): Stream {
+    return new Stream(device, handle, false);
+  }
+
+  /**
+   * Makes later work on this stream wait, on the device, for `event` (recorded on another stream): no host
+   * wait, and it can be captured into a graph.
+   *
+   * @example
+   * ```ts
+   * const done = Event.create(0, { timing: false });
+   * done.record(compute);
+   * comms.waitEvent(done); // the all-reduce starts after the GEMM
+   * ```
+   */
+  waitEvent(event: Event): void {
+    const h = this.handle;
+    const e = event.handle;
+    callNative('cudaStreamWaitEvent', (b) => b.streamWaitEvent(h, e));
   }
 
   get handle(): bigint {
@@ -318,7 +377,7 @@ export class Event {
   #handle: bigint | undefined;
   private static readonly registry = new FinalizationRegistry<{ handle: bigint; device: number }>((h) => {
     try {
-      loadNative().setDevice(h.device);
+      useDevice(h.device);
       loadNative().eventDestroy(h.handle);
     } catch {
       // Best effort.
@@ -332,19 +391,22 @@ export class Event {
   }
 
   /**
-   * A new event on `device`.
+   * A new event on `device`. `timing: false` (cudaEventDisableTiming) makes one for ordering only, which is
+   * cheaper to record and wait on; `elapsedMs` needs the default, timing events.
    *
    * @example
    * ```ts
    * const a = Event.create(0), b = Event.create(0);
    * a.record(); launch(); b.record(); b.synchronize(); Event.elapsedMs(a, b);
+   * const order = Event.create(0, { timing: false });
    * ```
    */
-  static create(device = 0): Event {
+  static create(device = 0, options: { timing?: boolean } = {}): Event {
     useDevice(device);
+    const timing = options.timing ?? true;
     return new Event(
       device,
-      callNative('cudaEventCreate', (b) => b.eventCreate()),
+      callNative('cudaEventCreate', (b) => b.eventCreate(timing)),
     );
   }
 
@@ -361,6 +423,12 @@ export class Event {
   synchronize(): void {
     const h = this.handle;
     callNative('cudaEventSynchronize', (b) => b.eventSynchronize(h));
+  }
+
+  /** True when the work recorded before this event has finished (never blocks). */
+  query(): boolean {
+    const h = this.handle;
+    return callNative('cudaEventQuery', (b) => b.eventQuery(h));
   }
 
   /** Milliseconds between two recorded events (both must have completed). */
@@ -447,7 +515,7 @@ interface Allocation {
 
 const tensorRegistry = new FinalizationRegistry<Allocation>((a) => {
   try {
-    loadNative().setDevice(a.device);
+    useDevice(a.device);
     loadNative().free(a.ptr);
   } catch {
     // Best effort: the context may already be gone at exit.
@@ -470,6 +538,11 @@ export class DeviceTensor<D extends DType = DType> {
   readonly shape: Shape;
   readonly device: number;
   readonly byteLength: number;
+  /**
+   * The largest power of two (up to 256) that divides `ptr`, computed once so that kernel calls check
+   * alignment with one comparison instead of BigInt arithmetic.
+   */
+  readonly alignment: number;
   #ptr: bigint | undefined;
   readonly #owned: boolean;
 
@@ -478,6 +551,8 @@ export class DeviceTensor<D extends DType = DType> {
     this.shape = Object.freeze([...shape]);
     this.device = device;
     this.byteLength = dtypeByteLength(dtype, numel(shape));
+    const low = Number(ptr & 0xffn);
+    this.alignment = low === 0 ? 256 : low & -low;
     this.#ptr = ptr;
     this.#owned = owned;
     if (owned) tensorRegistry.register(this, { ptr, device }, this);
@@ -631,10 +706,8 @@ export class DeviceTensor<D extends DType = DType> {
     this.#ptr = undefined;
     if (!this.#owned) return;
     tensorRegistry.unregister(this);
-    callNative('cudaFree', (b) => {
-      b.setDevice(this.device);
-      b.free(p);
-    });
+    useDevice(this.device);
+    callNative('cudaFree', (b) => b.free(p));
   }
 
   [Symbol.dispose](): void {

@@ -1,6 +1,8 @@
+export * from './attention';
 export * from './bench';
-export type { NativeBinding, NativeDeviceProperties } from './binding';
+export type { NativeArLayout, NativeBinding, NativeDeviceProperties } from './binding';
 export * from './device';
+export * from './llama-ops';
 export * from './native';
 export * from './ops';
 export * from './pack';

@@ -12,8 +12,8 @@ import {
   VERSION,
 } from './native';
 
-function fakeBinding(): Record<string, unknown> {
-  return Object.fromEntries(BINDING_FUNCTIONS.map((f) => [f, () => undefined]));
+function fakeBinding(version = VERSION): Record<string, unknown> {
+  return { ...Object.fromEntries(BINDING_FUNCTIONS.map((f) => [f, () => undefined])), version };
 }
 
 function env(over: Partial<AddonEnvironment> = {}): AddonEnvironment {
@@ -112,6 +112,13 @@ describe('addon loader', () => {
     );
     expect('error' in r && r.error.message).toContain('lacks');
     expect('error' in r && r.error.message).toContain('gemmW4A8');
+  });
+
+  it('rejects an addon built for another version, naming both', () => {
+    const r = resolveAddon(env({ exists: (p) => p.endsWith('.node'), load: () => fakeBinding('0.0.1') }));
+    expect('error' in r && r.error.message).toContain(
+      `the addon was built as version 0.0.1, but this @q/kernels-cuda is ${VERSION}`,
+    );
   });
 
   it('says when the platform is not supported', () => {

@@ -9,10 +9,14 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { QError } from '@q/core';
+import pkg from '../package.json';
 import { BINDING_FUNCTIONS, type NativeBinding, type NativeDeviceProperties } from './binding';
 
-/** The package version; the local build's file name carries it so a stale build is never picked up. */
-export const VERSION = '0.1.0';
+/**
+ * The package version, from package.json (inlined by the bundler at build time, so no path needs to resolve at
+ * run time); the local build's file name and the addon itself carry it, so a stale build is never picked up.
+ */
+export const VERSION: string = pkg.version;
 
 /** One place the loader looked, and why it did not load from there. */
 export interface AddonAttempt {
@@ -58,7 +62,7 @@ export interface AddonEnvironment {
   exists(path: string): boolean;
   /** Loads a .node file (Node's require). */
   load(path: string): unknown;
-  /** Resolves a package's main file, or throws. */
+  /** Resolves a package's main file (the platform package's is its .node file), or throws. */
   resolvePackage(name: string): string;
 }
 
@@ -80,6 +84,9 @@ function checkBinding(mod: unknown): string | undefined {
   const missing = BINDING_FUNCTIONS.filter((f) => typeof (mod as Record<string, unknown>)[f] !== 'function');
   if (missing.length > 0)
     return `the addon lacks ${missing.join(', ')} (a build from another version of @q/kernels-cuda?)`;
+  const version = (mod as Record<string, unknown>).version;
+  if (version !== VERSION)
+    return `the addon was built as version ${String(version)}, but this @q/kernels-cuda is ${VERSION}`;
   return undefined;
 }
 

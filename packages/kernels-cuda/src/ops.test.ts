@@ -3,20 +3,13 @@
  * run in TypeScript before any native call, so each bad call must fail with a QError naming the numbers
  * without touching a GPU (this machine may have none).
  */
-import { type DType, isQError, type QErrorCode } from '@q/core';
+import { isQError } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import { DeviceTensor, Graph, PinnedBuffer, Stream } from './device';
 import { DeviceGemmWeights, gemmHalf, gemmW4A8, quantizeAct, rmsNormQuantize } from './ops';
+import { expectQ, fakeTensor } from './test-support';
 
-let next = 0x10000n;
-function t<D extends DType>(
-  dtype: D,
-  shape: number[],
-  opts: { device?: number; ptr?: bigint } = {},
-): DeviceTensor<D> {
-  next += 0x100000n;
-  return DeviceTensor.wrap(opts.ptr ?? next, dtype, shape, { device: opts.device ?? 0 });
-}
+const t = fakeTensor;
 
 function weights(n = 256, k = 4096, groupSize = 128, withInt = true): DeviceGemmWeights {
   const groups = k / groupSize;
@@ -31,18 +24,6 @@ function weights(n = 256, k = 4096, groupSize = 128, withInt = true): DeviceGemm
     scales: t('f32', [n, groups]),
     ...(withInt ? { intQ: t('i32', [n, groups]), unit: t('f32', [n]) } : {}),
   });
-}
-
-function expectQ(fn: () => unknown, code: QErrorCode, text: string | RegExp): void {
-  let err: unknown;
-  try {
-    fn();
-  } catch (e) {
-    err = e;
-  }
-  expect(isQError(err, code), `expected ${code}, got ${String(err)}`).toBe(true);
-  if (typeof text === 'string') expect((err as Error).message).toContain(text);
-  else expect((err as Error).message).toMatch(text);
 }
 
 function good() {

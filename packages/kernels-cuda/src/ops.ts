@@ -1,18 +1,24 @@
 /**
  * The kernels as typed functions. Every argument is validated here, in TypeScript, before any native call,
  * so that a bad call throws a QError naming the numbers (and is testable without a GPU); the native side
- * only re-checks what would corrupt memory.
+ * only re-checks what would corrupt memory. A call is cheap: the checks are plain comparisons (the messages
+ * are built only on failure), the device check is cached per thread (`useDevice`), and the arguments go to
+ * the addon in one reused typed array (src/args.ts).
  */
 import { type DType, QError } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
-import { callNative, DeviceTensor, type Stream, streamHandle, useDevice } from './device';
+import { ARG_F, ARG_I, ARG_P, ARGS } from './args';
+import { callNative, DeviceTensor, nativeError, type Stream, streamHandle, useDevice } from './device';
+import { loadNative } from './native';
 import type { PackedGemmWeights } from './pack';
 
-function shapeText(t: DeviceTensor): string {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function shapeText(t: DeviceTensor): string {
   return `[${t.shape.join(', ')}]`;
 }
 
-function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly DType[]): void {
   if (!allowed.includes(t.dtype)) {
     throw new QError(
       'E_DTYPE',
@@ -21,7 +27,14 @@ function needDtype(op: string, name: string, t: DeviceTensor, allowed: readonly 
   }
 }
 
-function needShape(op: string, name: string, t: DeviceTensor, shape: readonly number[], hint = ''): void {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needShape(
+  op: string,
+  name: string,
+  t: DeviceTensor,
+  shape: readonly number[],
+  hint = '',
+): void {
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new QError(
       'E_SHAPE',
@@ -30,7 +43,8 @@ function needShape(op: string, name: string, t: DeviceTensor, shape: readonly nu
   }
 }
 
-function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needRank2(op: string, name: string, t: DeviceTensor): [number, number] {
   if (t.shape.length !== 2) {
     throw new QError(
       'E_SHAPE',
@@ -40,9 +54,10 @@ function needRank2(op: string, name: string, t: DeviceTensor): [number, number] 
   return [t.shape[0] as number, t.shape[1] as number];
 }
 
-function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
+/** @internal Shared argument checks of the kernel wrappers. */
+export function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): bigint {
   const p = t.ptr;
-  if (p % BigInt(bytes) !== 0n) {
+  if (t.alignment < bytes) {
     throw new QError(
       'E_ARG',
       `${op}: Expected a ${bytes}-byte aligned device pointer for ${name} but received 0x${p.toString(16)}`,
@@ -51,7 +66,19 @@ function needAligned(op: string, name: string, t: DeviceTensor, bytes: number): 
   return p;
 }
 
-function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
+function otherDevice(op: string, name: string, t: DeviceTensor, first: string, device: number): QError {
+  return new QError(
+    'E_ARG',
+    `${op}: Expected ${name} on device ${device} (where ${first} is) but received device ${t.device}`,
+  );
+}
+
+function onDevice(op: string, first: string, device: number, name: string, t: DeviceTensor | undefined) {
+  if (t !== undefined && t.device !== device) throw otherDevice(op, name, t, first, device);
+}
+
+/** @internal Shared argument checks of the kernel wrappers. */
+export function sameDevice(op: string, tensors: Record<string, DeviceTensor | undefined>): number {
   let device: number | undefined;
   let first = '';
   for (const [name, t] of Object.entries(tensors)) {
@@ -136,27 +163,28 @@ function actQuant(op: string, o: QuantizeActOptions, gain?: DeviceTensor, eps = 
     if (!(eps >= 0) || !Number.isFinite(eps))
       throw new QError('E_ARG', `${op}: Expected a finite eps ≥ 0 but received ${eps}`);
   }
-  const device = sameDevice(op, {
-    x: o.x,
-    out: o.out,
-    scales: o.mode === 'dynamic' ? o.scales : undefined,
-    gain,
-  });
-  const args = {
-    x: needAligned(op, 'x', o.x, 2),
-    gain: gain === undefined ? 0n : gain.ptr,
-    eps,
-    staticScale,
-    q: o.out.ptr,
-    scales: o.mode === 'dynamic' && o.scales ? o.scales.ptr : 0n,
-    m,
-    k,
-    ldq,
-    dtype: o.x.dtype === 'bf16' ? 1 : 0,
-    stream: streamHandle(o.stream),
-  };
+  const device = o.x.device;
+  onDevice(op, 'x', device, 'out', o.out);
+  if (o.mode === 'dynamic') onDevice(op, 'x', device, 'scales', o.scales);
+  onDevice(op, 'x', device, 'gain', gain);
+  ARG_P[0] = needAligned(op, 'x', o.x, 2);
+  ARG_P[1] = gain === undefined ? 0n : gain.ptr;
+  ARG_P[2] = o.out.ptr;
+  ARG_P[3] = o.mode === 'dynamic' && o.scales ? o.scales.ptr : 0n;
+  ARG_P[4] = streamHandle(o.stream);
+  ARG_I[0] = m;
+  ARG_I[1] = k;
+  ARG_I[2] = ldq;
+  ARG_I[3] = o.x.dtype === 'bf16' ? 1 : 0;
+  ARG_F[0] = eps;
+  ARG_F[1] = staticScale;
+  const b = loadNative();
   useDevice(device);
-  callNative(op, (b) => b.actQuant(args));
+  try {
+    b.actQuant(ARGS);
+  } catch (e) {
+    throw nativeError(e, op);
+  }
 }
 
 /**
@@ -410,38 +438,39 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   }
   if (o.bias !== undefined && o.out.dtype === 'i32')
     throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
-  const device = sameDevice(op, {
-    a: o.a,
-    aScale: o.aScale,
-    weights: w.packed,
-    out: o.out,
-    bias: o.bias,
-    residual: o.residual,
-  });
-  const args = {
-    a: needAligned(op, 'a', o.a, 16),
-    lda: k,
-    aScale: needAligned(op, 'aScale', o.aScale, 4),
-    aScaleStride: o.aScale.shape[0] === m && m !== 1 ? 1 : 0,
-    w: needAligned(op, 'weights.packed', w.packed, 16),
-    wScale: w.scales.ptr,
-    qScale: w.intQ?.ptr ?? 0n,
-    unit: w.unit?.ptr ?? 0n,
-    bias: o.bias ? needAligned(op, 'bias', o.bias, 4) : 0n,
-    residual: o.residual ? needAligned(op, 'residual', o.residual, 2) : 0n,
-    out: needAligned(op, 'out', o.out, o.out.dtype === 'i32' ? 4 : 2),
-    m,
-    n: w.n,
-    k,
-    groupSize: w.groupSize,
-    groups: w.groups,
-    mode,
-    outType: o.out.dtype === 'f16' ? 0 : o.out.dtype === 'bf16' ? 1 : 2,
-    variant: o.variant ?? 0,
-    stream: streamHandle(o.stream),
-  };
+  const device = o.a.device;
+  onDevice(op, 'a', device, 'aScale', o.aScale);
+  onDevice(op, 'a', device, 'weights', w.packed);
+  onDevice(op, 'a', device, 'out', o.out);
+  onDevice(op, 'a', device, 'bias', o.bias);
+  onDevice(op, 'a', device, 'residual', o.residual);
+  ARG_P[0] = needAligned(op, 'a', o.a, 16);
+  ARG_P[1] = needAligned(op, 'aScale', o.aScale, 4);
+  ARG_P[2] = needAligned(op, 'weights.packed', w.packed, 16);
+  ARG_P[3] = w.scales.ptr;
+  ARG_P[4] = w.intQ === undefined ? 0n : w.intQ.ptr;
+  ARG_P[5] = w.unit === undefined ? 0n : w.unit.ptr;
+  ARG_P[6] = o.bias === undefined ? 0n : needAligned(op, 'bias', o.bias, 4);
+  ARG_P[7] = o.residual === undefined ? 0n : needAligned(op, 'residual', o.residual, 2);
+  ARG_P[8] = needAligned(op, 'out', o.out, o.out.dtype === 'i32' ? 4 : 2);
+  ARG_P[9] = o.stream === undefined ? 0n : o.stream.handle;
+  ARG_I[0] = k;
+  ARG_I[1] = o.aScale.shape[0] === m && m !== 1 ? 1 : 0;
+  ARG_I[2] = m;
+  ARG_I[3] = w.n;
+  ARG_I[4] = k;
+  ARG_I[5] = w.groupSize;
+  ARG_I[6] = w.groups;
+  ARG_I[7] = mode;
+  ARG_I[8] = o.out.dtype === 'f16' ? 0 : o.out.dtype === 'bf16' ? 1 : 2;
+  ARG_I[9] = o.variant ?? 0;
+  const b = loadNative();
   useDevice(device);
-  callNative(op, (b) => b.gemmW4A8(args));
+  try {
+    b.gemmW4A8(ARGS);
+  } catch (e) {
+    throw nativeError(e, op);
+  }
 }
 
 /** Options of `gemmHalf`. */
@@ -450,13 +479,13 @@ export interface GemmHalfOptions {
   a: DeviceTensor;
   /** f16/bf16 [N, K] (a linear layer's weight, row-major). */
   w: DeviceTensor;
-  /** f16/bf16 [M, N]. */
+  /** [M, N] in the dtype of a, or f32 (e.g. the lm_head's logits, with no bf16 rounding). */
   out: DeviceTensor;
   stream?: Stream;
 }
 
 /**
- * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation): the baseline of the benchmarks and the path
+ * `out = a · wᵀ` in fp16/bf16 through cuBLAS (f32 accumulation; `out` in the input dtype or f32): the baseline of the benchmarks and the path
  * for unquantized layers. cuBLAS is loaded on first use (Q_CUBLAS_PATH overrides where).
  *
  * @example
@@ -479,25 +508,32 @@ export function gemmHalf(o: GemmHalfOptions): void {
       'E_SHAPE',
       `${op}: Expected w of shape [N, ${k}] for a ${shapeText(o.a)} but received ${shapeText(o.w)}`,
     );
-  if (o.out.dtype !== o.a.dtype)
+  if (o.out.dtype !== o.a.dtype && o.out.dtype !== 'f32')
     throw new QError(
       'E_DTYPE',
-      `${op}: Expected dtype ${o.a.dtype} (that of a) for out but received ${o.out.dtype}`,
+      `${op}: Expected dtype ${o.a.dtype} (that of a) or f32 for out but received ${o.out.dtype}`,
     );
   needShape(op, 'out', o.out, [m, n]);
-  const device = sameDevice(op, { a: o.a, w: o.w, out: o.out });
-  const args = {
-    a: needAligned(op, 'a', o.a, 2),
-    w: needAligned(op, 'w', o.w, 2),
-    out: needAligned(op, 'out', o.out, 2),
-    m,
-    n,
-    k,
-    dtype: o.a.dtype === 'bf16' ? 1 : 0,
-    stream: streamHandle(o.stream),
-  };
+  const device = o.a.device;
+  onDevice(op, 'a', device, 'w', o.w);
+  onDevice(op, 'a', device, 'out', o.out);
+  ARG_P[0] = needAligned(op, 'a', o.a, 2);
+  ARG_P[1] = needAligned(op, 'w', o.w, 2);
+  ARG_P[2] = needAligned(op, 'out', o.out, o.out.dtype === 'f32' ? 4 : 2);
+  ARG_P[3] = o.stream === undefined ? 0n : o.stream.handle;
+  ARG_I[0] = m;
+  ARG_I[1] = n;
+  ARG_I[2] = k;
+  ARG_I[3] = o.a.dtype === 'bf16' ? 1 : 0;
+  ARG_I[4] = o.out.dtype === 'f32' ? 1 : 0;
+  ARG_F[0] = 0;
+  const b = loadNative();
   useDevice(device);
-  callNative(op, (b) => b.cublasGemm(args));
+  try {
+    b.cublasGemm(ARGS);
+  } catch (e) {
+    throw nativeError(e, op);
+  }
 }
 
 /**

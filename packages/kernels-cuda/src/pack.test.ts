@@ -1,18 +1,12 @@
-import { getInt4, isQError, packInt4 } from '@q/core';
+import { getInt4, isQError, packInt4, Rng } from '@q/core';
 import type { Int4Weights } from '@q/quant';
 import { describe, expect, it } from 'vitest';
 import { tileScales } from './ops';
 import { GEMM_LAYOUT, packForGemm, unpackFromGemm } from './pack';
 
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 function weights(

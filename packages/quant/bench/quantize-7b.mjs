@@ -20,6 +20,7 @@ import {
   f32ToF16Bits,
   llamaTensors,
   openSafetensors,
+  Rng,
   Tensor,
 } from '@q/core';
 import {
@@ -77,15 +78,10 @@ function specs() {
   return llamaTensors(config).map((t) => ({ name: t.name, dtype: 'f16', shape: [...t.shape] }));
 }
 
-/** xorshift32 → a pool of N(0, 0.02) f16 values; tensors are filled from the pool at random offsets. */
+/** A pool of N(0, 0.02) f16 values from the seeded Rng; tensors are filled from the pool at random offsets. */
 function generate(file) {
-  let x = 0x9e3779b9;
-  const rnd = () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 4294967296;
-  };
+  const rng = new Rng(0x9e3779b9);
+  const rnd = () => rng.next();
   const pool = new Uint16Array(1 << 22);
   for (let i = 0; i < pool.length; i++) {
     const g = Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
@@ -113,13 +109,8 @@ function generate(file) {
 /** Synthetic calibration statistics: lognormal channels, with a per-group range that cycles through the bands. */
 function syntheticStats() {
   const obs = createObserver();
-  let x = 12345;
-  const rnd = () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 4294967296;
-  };
+  const rng = new Rng(12345);
+  const rnd = () => rng.next();
   const bands = [8, 60, 400];
   // Group type t of layer i gets band (t + i) mod 3, so every group type meets every band across layers.
   linearGroups(config).forEach((g, gi) => {

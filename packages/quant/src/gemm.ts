@@ -140,13 +140,13 @@ function forEachOutput(
   const kp = w.kPadded;
   const gs = w.groupSize;
   const partials = new Int32Array(4 * groups);
-  for (let i0 = 0; i0 < m; i0 += 4) {
-    const rows = Math.min(4, m - i0);
-    // Rows past the end of a short block read row i0 again; their sums are never visited.
+  const blocked = m - (m % 4);
+  for (let i0 = 0; i0 < blocked; i0 += 4) {
+    const rows = 4;
     const a0 = i0 * kp;
-    const a1 = (rows > 1 ? i0 + 1 : i0) * kp;
-    const a2 = (rows > 2 ? i0 + 2 : i0) * kp;
-    const a3 = (rows > 3 ? i0 + 3 : i0) * kp;
+    const a1 = a0 + kp;
+    const a2 = a1 + kp;
+    const a3 = a2 + kp;
     for (let c = 0; c < w.n; c++) {
       const wo = c * kp;
       for (let g = 0; g < groups; g++) {
@@ -168,6 +168,21 @@ function forEachOutput(
         partials[3 * groups + g] = s3;
       }
       for (let r = 0; r < rows; r++) visit(i0 + r, c, partials, r * groups);
+    }
+  }
+  // Rows left over after the blocks of four (all of decode's single row) go one at a time, so no row's sums
+  // are computed more than once.
+  for (let i = blocked; i < m; i++) {
+    const ai = i * kp;
+    for (let c = 0; c < w.n; c++) {
+      const wo = c * kp;
+      for (let g = 0; g < groups; g++) {
+        let s0 = 0;
+        const k0 = g * gs;
+        for (let j = k0; j < k0 + gs; j++) s0 = (s0 + (a[ai + j] as number) * (wv[wo + j] as number)) | 0;
+        partials[g] = s0;
+      }
+      visit(i, c, partials, 0);
     }
   }
 }

@@ -1,4 +1,4 @@
-import { isQError, unpackInt4 } from '@q/core';
+import { isQError, relativeError, unpackInt4 } from '@q/core';
 import { describe, expect, it } from 'vitest';
 import {
   checkIntScaleOverflow,
@@ -67,13 +67,7 @@ describe('toIntegerScale', () => {
     // Cross-check `relative` against dequantized matrices in float64.
     const a = dequantizeInt4(withIntegerScale(q, { amplifierBits: 6 }), true);
     const f = dequantizeInt4(q);
-    let num = 0;
-    let den = 0;
-    for (let i = 0; i < a.length; i++) {
-      num += ((a[i] as number) - (f[i] as number)) ** 2;
-      den += (f[i] as number) ** 2;
-    }
-    expect(e6.relative).toBeCloseTo(Math.sqrt(num / den), 5);
+    expect(e6.relative).toBeCloseTo(relativeError(a, f), 5);
   });
 
   it('handles a channel whose scales are all zero', () => {

@@ -1,30 +1,15 @@
 import { llamaTensors, type ModelConfig, Rng, Tensor } from '@q/core';
 
 /**
- * Deterministic test fixtures: a seeded PRNG, Gaussian samples and a tiny Llama-shaped model.
+ * Deterministic test fixtures: Gaussian samples and a tiny Llama-shaped model.
  * Not part of the public API (not exported from index.ts).
  */
 
-/** A seeded uniform source in [0, 1) (@q/core's Rng); plenty for test data. */
-export function mulberry32(seed: number): () => number {
-  const r = new Rng(seed);
-  return () => r.next();
-}
-
-/** Standard normal samples (Box-Muller) from a uniform source. */
-export function gaussian(rand: () => number): () => number {
-  return () => {
-    const u = 1 - rand();
-    const v = rand();
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
-  };
-}
-
-/** A Float32Array of `n` normal values times `scale`. */
+/** A Float32Array of `n` normal values times `scale`, from @q/core's seeded Rng. */
 export function randn(n: number, seed: number, scale = 1): Float32Array {
-  const g = gaussian(mulberry32(seed));
+  const rng = new Rng(seed);
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = g() * scale;
+  for (let i = 0; i < n; i++) out[i] = rng.normal() * scale;
   return out;
 }
 

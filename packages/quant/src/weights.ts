@@ -1,4 +1,4 @@
-import { QError } from '@q/core';
+import { QError, relativeError } from '@q/core';
 import { rintHalfEven } from './activation';
 import type { Int4Weights, Int8Weights } from './types';
 
@@ -418,21 +418,12 @@ export function dequantizeInt8(w: Int8Weights): Float32Array {
 }
 
 /**
- * Relative Frobenius error ‖a − b‖ / ‖b‖ in float64 (0 when both are zero).
+ * Relative Frobenius error ‖a − b‖ / ‖b‖ in float64 (0 when both are zero): `@q/core`'s `relativeError` under
+ * the name this package has always exported.
  *
  * @example
  * ```ts
  * relativeFrobenius(dequantizeInt4(q), w) // e.g. 0.08 for Gaussian weights at g128
  * ```
  */
-export function relativeFrobenius(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < b.length; i++) {
-    const d = (a[i] as number) - (b[i] as number);
-    num += d * d;
-    den += (b[i] as number) * (b[i] as number);
-  }
-  if (den === 0) return num === 0 ? 0 : Number.POSITIVE_INFINITY;
-  return Math.sqrt(num / den);
-}
+export const relativeFrobenius: (a: ArrayLike<number>, b: ArrayLike<number>) => number = relativeError;

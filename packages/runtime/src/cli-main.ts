@@ -538,14 +538,37 @@ Examples:
     .description('W4A8 GEMM in each scale mode against cuBLAS bf16 on Llama-2 7B and 70B layer shapes')
     .option('--json [file]', 'also write the results as JSON (default file: bench-results/gemm.json)')
     .option('--device <n>', 'CUDA device', int('--device', 0), 0)
+    .option(
+      '--stream',
+      'time plain back-to-back launches (per-call cost, host glue included) instead of CUDA-graph replay',
+    )
+    .option('--m <list>', 'token counts M, comma-separated (default 1,16,...,8192)')
+    .option('--shapes <list>', 'only these shapes, e.g. llama2-7b:o,llama2-7b:qkv (default: all)')
     .addHelpText(
       'after',
-      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --json gemm.json',
+      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --stream --m 1 --shapes llama2-7b:o\n  q bench gemm --json gemm.json',
     )
-    .action((o: { json?: string | true; device: number }) => {
+    .action((o: { json?: string | true; device: number; stream?: boolean; m?: string; shapes?: string }) => {
       const json = jsonPath(o.json, 'gemm');
       if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
-      kernels.benchGemm({ device: o.device, ...(json ? { json } : {}) });
+      const ms = o.m?.split(',').map((v) => int('--m', 1)(v.trim()));
+      let shapes: kernels.GemmShape[] | undefined;
+      if (o.shapes !== undefined) {
+        const want = o.shapes.split(',').map((v) => v.trim());
+        shapes = kernels.BENCH_SHAPES.filter((s) => want.includes(`${s.model}:${s.layer}`));
+        if (shapes.length !== want.length)
+          throw new QError(
+            'E_ARG',
+            `Expected shapes among ${kernels.BENCH_SHAPES.map((s) => `${s.model}:${s.layer}`).join(', ')} for --shapes but received ${o.shapes}`,
+          );
+      }
+      kernels.benchGemm({
+        device: o.device,
+        ...(json ? { json } : {}),
+        ...(o.stream ? { timing: 'stream' as const } : {}),
+        ...(ms ? { ms } : {}),
+        ...(shapes ? { shapes } : {}),
+      });
       if (json) io.stderr(`results written to ${json}\n`);
     });
   bench

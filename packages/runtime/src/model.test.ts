@@ -180,7 +180,7 @@ describe('matmulT', () => {
       shared.set(wArr);
       const bias = Float32Array.from({ length: n }, () => rng.normal());
       for (const w of [wArr, shared]) {
-        const y = matmulT(x, m, k, w, n, bias);
+        const y = await matmulT(x, m, k, w, n, bias);
         for (let i = 0; i < m; i++)
           for (let j = 0; j < n; j++) {
             let s = bias[j] as number;

@@ -14,9 +14,7 @@ import {
   allReduceReference,
   exactSum,
   type HostPayload,
-  isCommAddonAvailable,
   launch,
-  loadCommNative,
   type PayloadDType,
   type QuantizedAllReduceOptions,
   type QuantOptions,
@@ -24,10 +22,12 @@ import {
   syntheticActivations,
 } from '@q/comm';
 import { bf16ArrayToF32, f16ArrayToF32, f32ArrayToBf16, f32ArrayToF16 } from '@q/core';
+import { gpuStatus } from '@q/kernels-cuda';
 import { describe, expect, it } from 'vitest';
 
-const gpus = isCommAddonAvailable() ? loadCommNative().deviceCount().count : 0;
-const why = !isCommAddonAvailable() ? 'the @q/comm addon is not built' : `${gpus} CUDA device(s), need 2`;
+const status = gpuStatus();
+const gpus = status.devices.length;
+const why = status.available ? `${gpus} CUDA device(s), need 2` : status.reason;
 if (gpus < 2) console.warn(`skipping the GPU all-reduce tests: ${why}`);
 
 interface Case {

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "act_quant.h"
+#include "quant_rule.cuh"
 
 namespace {
 
@@ -24,36 +25,6 @@ constexpr int kThreads = 256;
 
 __device__ __forceinline__ float load(const __half* p, int64_t i) { return __half2float(p[i]); }
 __device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-
-__device__ __forceinline__ int8_t quant1(float x, float scale) {
-  int v = __float2int_rn(__fdiv_rn(x, scale));
-  v = v > 127 ? 127 : (v < -127 ? -127 : v);
-  return static_cast<int8_t>(v);
-}
-
-// Block-wide reduction: op is max or sum. Returns the result in every thread.
-template <bool kMax>
-__device__ float blockReduce(float v, float* shared) {
-  for (int o = 16; o > 0; o >>= 1) {
-    float w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = kMax ? fmaxf(v, w) : v + w;
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kThreads / 32 ? shared[lane] : (kMax ? 0.f : 0.f);
-    for (int o = 16; o > 0; o >>= 1) {
-      float w = __shfl_xor_sync(0xffffffffu, v, o);
-      v = kMax ? fmaxf(v, w) : v + w;
-    }
-    if (lane == 0) shared[0] = v;
-  }
-  __syncthreads();
-  float r = shared[0];
-  __syncthreads();
-  return r;
-}
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) quantRows(const T* __restrict__ x,  // fp16/bf16 [M, K]
@@ -74,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) quantRows(const T* __restrict__ x,  
       float v = load(xr, j);
       ss = fmaf(v, v, ss);
     }
-    ss = blockReduce<false>(ss, red);
+    ss = q::blockReduce<kThreads, false>(ss, red);
     rstd = rsqrtf(ss / static_cast<float>(K) + eps);
   }
   float scale = staticScale;
@@ -85,9 +56,8 @@ __global__ void __launch_bounds__(kThreads) quantRows(const T* __restrict__ x,  
       if (gain != nullptr) v = v * rstd * load(gain, j);
       amax = fmaxf(amax, fabsf(v));
     }
-    amax = blockReduce<true>(amax, red);
-    scale = __fdiv_rn(amax, 127.f);
-    if (scale == 0.f) scale = 1.f;
+    amax = q::blockReduce<kThreads, true>(amax, red);
+    scale = q::dynamicScale(amax);
     if (threadIdx.x == 0 && scales != nullptr) scales[row] = scale;
   }
   for (int j = threadIdx.x; j < ldq; j += kThreads) {
@@ -95,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) quantRows(const T* __restrict__ x,  
     if (j < K) {
       float v = load(xr, j);
       if (gain != nullptr) v = v * rstd * load(gain, j);
-      out = quant1(v, scale);
+      out = q::quantInt8(v, scale);
     }
     qr[j] = out;
   }

@@ -1,6 +1,7 @@
-// Helpers shared by the N-API glue files: pointer arguments as BigInt, typed JS errors with a q error code,
-// and CUDA status → error-name conversion. Errors are thrown as JS exceptions (never exit/abort); the
-// TypeScript side turns `err.code` into a QError.
+// Helpers shared by the N-API glue files: pointer arguments as BigInt, the kernels' packed argument block,
+// typed JS errors with a q error code, and CUDA status → error-name conversion. Errors are thrown as JS
+// exceptions (never exit/abort) whose `code` property is set here; the TypeScript side copies it into a
+// QError and never parses a message.
 #pragma once
 #include <napi.h>
 #include <cuda_runtime.h>
@@ -86,6 +87,38 @@ inline void HostBytes(const Napi::Value& v, const char* name, void** data, size_
     return;
   }
   Throw(env, "E_ARG", std::string("Expected an ArrayBuffer or typed array for ") + name);
+}
+
+// The launch arguments of a kernel, written by TypeScript into one reused typed array (src/args.ts): reading
+// a few dozen properties of an object of BigInts cost more than a small kernel runs. Keep the layout in step
+// with ARG_* in src/args.ts.
+constexpr int kArgPtrs = 16;
+constexpr int kArgInts = 16;
+constexpr int kArgFloats = 8;
+struct ArgBlock {
+  uint64_t p[kArgPtrs];  // device pointers and the stream
+  int32_t i[kArgInts];   // sizes, strides, modes
+  float f[kArgFloats];   // scalars
+};
+
+// The argument block of a launch: one N-API call, no copy.
+inline const ArgBlock& Args(const Napi::Value& v, const char* op) {
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* data = nullptr;
+  napi_value ab;
+  size_t offset = 0;
+  if (napi_get_typedarray_info(v.Env(), v, &type, &length, &data, &ab, &offset) != napi_ok ||
+      type != napi_biguint64_array || length * 8 < sizeof(ArgBlock)) {
+    Throw(v.Env(), "E_ARG", std::string("Expected the argument block (BigUint64Array of ") +
+                                std::to_string(sizeof(ArgBlock) / 8) + ") for " + op);
+  }
+  return *static_cast<const ArgBlock*>(data);
+}
+
+template <typename T>
+inline T* ArgPtr(const ArgBlock& a, int slot) {
+  return reinterpret_cast<T*>(static_cast<uintptr_t>(a.p[slot]));
 }
 
 }  // namespace q

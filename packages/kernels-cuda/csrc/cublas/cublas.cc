@@ -29,7 +29,7 @@ typedef cublasStatus_t (*GemmExFn)(cublasHandle_t, int, int, int, int, int, cons
 typedef const char* (*StatusNameFn)(cublasStatus_t);
 
 constexpr int kOpN = 0, kOpT = 1;
-constexpr int kR16F = 2, kR16BF = 14;
+constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;
 constexpr int kCompute32F = 68;
 constexpr int kGemmDefault = -1;
 
@@ -130,24 +130,26 @@ Napi::Value CublasInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// cublasGemm({a, w, out, m, n, k, dtype: 0 f16 | 1 bf16, beta, stream})
+// cublasGemm(block): p = [a, w, out, stream], i = [m, n, k, dtype: 0 f16 | 1 bf16, out: 0 as a | 1 f32 (the lm_head
+// logits)], f = [beta].
 Napi::Value CublasGemm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  Napi::Object o = info[0].As<Napi::Object>();
+  const ArgBlock& b = Args(info[0], "cublasGemm");
   std::lock_guard<std::mutex> g(mu());
   Load(env);
   Lib& l = lib();
   cublasHandle_t h = Handle(env);
-  int m = static_cast<int>(I64(o.Get("m"), "m"));
-  int n = static_cast<int>(I64(o.Get("n"), "n"));
-  int k = static_cast<int>(I64(o.Get("k"), "k"));
-  int dt = static_cast<int>(I64(o.Get("dtype"), "dtype")) == 1 ? kR16BF : kR16F;
+  int m = b.i[0];
+  int n = b.i[1];
+  int k = b.i[2];
+  int dt = b.i[3] == 1 ? kR16BF : kR16F;
+  int ct = b.i[4] == 1 ? kR32F : dt;
   float alpha = 1.0f;
-  float beta = o.Has("beta") ? static_cast<float>(o.Get("beta").As<Napi::Number>().DoubleValue()) : 0.0f;
-  cublasStatus_t s = l.setStream(h, Stream(o.Get("stream")));
+  float beta = b.f[0];
+  cublasStatus_t s = l.setStream(h, ArgPtr<CUstream_st>(b, 3));
   if (s != 0) Throw(env, "E_CUBLAS", "cublasSetStream failed: " + StatusName(s));
-  s = l.gemmEx(h, kOpT, kOpN, n, m, k, &alpha, Ptr(o.Get("w"), "w"), dt, k, Ptr(o.Get("a"), "a"), dt, k, &beta,
-               Ptr(o.Get("out"), "out"), dt, n, kCompute32F, kGemmDefault);
+  s = l.gemmEx(h, kOpT, kOpN, n, m, k, &alpha, ArgPtr<const void>(b, 1), dt, k, ArgPtr<const void>(b, 0), dt, k,
+               &beta, ArgPtr<void>(b, 2), ct, n, kCompute32F, kGemmDefault);
   if (s != 0)
     Throw(env, "E_CUBLAS",
           "cublasGemmEx(m=" + std::to_string(m) + ", n=" + std::to_string(n) + ", k=" + std::to_string(k) +

@@ -1,5 +1,8 @@
 // W4A8 GEMM, prefill path for Hopper (sm_90a): wgmma with int8 operands.
 //
+// Compiled for sm_90a only (scripts/build-addon.mjs): wgmma exists nowhere else; q_wgmma_supported() keeps other
+// GPUs off this path at run time.
+//
 // We compute C^T = W · A^T so that the int4 weights are wgmma's register operand A: each warp of a warpgroup
 // owns 16 weight rows, and the packed layout of packForGemm (see w4a8_mma.cu) is exactly the register
 // fragment of wgmma m64nNk32 for A (the same as mma.m16n8k32's), so a 16-byte fragment becomes int8 (16·w)

@@ -1,5 +1,8 @@
 // W4A8 GEMM, warp-specialized prefill path for Hopper (sm_90a).
 //
+// Compiled for sm_90a only (scripts/build-addon.mjs): wgmma and TMA multicast exist nowhere else;
+// q_ws_applicable() keeps other GPUs off this path at run time.
+//
 // C^T = W · A^T as in w4a8_wgmma.cu: the packed int4 weights are wgmma's register operand A, the int8
 // activations the shared-memory operand B, both K-major. What differs:
 //

@@ -1,10 +1,11 @@
-// N-API glue for the CUDA runtime: devices and their properties, device memory, asynchronous copies,
-// pinned host buffers, streams and events. Pointers, streams and events cross into JavaScript as BigInt
+// N-API glue for the CUDA runtime, the only one in the addon: devices and their properties, peer access,
+// device memory and CUDA IPC handles, asynchronous copies, pinned host buffers, streams, events and graphs. Pointers, streams and events cross into JavaScript as BigInt
 // handles; the TypeScript layer (src/device.ts) owns them and frees them exactly once.
 #include "runtime.h"
 
 #include <cuda_runtime.h>
 
+#include <cstring>
 #include <string>
 
 #include "../common/napi_util.h"
@@ -200,10 +201,84 @@ Napi::Value DeviceSynchronize(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// eventCreate(timing): a timing event for elapsed-time measurements, or (timing false) one with
+// cudaEventDisableTiming, which is cheaper to record and wait on and is what ordering between streams needs.
 Napi::Value EventCreate(const Napi::CallbackInfo& info) {
   cudaEvent_t e;
-  Check(info.Env(), cudaEventCreate(&e), "cudaEventCreate");
+  bool timing = info.Length() < 1 || info[0].IsUndefined() || info[0].ToBoolean();
+  Check(info.Env(), cudaEventCreateWithFlags(&e, timing ? cudaEventDefault : cudaEventDisableTiming),
+        "cudaEventCreate");
   return Big(info.Env(), e);
+}
+
+// eventQuery(event) → true when the work before the event has finished.
+Napi::Value EventQuery(const Napi::CallbackInfo& info) {
+  cudaError_t err = cudaEventQuery(reinterpret_cast<cudaEvent_t>(Ptr(info[0], "event")));
+  if (err == cudaErrorNotReady) {
+    cudaGetLastError();
+    return Napi::Boolean::New(info.Env(), false);
+  }
+  Check(info.Env(), err, "cudaEventQuery");
+  return Napi::Boolean::New(info.Env(), true);
+}
+
+// streamWaitEvent(stream, event): later work on `stream` waits for the event on the device (no host wait), so
+// a GEMM on one stream and an all-reduce on another can be ordered, and captured into one graph.
+Napi::Value StreamWaitEvent(const Napi::CallbackInfo& info) {
+  Check(info.Env(),
+        cudaStreamWaitEvent(Stream(info[0]), reinterpret_cast<cudaEvent_t>(Ptr(info[1], "event")), 0),
+        "cudaStreamWaitEvent");
+  return info.Env().Undefined();
+}
+
+Napi::Value CanAccessPeer(const Napi::CallbackInfo& info) {
+  int ok = 0;
+  Check(info.Env(),
+        cudaDeviceCanAccessPeer(&ok, static_cast<int>(I64(info[0], "device")), static_cast<int>(I64(info[1], "peer"))),
+        "cudaDeviceCanAccessPeer");
+  return Napi::Boolean::New(info.Env(), ok != 0);
+}
+
+// enablePeerAccess(peer): the current device may then read and write `peer`'s memory; enabling twice is fine.
+Napi::Value EnablePeerAccess(const Napi::CallbackInfo& info) {
+  cudaError_t err = cudaDeviceEnablePeerAccess(static_cast<int>(I64(info[0], "peer")), 0);
+  if (err == cudaErrorPeerAccessAlreadyEnabled) {
+    cudaGetLastError();
+    return info.Env().Undefined();
+  }
+  Check(info.Env(), err, "cudaDeviceEnablePeerAccess");
+  return info.Env().Undefined();
+}
+
+// ipcGetHandle(ptr) → the 64-byte handle another process opens to map this allocation.
+Napi::Value IpcGetHandle(const Napi::CallbackInfo& info) {
+  cudaIpcMemHandle_t h;
+  Check(info.Env(), cudaIpcGetMemHandle(&h, Ptr(info[0], "ptr")), "cudaIpcGetMemHandle");
+  Napi::Uint8Array out = Napi::Uint8Array::New(info.Env(), sizeof h);
+  std::memcpy(out.Data(), &h, sizeof h);
+  return out;
+}
+
+// ipcOpenHandle(handle) → the peer allocation mapped into this process (close with ipcCloseHandle).
+Napi::Value IpcOpenHandle(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  cudaIpcMemHandle_t h;
+  void* bytes = nullptr;
+  size_t len = 0;
+  HostBytes(info[0], "handle", &bytes, &len);
+  if (len != sizeof h)
+    Throw(env, "E_ARG",
+          "Expected a " + std::to_string(sizeof h) + "-byte CUDA IPC handle for handle but received " +
+              std::to_string(len) + " bytes");
+  std::memcpy(&h, bytes, sizeof h);
+  void* p = nullptr;
+  Check(env, cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
+  return Big(env, p);
+}
+
+Napi::Value IpcCloseHandle(const Napi::CallbackInfo& info) {
+  Check(info.Env(), cudaIpcCloseMemHandle(Ptr(info[0], "ptr")), "cudaIpcCloseMemHandle");
+  return info.Env().Undefined();
 }
 
 Napi::Value EventDestroy(const Napi::CallbackInfo& info) {
@@ -295,6 +370,13 @@ void RegisterRuntime(Napi::Env env, Napi::Object exports) {
   exports.Set("streamSynchronize", Napi::Function::New(env, StreamSynchronize));
   exports.Set("deviceSynchronize", Napi::Function::New(env, DeviceSynchronize));
   exports.Set("eventCreate", Napi::Function::New(env, EventCreate));
+  exports.Set("eventQuery", Napi::Function::New(env, EventQuery));
+  exports.Set("streamWaitEvent", Napi::Function::New(env, StreamWaitEvent));
+  exports.Set("canAccessPeer", Napi::Function::New(env, CanAccessPeer));
+  exports.Set("enablePeerAccess", Napi::Function::New(env, EnablePeerAccess));
+  exports.Set("ipcGetHandle", Napi::Function::New(env, IpcGetHandle));
+  exports.Set("ipcOpenHandle", Napi::Function::New(env, IpcOpenHandle));
+  exports.Set("ipcCloseHandle", Napi::Function::New(env, IpcCloseHandle));
   exports.Set("eventDestroy", Napi::Function::New(env, EventDestroy));
   exports.Set("eventRecord", Napi::Function::New(env, EventRecord));
   exports.Set("eventSynchronize", Napi::Function::New(env, EventSynchronize));

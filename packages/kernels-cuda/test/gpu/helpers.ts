@@ -1,15 +1,10 @@
+import { Rng } from '@q/core';
 import { gpuStatus } from '@q/kernels-cuda';
 
-/** Mulberry32, a small seeded PRNG for test data. */
+/** Uniform [0, 1) test data from @q/core's seeded Rng. */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 export function randn(rand: () => number): () => number {

@@ -11,9 +11,12 @@ import {
   Event,
   gemmHalf,
   gpuStatus,
+  loadNative,
   memoryInfo,
   PinnedBuffer,
   Stream,
+  synchronize,
+  VERSION,
 } from '@q/kernels-cuda';
 import { describe, expect, it } from 'vitest';
 import { freshSeed, noGpu, rng } from './helpers';
@@ -73,6 +76,56 @@ describe.skipIf(noGpu)('device runtime', () => {
       t.dispose();
       e0.dispose();
       e1.dispose();
+    }
+  });
+
+  it('orders two streams on the device with an event that does not time', () => {
+    const bytes = 256 << 20;
+    const value = 1 + Math.floor(rand() * 254);
+    const t = DeviceTensor.alloc('u8', [bytes]);
+    const writer = Stream.create(0);
+    const reader = Stream.create(0);
+    const done = Event.create(0, { timing: false });
+    const host = PinnedBuffer.alloc(bytes);
+    try {
+      t.fillBytes(0);
+      synchronize(0);
+      t.fillBytes(value, writer);
+      done.record(writer);
+      reader.waitEvent(done);
+      // Without the wait, the copy on `reader` would race the 256 MiB fill on `writer`.
+      t.downloadInto(new Uint8Array(host.buffer), reader);
+      reader.synchronize();
+      expect(done.query()).toBe(true);
+      const got = new Uint8Array(host.buffer);
+      let bad = 0;
+      for (let i = 0; i < got.length; i += 4099) if (got[i] !== value) bad++;
+      expect(bad).toBe(0);
+      expect(got[got.length - 1]).toBe(value);
+      // An ordering-only event cannot time.
+      expect(() => Event.elapsedMs(done, done)).toThrow(expect.objectContaining({ code: 'E_CUDA' }));
+    } finally {
+      host.dispose();
+      done.dispose();
+      reader.dispose();
+      writer.dispose();
+      t.dispose();
+    }
+  });
+
+  it('exports a CUDA IPC handle and reports peer access from the one runtime', () => {
+    const b = loadNative();
+    const t = DeviceTensor.alloc('u8', [1 << 20]);
+    try {
+      const h = b.ipcGetHandle(t.ptr);
+      expect(h.byteLength).toBe(64);
+      expect(h.some((x) => x !== 0)).toBe(true);
+      // A process cannot map its own allocation: the error carries the code set natively.
+      expect(() => b.ipcOpenHandle(h)).toThrow(expect.objectContaining({ code: 'E_CUDA' }));
+      for (let p = 1; p < deviceCount(); p++) expect(typeof b.canAccessPeer(0, p)).toBe('boolean');
+      expect(b.version).toBe(VERSION);
+    } finally {
+      t.dispose();
     }
   });
 

@@ -1,14 +1,12 @@
-import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
 import { QError } from '@q/core';
+import { columnSplit, cpuPool, PARALLEL_MIN_MACS, toShared } from './threads';
 
 /**
  * out[i, j] = bias[j] + Σ_t x[i, t] · w[j, t] for output columns j in [n0, n1): x is [m, k] and w is [n, k],
  * both row-major (w in the [out, in] layout every loader produces, so each dot product walks two contiguous
  * rows). Sums are accumulated in float64 and rounded once to float32.
  *
- * Self-contained on purpose: its source text is also what the worker threads run (see `workerSource`), which
- * keeps the worker independent of file paths and therefore safe under any bundler.
+ * The worker threads run this same function (see `cpu-worker.ts`).
  *
  * @example
  * ```ts
@@ -149,192 +147,72 @@ export function gemmRange(
   }
 }
 
-function workerSource(): string {
-  return `
-const { parentPort } = require('node:worker_threads');
-const gemmRange = ${gemmRange.toString()};
-parentPort.on('message', (job) => {
-  try {
-    gemmRange(job.x, job.m, job.k, job.w, job.bias, job.out, job.n, job.n0, job.n1);
-  } catch (e) {
-    Atomics.store(job.ctrl, 1, 1);
-  }
-  Atomics.add(job.ctrl, 0, 1);
-  Atomics.notify(job.ctrl, 0);
-});
-`;
+/** One column range of a float matmul, run by a worker thread (see `cpu-worker.ts`). */
+export interface GemmJob {
+  readonly kind: 'gemm';
+  readonly x: Float32Array;
+  readonly m: number;
+  readonly k: number;
+  readonly w: Float32Array;
+  readonly bias: Float32Array | null;
+  readonly out: Float32Array;
+  readonly n: number;
+  readonly n0: number;
+  readonly n1: number;
 }
 
 /**
- * Blocks until `expected` workers have counted themselves done in ctrl[0]. A worker that died cannot report
- * (its error event would need this thread's event loop), so ten silent minutes end the wait with E_TIMEOUT.
- */
-export function waitForWorkers(ctrl: Int32Array, expected: number): void {
-  let silent = 0;
-  let last = -1;
-  for (;;) {
-    const done = Atomics.load(ctrl, 0);
-    if (done >= expected) return;
-    if (done !== last) silent = 0;
-    last = done;
-    if (Atomics.wait(ctrl, 0, done, 60_000) === 'timed-out' && ++silent >= 10) {
-      throw new QError(
-        'E_TIMEOUT',
-        `Expected ${expected} worker threads to finish a matmul within 10 minutes but ${done} did`,
-      );
-    }
-  }
-}
-
-/** Below this many multiply-adds a matmul runs on the calling thread: a worker round trip costs ~0.1 ms. */
-export const PARALLEL_MIN_MACS = 1 << 21;
-
-interface Pool {
-  readonly workers: Worker[];
-  readonly ctrl: Int32Array;
-  xBuf: Float32Array;
-  outBuf: Float32Array;
-}
-
-let pool: Pool | null | undefined;
-
-/**
- * Threads that share a large matmul, the calling one included: by default the number of cores (at most 8), so
- * one less worker than that, since the calling thread computes a share too and then waits without spinning.
- * `Q_THREADS` overrides it (1 disables the workers).
+ * y = x · wᵀ (+ bias): x [m, k], w [n, k] row-major, y [m, n]. Large products (when `w` lives on shared memory,
+ * see `toShared`) are split by output columns over the worker threads: the calling thread computes the first
+ * range, then awaits the others, so it never blocks on them. Each call has its own shared buffers, so concurrent
+ * calls (two models in one process) are safe.
  *
  * @example
  * ```ts
- * threadCount(); // e.g. 2 on a 2-core machine; Q_THREADS=1 gives 1
+ * const y = await matmulT(new Float32Array([1, 2]), 1, 2, new Float32Array([3, 4, 5, 6]), 2); // [11, 17]
  * ```
  */
-export function threadCount(): number {
-  const env = process.env.Q_THREADS;
-  if (env !== undefined && env !== '') {
-    const v = Number(env);
-    if (!Number.isInteger(v) || v < 1) {
-      throw new QError(
-        'E_ARG',
-        `Expected a positive integer for Q_THREADS but received ${JSON.stringify(env)}`,
-      );
-    }
-    return v;
-  }
-  return Math.max(1, Math.min(8, availableParallelism()));
-}
-
-function getPool(): Pool | null {
-  if (pool !== undefined) return pool;
-  const threads = threadCount();
-  if (threads <= 1 || typeof SharedArrayBuffer === 'undefined') {
-    pool = null;
-    return pool;
-  }
-  const src = workerSource();
-  const workers: Worker[] = [];
-  for (let i = 0; i < threads - 1; i++) {
-    const w = new Worker(src, { eval: true });
-    // Idle workers must not keep a finished CLI run alive.
-    w.unref();
-    workers.push(w);
-  }
-  pool = {
-    workers,
-    ctrl: new Int32Array(new SharedArrayBuffer(8)),
-    xBuf: new Float32Array(new SharedArrayBuffer(4)),
-    outBuf: new Float32Array(new SharedArrayBuffer(4)),
-  };
-  return pool;
-}
-
-/** Terminates the float matmul worker threads (they are re-created on demand).
- *
- * @example
- * ```ts
- * await shutdownGemmThreads();
- * ```
- */
-export async function shutdownGemmThreads(): Promise<void> {
-  const p = pool;
-  pool = undefined;
-  if (p) await Promise.all(p.workers.map((w) => w.terminate()));
-}
-
-/** A copy of `a` on shared memory, so worker threads can read it without a copy per call.
- *
- * @example
- * ```ts
- * const w = toShared(weights); // worker threads now read w in place
- * ```
- */
-export function toShared(a: Float32Array): Float32Array {
-  if (typeof SharedArrayBuffer === 'undefined' || a.buffer instanceof SharedArrayBuffer) return a;
-  const s = new Float32Array(new SharedArrayBuffer(a.byteLength));
-  s.set(a);
-  return s;
-}
-
-function sharedScratch(cur: Float32Array, len: number): Float32Array {
-  if (cur.length >= len) return cur;
-  return new Float32Array(new SharedArrayBuffer(Math.max(len, cur.length * 2) * 4));
-}
-
-/**
- * y = x · wᵀ (+ bias): x [m, k], w [n, k] row-major, y [m, n]. Large products are split by output columns
- * over worker threads (when `w` lives on shared memory, see `toShared`); the call stays synchronous because the
- * calling thread computes its own share and then blocks on an atomic counter until the workers are done.
- *
- * @example
- * ```ts
- * const y = matmulT(new Float32Array([1, 2]), 1, 2, new Float32Array([3, 4, 5, 6]), 2); // [11, 17]
- * ```
- */
-export function matmulT(
+export async function matmulT(
   x: Float32Array,
   m: number,
   k: number,
   w: Float32Array,
   n: number,
   bias: Float32Array | null = null,
-): Float32Array {
+): Promise<Float32Array> {
   if (x.length < m * k || w.length < n * k || (bias !== null && bias.length < n)) {
     throw new QError(
       'E_SHAPE',
       `Expected x [${m}, ${k}], w [${n}, ${k}] and bias [${n}] for matmulT but received lengths ${x.length}, ${w.length}, ${bias?.length ?? 'none'}`,
     );
   }
-  const p =
-    m * n * k >= PARALLEL_MIN_MACS && n >= 64 && w.buffer instanceof SharedArrayBuffer ? getPool() : null;
-  if (p === null) {
+  const pool =
+    m * n * k >= PARALLEL_MIN_MACS && n >= 64 && w.buffer instanceof SharedArrayBuffer
+      ? await cpuPool()
+      : null;
+  if (pool === null) {
     const out = new Float32Array(m * n);
     gemmRange(x, m, k, w, bias, out, n, 0, n);
     return out;
   }
-  p.xBuf = sharedScratch(p.xBuf, m * k);
-  p.outBuf = sharedScratch(p.outBuf, m * n);
-  const xs = p.xBuf.subarray(0, m * k);
-  xs.set(x.subarray(0, m * k));
-  const outS = p.outBuf.subarray(0, m * n);
-  const parts = p.workers.length + 1;
-  const chunk = Math.ceil(n / parts / 4) * 4;
-  const sharedBias = bias === null || bias.buffer instanceof SharedArrayBuffer ? bias : toShared(bias);
-  Atomics.store(p.ctrl, 0, 0);
-  Atomics.store(p.ctrl, 1, 0);
-  let posted = 0;
-  for (let i = 1; i < parts; i++) {
-    const n0 = i * chunk;
-    const n1 = Math.min(n, n0 + chunk);
-    if (n0 >= n1) break;
-    p.workers[i - 1]?.postMessage({ x: xs, m, k, w, bias: sharedBias, out: outS, n, n0, n1, ctrl: p.ctrl });
-    posted++;
+  const xs = toShared(x.subarray(0, m * k).slice());
+  const out = new Float32Array(new SharedArrayBuffer(m * n * 4));
+  const sharedBias = bias === null ? null : toShared(bias);
+  const [mine, ...rest] = columnSplit(n, pool.size + 1);
+  const jobs = rest.map(([n0, n1], i) =>
+    pool.run<GemmJob, void>(
+      { kind: 'gemm', x: xs, m, k, w, bias: sharedBias, out, n, n0, n1 },
+      { worker: i },
+    ),
+  );
+  try {
+    gemmRange(xs, m, k, w, sharedBias, out, n, mine?.[0] ?? 0, mine?.[1] ?? 0);
+  } finally {
+    // Settle every job before the buffers are dropped, even when this thread's share threw.
+    await Promise.allSettled(jobs);
   }
-  gemmRange(xs, m, k, w, sharedBias, outS, n, 0, Math.min(chunk, n));
-  waitForWorkers(p.ctrl, posted);
-  if (Atomics.load(p.ctrl, 1) !== 0) {
-    throw new QError(
-      'E_INTERNAL',
-      `Expected every matmul worker to succeed for [${m}, ${k}] x [${n}, ${k}]ᵀ`,
-    );
-  }
-  return outS.slice();
+  await Promise.all(jobs);
+  return out.slice();
 }
+
+export { PARALLEL_MIN_MACS, threadCount, toShared } from './threads';

@@ -27,7 +27,7 @@
 
 #include <type_traits>
 
-namespace qcomm {
+namespace q {
 namespace {
 
 constexpr int kThreads = 512;  // 16 warps
@@ -571,4 +571,4 @@ cudaError_t LaunchFused(const ArLayout& L, const void* in, void* out, const ArPt
   });
 }
 
-}  // namespace qcomm
+}  // namespace q

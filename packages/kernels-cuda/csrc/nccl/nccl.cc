@@ -1,12 +1,16 @@
 // NCCL through dlopen: q ships no NCCL headers, only the few declarations below (stable across NCCL 2.x), so
 // the addon loads on machines without NCCL and fails only when a collective is asked for.
-#include "common/napi_util.h"
+#include "nccl.h"
+
 #include <dlfcn.h>
+
 #include <chrono>
 #include <cstring>
 #include <thread>
 
-namespace qcomm {
+#include "../common/napi_util.h"
+
+namespace q {
 namespace {
 
 typedef struct { char internal[128]; } ncclUniqueId;
@@ -35,11 +39,11 @@ struct Nccl {
 } g;
 
 void Need(Napi::Env env) {
-  if (!g.lib) Fail(env, "E_NCCL", "Expected NCCL to be loaded (ncclLoad) before a collective but received none");
+  if (!g.lib) Throw(env, "E_NCCL", "Expected NCCL to be loaded (ncclLoad) before a collective but received none");
 }
 
-void Check(Napi::Env env, ncclResult_t r, const char* what) {
-  if (r != 0 && r != 7) Fail(env, "E_NCCL", std::string(what) + " failed: " + g.GetErrorString(r) + " (ncclResult " + std::to_string(r) + ")");
+void NcclCheck(Napi::Env env, ncclResult_t r, const char* what) {
+  if (r != 0 && r != 7) Throw(env, "E_NCCL", std::string(what) + " failed: " + g.GetErrorString(r) + " (ncclResult " + std::to_string(r) + ")");
 }
 
 template <typename F>
@@ -57,7 +61,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
   }
   std::string path = info[0].As<Napi::String>();
   void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!lib) Fail(env, "E_NCCL", std::string("dlopen(") + path + ") failed: " + dlerror());
+  if (!lib) Throw(env, "E_NCCL", std::string("dlopen(") + path + ") failed: " + dlerror());
   Nccl n;
   n.lib = lib;
   bool ok = Sym(lib, "ncclGetVersion", n.GetVersion) && Sym(lib, "ncclGetUniqueId", n.GetUniqueId) &&
@@ -69,7 +73,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
             Sym(lib, "ncclGroupStart", n.GroupStart) && Sym(lib, "ncclGroupEnd", n.GroupEnd);
   if (!ok) {
     dlclose(lib);
-    Fail(env, "E_NCCL", path + " lacks an NCCL 2.x symbol (ncclSend/ncclRecv need NCCL >= 2.7)");
+    Throw(env, "E_NCCL", path + " lacks an NCCL 2.x symbol (ncclSend/ncclRecv need NCCL >= 2.7)");
   }
   g = n;
   int v = 0;
@@ -80,7 +84,7 @@ Napi::Value Load(const Napi::CallbackInfo& info) {
 Napi::Value GetUniqueId(const Napi::CallbackInfo& info) {
   Need(info.Env());
   ncclUniqueId id;
-  Check(info.Env(), g.GetUniqueId(&id), "ncclGetUniqueId");
+  NcclCheck(info.Env(), g.GetUniqueId(&id), "ncclGetUniqueId");
   Napi::Uint8Array out = Napi::Uint8Array::New(info.Env(), sizeof id);
   std::memcpy(out.Data(), &id, sizeof id);
   return out;
@@ -92,10 +96,10 @@ Napi::Value CommInitRank(const Napi::CallbackInfo& info) {
   Napi::Uint8Array a = info[1].As<Napi::Uint8Array>();
   int rank = static_cast<int>(U64(info[2], "rank"));
   ncclUniqueId id;
-  if (a.ByteLength() != sizeof id) Fail(info.Env(), "E_ARG", "Expected a 128-byte NCCL unique id but received " + std::to_string(a.ByteLength()) + " bytes");
+  if (a.ByteLength() != sizeof id) Throw(info.Env(), "E_ARG", "Expected a 128-byte NCCL unique id but received " + std::to_string(a.ByteLength()) + " bytes");
   std::memcpy(&id, a.Data(), sizeof id);
   ncclComm_t c = nullptr;
-  Check(info.Env(), g.CommInitRank(&c, world, id, rank), "ncclCommInitRank");
+  NcclCheck(info.Env(), g.CommInitRank(&c, world, id, rank), "ncclCommInitRank");
   return Big(info.Env(), c);
 }
 
@@ -105,41 +109,41 @@ int I(const Napi::Value& v, const char* n) { return static_cast<int>(U64(v, n));
 
 Napi::Value CommDestroy(const Napi::CallbackInfo& info) {
   Need(info.Env());
-  Check(info.Env(), g.CommDestroy(C(info[0])), "ncclCommDestroy");
+  NcclCheck(info.Env(), g.CommDestroy(C(info[0])), "ncclCommDestroy");
   return info.Env().Undefined();
 }
 
 Napi::Value CommAbort(const Napi::CallbackInfo& info) {
   Need(info.Env());
-  Check(info.Env(), g.CommAbort(C(info[0])), "ncclCommAbort");
+  NcclCheck(info.Env(), g.CommAbort(C(info[0])), "ncclCommAbort");
   return info.Env().Undefined();
 }
 
 // (send, recv, count, dtype, op, comm, stream)
 Napi::Value AllReduce(const Napi::CallbackInfo& info) {
   Need(info.Env());
-  Check(info.Env(), g.AllReduce(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), I(info[4], "op"), C(info[5]), S(info[6])), "ncclAllReduce");
+  NcclCheck(info.Env(), g.AllReduce(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), I(info[4], "op"), C(info[5]), S(info[6])), "ncclAllReduce");
   return info.Env().Undefined();
 }
 
 // (send, recv, sendCount, dtype, comm, stream)
 Napi::Value AllGather(const Napi::CallbackInfo& info) {
   Need(info.Env());
-  Check(info.Env(), g.AllGather(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), C(info[4]), S(info[5])), "ncclAllGather");
+  NcclCheck(info.Env(), g.AllGather(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), C(info[4]), S(info[5])), "ncclAllGather");
   return info.Env().Undefined();
 }
 
 // (send, recv, recvCount, dtype, op, comm, stream)
 Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
   Need(info.Env());
-  Check(info.Env(), g.ReduceScatter(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), I(info[4], "op"), C(info[5]), S(info[6])), "ncclReduceScatter");
+  NcclCheck(info.Env(), g.ReduceScatter(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), I(info[4], "op"), C(info[5]), S(info[6])), "ncclReduceScatter");
   return info.Env().Undefined();
 }
 
 // (send, recv, count, dtype, root, comm, stream)
 Napi::Value Broadcast(const Napi::CallbackInfo& info) {
   Need(info.Env());
-  Check(info.Env(), g.Broadcast(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), I(info[4], "root"), C(info[5]), S(info[6])), "ncclBroadcast");
+  NcclCheck(info.Env(), g.Broadcast(Ptr(info[0], "send"), Ptr(info[1], "recv"), U64(info[2], "count"), I(info[3], "dtype"), I(info[4], "root"), C(info[5]), S(info[6])), "ncclBroadcast");
   return info.Env().Undefined();
 }
 
@@ -153,15 +157,15 @@ Napi::Value AllToAll(const Napi::CallbackInfo& info) {
   int world = I(info[3], "world");
   ncclComm_t comm = C(info[4]);
   cudaStream_t s = S(info[5]);
-  Check(env, g.GroupStart(), "ncclGroupStart");
+  NcclCheck(env, g.GroupStart(), "ncclGroupStart");
   ncclResult_t r = 0;
   for (int p = 0; p < world && (r == 0 || r == 7); p++) {
     r = g.Send(send + p * bytes, bytes, 1 /* ncclUint8 */, p, comm, s);
     if (r == 0 || r == 7) r = g.Recv(recv + p * bytes, bytes, 1, p, comm, s);
   }
   ncclResult_t e = g.GroupEnd();
-  Check(env, r, "ncclSend/ncclRecv");
-  Check(env, e, "ncclGroupEnd");
+  NcclCheck(env, r, "ncclSend/ncclRecv");
+  NcclCheck(env, e, "ncclGroupEnd");
   return env.Undefined();
 }
 
@@ -177,19 +181,19 @@ Napi::Value SyncWatch(const Napi::CallbackInfo& info) {
   for (;;) {
     cudaError_t q = cudaStreamQuery(s);
     if (q == cudaSuccess) return env.Undefined();
-    if (q != cudaErrorNotReady) CheckCuda(env, q, "cudaStreamQuery");
+    if (q != cudaErrorNotReady) Check(env, q, "cudaStreamQuery");
     if (comm && g.lib) {
       ncclResult_t ar = 0;
       g.CommGetAsyncError(comm, &ar);
       if (ar != 0 && ar != 7) {
         g.CommAbort(comm);
-        Fail(env, "E_NCCL", std::string("NCCL reported an asynchronous error: ") + g.GetErrorString(ar) + " (a peer failed; the communicator was aborted)");
+        Throw(env, "E_NCCL", std::string("NCCL reported an asynchronous error: ") + g.GetErrorString(ar) + " (a peer failed; the communicator was aborted)");
       }
     }
     double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (ms > timeoutMs) {
       if (comm && g.lib) g.CommAbort(comm);
-      Fail(env, "E_TIMEOUT", "Expected the collective to finish within " + std::to_string(static_cast<long>(timeoutMs)) + " ms but it was still running (a peer hung or died; the communicator was aborted)");
+      Throw(env, "E_TIMEOUT", "Expected the collective to finish within " + std::to_string(static_cast<long>(timeoutMs)) + " ms but it was still running (a peer hung or died; the communicator was aborted)");
     }
     if (++spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
   }
@@ -211,4 +215,4 @@ void RegisterNccl(Napi::Env env, Napi::Object exports) {
   exports.Set("syncWatch", Napi::Function::New(env, SyncWatch));
 }
 
-}  // namespace qcomm
+}  // namespace q

@@ -3,7 +3,7 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
-namespace qcomm {
+namespace q {
 
 constexpr int kMaxRanks = 8;
 constexpr int kMaxBlocks = 512;
@@ -41,4 +41,4 @@ cudaError_t LaunchDequant(const ArLayout& L, const char* gathered, void* out, in
 cudaError_t LaunchFused(const ArLayout& L, const void* in, void* out, const ArPtrs& data, const ArPtrs& sig,
                         uint32_t epoch, bool oneShot, int sms, uint64_t timeoutNs, cudaStream_t s);
 
-}  // namespace qcomm
+}  // namespace q
