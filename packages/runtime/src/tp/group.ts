@@ -206,6 +206,14 @@ export class LocalTpGroup {
   }
 }
 
+/** Element-wise max of equally long arrays. */
+function elementwiseMax(xs: readonly Float32Array[]): Float32Array {
+  const out = (xs[0] as Float32Array).slice();
+  for (const y of xs.slice(1))
+    for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, y[i] as number);
+  return out;
+}
+
 function combine(p: Pending, groupSize: number): unknown[] {
   const world = p.values.length;
   if (p.kind === 'same') {
@@ -221,9 +229,7 @@ function combine(p: Pending, groupSize: number): unknown[] {
   if (p.kind === 'gather') return xs.map(() => xs.map((x) => x.slice()));
   let out: Float32Array;
   if (p.kind === 'max') {
-    out = xs[0]?.slice() ?? new Float32Array(0);
-    for (const x of xs.slice(1))
-      for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, x[i] as number);
+    out = elementwiseMax(xs);
   } else {
     out = allReduceReference(xs, 'f32', { wire: p.wire, groupSize }) as Float32Array;
   }
@@ -278,13 +284,7 @@ export function processGroupCollectives(
     world: pg.world,
     allReduce: async (what, x, wire) =>
       allReduceReference(same(what, await gather(what, x)), 'f32', { wire, groupSize }) as Float32Array,
-    async allReduceMax(what, x) {
-      const xs = same(what, await gather(what, x));
-      const out = (xs[0] as Float32Array).slice();
-      for (const y of xs.slice(1))
-        for (let i = 0; i < out.length; i++) out[i] = Math.max(out[i] as number, y[i] as number);
-      return out;
-    },
+    allReduceMax: async (what, x) => elementwiseMax(same(what, await gather(what, x))),
     allGather: gather,
     checkSame: (what, value) => pg.checkSame(what, value),
     // The launcher notices the process exit and tells the other ranks.

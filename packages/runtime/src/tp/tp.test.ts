@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ModelConfig } from '@q/core';
 import { describe, expect, it } from 'vitest';
-import { createCpuModel } from '../backend';
+import { createCpuModel, type ModelSourceData } from '../backend';
 import { buildDemoModel } from '../demo-model';
 import { evaluatePerplexity } from '../evaluate';
 import type { CausalLM } from '../lm';
@@ -97,24 +97,32 @@ describe('shardPlan', () => {
 // TP = 1 sums all K at once; over the layers this moves logits by a few ulps of their scale (measured ≤ 1.4e-7).
 const EXACT_TOL = 1e-6;
 
+/** Checks TP = `tps` with the exact all-reduce against TP = 1 on two prompts (prefill, then one decode step). */
+async function expectSameAsTp1(
+  label: string,
+  source: ModelSourceData,
+  prompts: number[][],
+  tps: readonly number[],
+): Promise<void> {
+  const ref = await logitsOf(createCpuModel(source), prompts);
+  for (const tp of tps) {
+    const model = await createTensorParallelModel(source, { tp, allreduce: 'exact' });
+    const got = await logitsOf(model, prompts);
+    await model.dispose();
+    got.forEach((g, i) => {
+      const d = relMaxDiff(g, ref[i] as Float32Array);
+      console.log(`${label} tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`);
+      expect(d).toBeLessThan(EXACT_TOL);
+    });
+  }
+}
+
 describe('tensor parallelism on CPU ranks, exact all-reduce', () => {
   it('TP = 2 and 4 give the logits of TP = 1 on the float demo model', async () => {
     const loaded = demoLoaded();
     const ids = loaded.tokenizer.encode(loaded.evalText);
     const prompts = [ids.slice(0, 12), ids.slice(20, 27)];
-    const ref = await logitsOf(createCpuModel(loaded), prompts);
-    for (const tp of [2, 4]) {
-      const model = await createTensorParallelModel(loaded, { tp, allreduce: 'exact' });
-      const got = await logitsOf(model, prompts);
-      await model.dispose();
-      got.forEach((g, i) => {
-        const d = relMaxDiff(g, ref[i] as Float32Array);
-        console.log(
-          `demo float tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`,
-        );
-        expect(d).toBeLessThan(EXACT_TOL);
-      });
-    }
+    await expectSameAsTp1('demo float', loaded, prompts, [2, 4]);
   });
 
   it('TP = 2 and 4 give the logits of TP = 1 on the fptq demo model (dynamic row-parallel layers included)', async () => {
@@ -129,19 +137,7 @@ describe('tensor parallelism on CPU ranks, exact all-reduce', () => {
     );
     const ids = loaded.tokenizer.encode(loaded.evalText);
     const prompts = [ids.slice(0, 12), ids.slice(20, 27)];
-    const ref = await logitsOf(createCpuModel(run.quantized), prompts);
-    for (const tp of [2, 4]) {
-      const model = await createTensorParallelModel(run.quantized, { tp, allreduce: 'exact' });
-      const got = await logitsOf(model, prompts);
-      await model.dispose();
-      got.forEach((g, i) => {
-        const d = relMaxDiff(g, ref[i] as Float32Array);
-        console.log(
-          `demo fptq tp=${tp} step ${i}: max |Δlogit| / max(1, max|logit|) = ${d.toExponential(2)}`,
-        );
-        expect(d).toBeLessThan(EXACT_TOL);
-      });
-    }
+    await expectSameAsTp1('demo fptq', run.quantized, prompts, [2, 4]);
   });
 });
 
@@ -177,17 +173,7 @@ describe.skipIf(!storiesPresent)(
     it('TP = 2 and 4 with the exact all-reduce give the logits of TP = 1 (float)', async () => {
       const loaded = loadModel(storiesFile);
       const prompts = [loaded.tokenizer.encodePrompt('Once upon a time, there was'), [1, 403, 407]];
-      const ref = await logitsOf(createCpuModel(loaded), prompts);
-      for (const tp of [2, 4]) {
-        const model = await createTensorParallelModel(loaded, { tp, allreduce: 'exact' });
-        const got = await logitsOf(model, prompts);
-        await model.dispose();
-        got.forEach((g, i) => {
-          const d = relMaxDiff(g, ref[i] as Float32Array);
-          console.log(`stories260K float tp=${tp} step ${i}: ${d.toExponential(2)}`);
-          expect(d).toBeLessThan(EXACT_TOL);
-        });
-      }
+      await expectSameAsTp1('stories260K float', loaded, prompts, [2, 4]);
     });
 
     it('fptq: g128 is refused for TP (K/tp splits a group); with groups of 2, TP = 2 gives the logits of TP = 1', async () => {
@@ -203,15 +189,7 @@ describe.skipIf(!storiesPresent)(
       // MLP 172 / 4 = 43 columns per rank: no even group size fits, so TP = 4 is refused.
       await expect(createTensorParallelModel(g2.quantized, { tp: 4 })).rejects.toThrow(/43.*down_proj/);
       const prompts = [loaded.tokenizer.encodePrompt('Once upon a time, there was'), [1, 403, 407]];
-      const ref = await logitsOf(createCpuModel(g2.quantized), prompts);
-      const model = await createTensorParallelModel(g2.quantized, { tp: 2, allreduce: 'exact' });
-      const got = await logitsOf(model, prompts);
-      await model.dispose();
-      got.forEach((g, i) => {
-        const d = relMaxDiff(g, ref[i] as Float32Array);
-        console.log(`stories260K fptq g2 tp=2 step ${i}: ${d.toExponential(2)}`);
-        expect(d).toBeLessThan(EXACT_TOL);
-      });
+      await expectSameAsTp1('stories260K fptq g2', g2.quantized, prompts, [2]);
     });
   },
 );
