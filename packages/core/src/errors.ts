@@ -17,6 +17,7 @@ export const Q_ERROR_CODES = [
   'E_NATIVE_MISSING', // the CUDA addon could not be loaded
   'E_NO_DEVICE', // no CUDA device, or a device index that does not exist
   'E_CUDA', // a CUDA runtime or driver error
+  'E_DEVICE_MEMORY', // a model, cache or workspace that does not fit in the free device memory
   'E_CUBLAS', // a cuBLAS error
   'E_NCCL', // an NCCL error
   'E_DISPOSED', // a device resource used after dispose()

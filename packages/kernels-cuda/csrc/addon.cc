@@ -8,6 +8,7 @@
 #include "allreduce/glue.h"
 #include "attention/glue.h"
 #include "cublas/cublas.h"
+#include "fill/glue.h"
 #include "kernels_glue.h"
 #include "nccl/nccl.h"
 #include "llama/glue.h"
@@ -23,6 +24,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   q::RegisterAllreduce(env, exports);
   q::RegisterLlama(env, exports);
   q::RegisterAttention(env, exports);
+  q::RegisterFill(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 2));
   exports.Set("version", Napi::String::New(env, Q_ADDON_VERSION));
   return exports;

@@ -165,6 +165,16 @@ export interface NativeBinding extends NativeLlamaBinding {
   /** Positional arguments, in the order of csrc/attention/glue.cc (src/attention.ts passes them). */
   attentionPrefill(...args: (bigint | number)[]): void;
   attentionDecode(...args: (bigint | number)[]): void;
+  fillRandom(
+    ptr: bigint,
+    count: number,
+    kind: number,
+    seed: number,
+    lo: number,
+    hi: number,
+    stream: bigint,
+  ): void;
+  addBias(out: bigint, bias: bigint, m: number, n: number, stream: bigint): void;
 }
 
 /** Function names the loader checks for, so a stale or foreign .node is reported instead of half-working. */
@@ -189,4 +199,6 @@ export const BINDING_FUNCTIONS: readonly (keyof NativeBinding)[] = [
   'syncWatch',
   'arFused',
   'llamaSample',
+  'fillRandom',
+  'addBias',
 ];

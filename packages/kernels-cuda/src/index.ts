@@ -2,6 +2,7 @@ export * from './attention';
 export * from './bench';
 export type { NativeArLayout, NativeBinding, NativeDeviceProperties } from './binding';
 export * from './device';
+export * from './fill';
 export * from './llama-ops';
 export * from './native';
 export * from './ops';

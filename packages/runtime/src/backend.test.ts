@@ -1,4 +1,5 @@
 import { isQError } from '@q/core';
+import { gpuStatus } from '@q/kernels-cuda';
 import { describe, expect, it } from 'vitest';
 import { createModel, registerBackend } from './backend';
 import { demoTokenizer } from './demo-model';
@@ -28,10 +29,10 @@ describe('createModel', () => {
     expect(await a.forward([[1, 2, 3]])).toEqual(await b.forward([[1, 2, 3]]));
   });
 
-  it("refuses 'cuda' with E_UNSUPPORTED until a CUDA backend registers itself", async () => {
+  it.skipIf(gpuStatus().available)("'cuda' without a usable GPU gives gpuStatus()'s reason", async () => {
     const err = await createModel(loaded(), { backend: 'cuda' }).catch((e: unknown) => e);
-    expect(isQError(err, 'E_UNSUPPORTED')).toBe(true);
-    expect((err as Error).message).toMatch(/CUDA backend is not available/);
+    expect(isQError(err, 'E_NO_DEVICE')).toBe(true);
+    expect((err as Error).message).toContain(gpuStatus().reason);
   });
 
   it('goes through the registry: a registered factory gets the source and the options', async () => {

@@ -11,6 +11,10 @@ export interface CreateModelOptions {
   readonly backend?: Backend;
   /** Device index for a GPU backend (default 0). */
   readonly device?: number;
+  /** GPU backend: sequences one step can run (default 8); the device cache and decode graphs are sized to it. */
+  readonly maxBatch?: number;
+  /** GPU backend: positions per sequence (default min(context, 4096)). */
+  readonly maxContext?: number;
 }
 
 /** What `createModel` builds a model from: a loader's result or a quantized model in memory. */
@@ -51,6 +55,10 @@ export function createCpuModel(source: ModelSourceData): Model {
 }
 
 registerBackend('cpu', async (source) => createCpuModel(source));
+// The GPU backend's module is loaded on first use, so `import '@q/runtime'` never touches the CUDA addon.
+registerBackend('cuda', async (source, options) =>
+  (await import('./cuda/index')).cudaBackend(source, options),
+);
 
 /**
  * Builds the runnable model of a loaded (or quantized in-memory) model on a backend. The CUDA backend is

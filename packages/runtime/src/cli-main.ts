@@ -7,14 +7,21 @@ import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
-import { createModel } from './backend';
+import { type CreateModelOptions, createModel } from './backend';
+import { benchE2e, type E2eShape, formatE2eTable, writeE2eJson } from './bench-e2e';
 import { formatDemoTable, runDemo } from './demo';
+import { resolveDevice } from './device';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
-import type { Backend, CausalLM } from './lm';
+import type { CausalLM } from './lm';
 import { type LoadedModel, loadModel } from './load';
 import { quantizeLoaded, resolveRecipe, saveQuantizedModel } from './quantize';
-import { ALLREDUCE_OPTIONS, createTensorParallelModel, parseAllReduce } from './tp/index';
+import {
+  ALLREDUCE_OPTIONS,
+  createTensorParallelModel,
+  parseAllReduce,
+  refuseGpuTensorParallel,
+} from './tp/index';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -78,6 +85,13 @@ const num =
     return n;
   };
 
+/** `--device` as createModel options, saying in one line on stderr where the model runs. */
+function modelOptions(flag: string | undefined, io: CliIO): CreateModelOptions {
+  const { device, line } = resolveDevice(flag);
+  io.stderr(`${line}\n`);
+  return device.backend === 'cpu' ? { backend: 'cpu' } : { backend: 'cuda', device: device.index };
+}
+
 function readText(file: string, option: string): string {
   try {
     return fs.readFileSync(file, 'utf8');
@@ -89,42 +103,45 @@ function readText(file: string, option: string): string {
   }
 }
 
-/** Options every command that runs a model takes. */
+/** What `--tp` and `--allreduce` give a command that runs a model. */
 interface RunOptions {
-  device: Backend;
+  device?: string;
   tp: number;
   allreduce: string;
 }
 
-/** `--device`, `--tp` and `--allreduce` on a command that runs a model. */
+/** `--tp` and `--allreduce` on a command that runs a model. */
 function runOptions(cmd: Command): Command {
   return cmd
-    .addOption(
-      new Option('--device <backend>', 'where the model runs').choices(['cpu', 'cuda']).default('cpu'),
-    )
     .option(
       '--tp <n>',
-      'tensor-parallel ranks on this node (CPU: ranks in this process; cuda: one GPU per rank)',
+      'tensor-parallel ranks on this node (cpu: ranks in this process; cuda: one GPU per rank)',
       int('--tp', 1),
       1,
     )
     .addOption(
       new Option(
         '--allreduce <mode>',
-        'all-reduce after o_proj and down_proj with --tp > 1: auto, exact (CPU), nccl, fused (GPU), int8, int4',
+        'all-reduce after o_proj and down_proj with --tp > 1: auto, exact (cpu), nccl, fused (cuda), int8, int4',
       )
         .choices(ALLREDUCE_OPTIONS as string[])
         .default('auto'),
     );
 }
 
+/** With --tp > 1 and no --device, the ranks run on the CPU (tensor parallelism on GPUs is asked for by name). */
+function tpDevice(o: RunOptions): string | undefined {
+  return o.tp > 1 && o.device === undefined ? 'cpu' : o.device;
+}
+
 /** The model of a loaded checkpoint on one rank, or split over `--tp` ranks. */
-function runnable(m: LoadedModel, o: RunOptions): Promise<CausalLM> {
-  if (o.tp === 1) return createModel(m, { backend: o.device });
+function runnable(m: LoadedModel, on: CreateModelOptions, o: RunOptions): Promise<CausalLM> {
+  const backend = on.backend ?? 'cpu';
+  if (o.tp === 1) return createModel(m, on);
   return createTensorParallelModel(m, {
     tp: o.tp,
-    allreduce: parseAllReduce(o.allreduce, o.device),
-    backend: o.device,
+    allreduce: parseAllReduce(o.allreduce, backend),
+    backend,
   });
 }
 
@@ -339,6 +356,7 @@ Examples:
     .option('--compare <model>', 'reference model (e.g. the float model) for top-1 agreement and KL')
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
     .option('--json', 'print one JSON object {ppl, tokens, ...}, no progress bars')
+    .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
       '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json\n  q eval stories260K.bin --text valid.txt --tp 2 --allreduce int8 --compare stories260K.bin',
@@ -346,12 +364,20 @@ Examples:
     .action(
       async (
         modelPath: string,
-        o: { text: string; ctx?: number; compare?: string; tokenizer?: string; json?: boolean } & RunOptions,
+        o: {
+          text: string;
+          ctx?: number;
+          compare?: string;
+          tokenizer?: string;
+          json?: boolean;
+          device?: string;
+        } & RunOptions,
       ) => {
         const m = load(modelPath, o);
         const ref = o.compare !== undefined ? load(o.compare, o) : undefined;
-        const model = await runnable(m, o);
-        const refModel = ref ? await createModel(ref, { backend: o.device }) : undefined;
+        const on = modelOptions(tpDevice(o), io);
+        const model = await runnable(m, on, o);
+        const refModel = ref ? await createModel(ref, on) : undefined;
         const ids = m.tokenizer.encode(readText(o.text, '--text'));
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
         const bar = progress(io, !o.json);
@@ -403,6 +429,7 @@ Examples:
     .option('--seed <s>', 'seed of the sampler', int('--seed', 0), 0)
     .option('--chat', 'wrap the prompt in the model chat template (Hugging Face tokenizers with one)')
     .option('--tokenizer <file>', 'llama2.c tokenizer (default: beside the checkpoint)')
+    .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
       '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K.bin --prompt "Once upon a time" --tp 4 --allreduce exact\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
@@ -419,9 +446,11 @@ Examples:
           seed: number;
           chat?: boolean;
           tokenizer?: string;
+          device?: string;
         } & RunOptions,
       ) => {
         const m = load(modelPath, o);
+        const on = modelOptions(tpDevice(o), io);
         let text = o.prompt;
         if (o.chat) {
           if (!m.tokenizer.applyChatTemplate)
@@ -439,7 +468,7 @@ Examples:
           );
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
-        const model = await runnable(m, o);
+        const model = await runnable(m, on, o);
         io.stdout(o.prompt);
         try {
           for await (const id of generate(model, promptIds, {
@@ -595,6 +624,53 @@ Examples:
         io.stderr(`results written to ${json}\n`);
       }
     });
+  runOptions(bench.command('e2e'))
+    .description(
+      'the whole model: q W4A8 and q bf16 side by side (TTFT, decode tok/s, request tok/s, memory)',
+    )
+    .option('--model <path>', 'a model directory or file (default: random weights drawn on the device)')
+    .addOption(
+      new Option('--shape <name>', 'model shape of the random weights')
+        .choices(['llama2-7b', 'llama3-8b', 'llama2-70b'])
+        .default('llama2-7b'),
+    )
+    .option('--json [file]', 'also write the results as JSON (default file: bench-results/e2e.json)')
+    .option('--breakdown', 'time each kernel of one decode step and one 2048-token prefill')
+    .option('--device <n>', 'CUDA device', int('--device', 0), 0)
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q bench e2e\n  q bench e2e --shape llama3-8b --json\n  q bench e2e --shape llama2-70b --breakdown',
+    )
+    .action(
+      async (o: {
+        model?: string;
+        shape: E2eShape;
+        json?: string | true;
+        breakdown?: boolean;
+        device: number;
+        tp: number;
+        allreduce: string;
+      }) => {
+        if (o.tp > 1) {
+          parseAllReduce(o.allreduce, 'cuda');
+          await refuseGpuTensorParallel(o.tp);
+        }
+        const r = await benchE2e({
+          shape: o.shape,
+          device: o.device,
+          ...(o.model !== undefined ? { model: o.model } : {}),
+          ...(o.breakdown ? { breakdown: true } : {}),
+          log: (line) => io.stderr(`${line}\n`),
+        });
+        out(formatE2eTable(r));
+        const json = jsonPath(o.json, 'e2e');
+        if (json) {
+          fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+          writeE2eJson(json, r);
+          io.stderr(`results written to ${json}\n`);
+        }
+      },
+    );
   program
     .command('launch')
     .description('start one process per GPU with the rendezvous environment set')

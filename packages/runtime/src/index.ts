@@ -23,11 +23,28 @@ export {
   type ModelSourceData,
   registerBackend,
 } from './backend';
+export {
+  type BenchE2eOptions,
+  benchE2e,
+  E2E_SHAPES,
+  type E2eResult,
+  type E2eRow,
+  type E2eShape,
+  formatE2eTable,
+} from './bench-e2e';
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
 export { matmulT, threadCount } from './cpu/gemm';
 export { FloatLinear, type Linear, QuantLinear, type QuantLinearForward } from './cpu/linear';
 export { shutdownThreads } from './cpu/threads';
+export {
+  CudaKVCache,
+  type CudaModel,
+  type CudaModelInput,
+  type CudaModelOptions,
+  createCudaModel,
+  disposeAllCudaModels,
+} from './cuda';
 export {
   DEMO_RECIPES,
   type DemoOptions,
@@ -38,6 +55,7 @@ export {
   runDemo,
 } from './demo';
 export { buildDemoModel, type DemoModel, type DemoModelOptions, demoText, demoTokenizer } from './demo-model';
+export { type DeviceChoice, type ResolvedDevice, resolveDevice } from './device';
 export { type EvalOptions, type EvalResult, evaluatePerplexity } from './evaluate';
 export { argmax, type GenerateOptions, generate, generateIds, sampleToken } from './generate';
 export type {

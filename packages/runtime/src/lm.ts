@@ -64,6 +64,21 @@ export interface ForwardOptions {
 }
 
 /**
+ * How one sequence picks its next token on the device: `temperature` 0 is greedy (argmax, lowest id on ties);
+ * otherwise softmax(logits / temperature) restricted to the `topK` most likely ids (0 = all) and to the smallest
+ * set whose probability reaches `topP` (1 = all), drawn with a counter-based generator keyed by (`seed`, `step`):
+ * the same seed and step give the same token on every run.
+ */
+export interface SamplingParams {
+  readonly temperature: number;
+  readonly topK: number;
+  readonly topP: number;
+  readonly seed: number;
+  /** Index of the token being drawn (the counter of the generator). */
+  readonly step: number;
+}
+
+/**
  * A causal language model on some backend.
  *
  * @example
@@ -84,6 +99,23 @@ export interface CausalLM {
    * sequence in order (`'all'`), one row per sequence (`'last'`), or an empty array (`'none'`).
    */
   forward(tokens: readonly (readonly number[])[], options?: ForwardOptions): Promise<Float32Array>;
+  /**
+   * Optional, on backends that sample on the device: runs `forward` and draws one next token per sequence from
+   * the logits of its last position with `sampling[i]`, so only token ids cross to the host (decode steps).
+   * Returns one id per sequence, in order; the cache advances as with `forward`.
+   *
+   * @example
+   * ```ts
+   * const ids = await model.forwardSample?.([[last0], [last1]], {
+   *   cache, slots: [0, 1],
+   *   sampling: [{ temperature: 0, topK: 0, topP: 1, seed: 1, step: 5 }, { temperature: 0.8, topK: 40, topP: 0.95, seed: 7, step: 9 }],
+   * });
+   * ```
+   */
+  forwardSample?(
+    tokens: readonly (readonly number[])[],
+    options: ForwardOptions & { readonly sampling: readonly SamplingParams[] },
+  ): Promise<Int32Array>;
   /** Releases the model's memory (device memory, worker threads); using it afterwards throws `E_DISPOSED`. */
   dispose(): Promise<void>;
 }

@@ -5,6 +5,7 @@ export {
   maxAcrossRanks,
   modelFingerprint,
   type RankIdentity,
+  refuseGpuTensorParallel,
   shardCollectives,
   TensorParallelModel,
   type TensorParallelOptions,

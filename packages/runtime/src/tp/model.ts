@@ -368,6 +368,28 @@ function countCudaDevices(): Promise<number> {
 }
 
 /**
+ * What `--device cuda --tp N` (N > 1) meets in this build: `E_NO_DEVICE` when fewer than N GPUs are visible, else
+ * `E_UNSUPPORTED` (the GPU tensor-parallel model is not built yet). Always throws.
+ *
+ * @example
+ * ```ts
+ * await refuseGpuTensorParallel(4); // E_NO_DEVICE: Expected 4 visible CUDA devices for --tp 4 but received 1 …
+ * ```
+ */
+export async function refuseGpuTensorParallel(tp: number): Promise<never> {
+  const n = await countCudaDevices();
+  if (n < tp)
+    throw new QError(
+      'E_NO_DEVICE',
+      `Expected ${tp} visible CUDA devices for --tp ${tp} but received ${n} (tensor parallelism on GPUs needs one GPU per rank)`,
+    );
+  throw new QError(
+    'E_UNSUPPORTED',
+    `Expected a GPU tensor-parallel model for --device cuda --tp ${tp} but this build of @q/runtime has none (run --tp on the CPU)`,
+  );
+}
+
+/**
  * Splits a loaded (float or quantized) model over `tp` ranks and starts them: on the CPU every rank is a shard
  * `Model` in this process reading only its slices; the ranks check at start that they agree on `--tp`, the model
  * files and the all-reduce. `tp = 1` runs the same path with one rank.
@@ -387,18 +409,7 @@ export async function createTensorParallelModel(
   const backend = options.backend ?? 'cpu';
   const tp = options.tp;
   const config = 'source' in source ? source.config : source.config;
-  if (backend === 'cuda') {
-    const n = await countCudaDevices();
-    if (n < tp)
-      throw new QError(
-        'E_NO_DEVICE',
-        `Expected ${tp} visible CUDA devices for --tp ${tp} but received ${n} (tensor parallelism on GPUs needs one GPU per rank)`,
-      );
-    throw new QError(
-      'E_UNSUPPORTED',
-      `Expected a GPU tensor-parallel model for --device cuda --tp ${tp} but this build of @q/runtime has none (run --tp on the CPU)`,
-    );
-  }
+  if (backend === 'cuda') await refuseGpuTensorParallel(tp);
   const allreduce = parseAllReduce(options.allreduce ?? 'auto', backend);
   shardPlan(config, tp, 0);
   const group = new LocalTpGroup(tp, {
