@@ -12,7 +12,10 @@ mkdir -p node_modules/@q
 for p in packages/*/; do
   n=$(basename "$p")
   if [ -d ".device/dist/$n" ]; then rm -rf "$p/dist" && cp -r ".device/dist/$n" "$p/dist"; fi
-  if [ -d ".device/native/$n" ]; then rm -rf "$p/build" && cp -r ".device/native/$n" "$p/build"; fi
+  if [ -d ".device/native/$n" ]; then
+    rm -rf "$p/build" && mkdir -p "$p/build"
+    for f in ".device/native/$n"/*.node.xz; do xz -dc "$f" > "$p/build/$(basename "$f" .xz)"; done
+  fi
   ln -sfn "../../packages/$n" "node_modules/@q/$n"
 done
 # NVLink multicast stays off on shared multi-GPU hosts.

@@ -32,6 +32,10 @@ for p in packages/*/; do
   n=$(basename "$p")
   [ -d "$p/dist" ] && mkdir -p .device/dist && cp -r "$p/dist" ".device/dist/$n"
   # Only the built .node files travel (object files would eat the transfer budget).
-  if ls "$p"/build/*.node >/dev/null 2>&1; then mkdir -p ".device/native/$n" && cp "$p"/build/*.node ".device/native/$n/"; fi
+  # xz-compressed: the addon's cubins are most of what travels.
+  if ls "$p"/build/*.node >/dev/null 2>&1; then
+    mkdir -p ".device/native/$n"
+    for f in "$p"/build/*.node; do xz -T2 -c "$f" > ".device/native/$n/$(basename "$f").xz"; done
+  fi
 done
 du -sh .device
