@@ -202,6 +202,19 @@ describe('launch + process group', () => {
       ]),
     ).toBe(5);
     expect(await launchCli(['--nproc=2', '--', process.execPath, '-e', '0'])).toBe(0);
+    // torchrun's spellings: the ranks see the address and port given.
+    expect(
+      await launchCli([
+        '--nproc=1',
+        '--master-addr',
+        '127.0.0.1',
+        '--master-port=0',
+        '--',
+        process.execPath,
+        '-e',
+        'process.exit(process.env.MASTER_ADDR === "127.0.0.1" && Number(process.env.MASTER_PORT) > 0 ? 0 : 3)',
+      ]),
+    ).toBe(0);
     await expect(launchCli(['--nproc', '2'])).rejects.toThrow(/Expected a command after --/);
     await expect(launchCli(['--bogus', '1', '--', 'x'])).rejects.toThrow(QError);
   });

@@ -150,9 +150,16 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   return failure === undefined ? { ok, exitCodes, signals } : { ok, exitCodes, signals, failure };
 }
 
+/** torchrun's spellings, accepted as aliases. */
+const LAUNCH_ALIASES: Readonly<Record<string, string>> = {
+  '--master-addr': '--addr',
+  '--master-port': '--port',
+};
+
 /**
  * The `q launch` command line: `--nproc N [--addr A] [--port P] [--timeout-ms T] [--nnodes K --node-rank I] --
- * <command...>`. Returns the exit status for the process (0 when every rank succeeded).
+ * <command...>` (`--master-addr` and `--master-port` are aliases of `--addr` and `--port`). Returns the exit
+ * status for the process (0 when every rank succeeded).
  *
  * @example
  * ```ts
@@ -166,16 +173,25 @@ export async function launchCli(argv: readonly string[]): Promise<number> {
   const values: Record<string, string> = {};
   for (let i = 0; i < flags.length; i++) {
     const f = flags[i] as string;
-    const known = ['--nproc', '--addr', '--port', '--timeout-ms', '--nnodes', '--node-rank'];
-    const [k, inline] = f.includes('=') ? (f.split('=', 2) as [string, string]) : [f, undefined];
-    if (!known.includes(k))
+    const known = [
+      '--nproc',
+      '--addr',
+      '--port',
+      '--timeout-ms',
+      '--nnodes',
+      '--node-rank',
+      ...Object.keys(LAUNCH_ALIASES),
+    ];
+    const [given, inline] = f.includes('=') ? (f.split('=', 2) as [string, string]) : [f, undefined];
+    const k = LAUNCH_ALIASES[given] ?? given;
+    if (!known.includes(given))
       throw new QError(
         'E_ARG',
         `Expected one of ${known.join(', ')} or -- for q launch but received ${JSON.stringify(f)}`,
       );
     const v = inline ?? flags[++i];
     if (v === undefined)
-      throw new QError('E_ARG', `Expected a value after ${k} for q launch but received nothing`);
+      throw new QError('E_ARG', `Expected a value after ${given} for q launch but received nothing`);
     values[k] = v;
   }
   const num = (k: string) => (values[k] === undefined ? undefined : Number(values[k]));

@@ -14,9 +14,16 @@ import { formatDemoTable, runDemo } from './demo';
 import { resolveDevice } from './device';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
+import type { CausalLM } from './lm';
 import { type LoadedModel, loadModel } from './load';
 import { quantizeLoaded, resolveRecipe, saveQuantizedModel } from './quantize';
 import { addBenchServeCommand, addServeCommand } from './server/cli';
+import {
+  ALLREDUCE_OPTIONS,
+  createTensorParallelModel,
+  parseAllReduce,
+  refuseGpuTensorParallel,
+} from './tp/index';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -77,6 +84,48 @@ function readText(file: string, option: string): string {
       `Expected a readable text file for ${option} but received ${JSON.stringify(file)}: ${(e as Error).message}`,
     );
   }
+}
+
+/** What `--tp` and `--allreduce` give a command that runs a model. */
+interface RunOptions {
+  device?: string;
+  tp: number;
+  allreduce: string;
+}
+
+/** `--tp` and `--allreduce` on a command that runs a model. */
+function runOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--tp <n>',
+      'tensor-parallel ranks on this node (cpu: ranks in this process; cuda: one GPU per rank)',
+      int('--tp', 1),
+      1,
+    )
+    .addOption(
+      new Option(
+        '--allreduce <mode>',
+        'all-reduce after o_proj and down_proj with --tp > 1: auto, exact (cpu), nccl, fused (cuda), int8, int4',
+      )
+        .choices(ALLREDUCE_OPTIONS as string[])
+        .default('auto'),
+    );
+}
+
+/** With --tp > 1 and no --device, the ranks run on the CPU (tensor parallelism on GPUs is asked for by name). */
+function tpDevice(o: RunOptions): string | undefined {
+  return o.tp > 1 && o.device === undefined ? 'cpu' : o.device;
+}
+
+/** The model of a loaded checkpoint on one rank, or split over `--tp` ranks. */
+function runnable(m: LoadedModel, on: CreateModelOptions, o: RunOptions): Promise<CausalLM> {
+  const backend = on.backend ?? 'cpu';
+  if (o.tp === 1) return createModel(m, on);
+  return createTensorParallelModel(m, {
+    tp: o.tp,
+    allreduce: parseAllReduce(o.allreduce, backend),
+    backend,
+  });
 }
 
 function load(p: string, opts: { tokenizer?: string }): LoadedModel {
@@ -276,8 +325,7 @@ Examples:
       },
     );
 
-  program
-    .command('eval')
+  runOptions(program.command('eval'))
     .description(
       'perplexity over a text file; with --compare, top-1 agreement and KL against a reference model',
     )
@@ -294,7 +342,7 @@ Examples:
     .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
-      '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json',
+      '\nExamples:\n  q eval stories260K.bin --text valid.txt\n  q eval stories260K-fptq --text valid.txt --compare stories260K.bin --json\n  q eval stories260K.bin --text valid.txt --tp 2 --allreduce int8 --compare stories260K.bin',
     )
     .action(
       async (
@@ -306,12 +354,12 @@ Examples:
           tokenizer?: string;
           json?: boolean;
           device?: string;
-        },
+        } & RunOptions,
       ) => {
         const m = load(modelPath, o);
         const ref = o.compare !== undefined ? load(o.compare, o) : undefined;
-        const on = modelOptions(o.device, io);
-        const model = await createModel(m, on);
+        const on = modelOptions(tpDevice(o), io);
+        const model = await runnable(m, on, o);
         const refModel = ref ? await createModel(ref, on) : undefined;
         const ids = m.tokenizer.encode(readText(o.text, '--text'));
         const ctx = o.ctx ?? Math.min(256, m.config.maxSeqLen);
@@ -343,8 +391,7 @@ Examples:
       },
     );
 
-  program
-    .command('generate')
+  runOptions(program.command('generate'))
     .description('continue a prompt, streaming tokens to stdout (greedy by default)')
     .argument('<model>', 'model or quantized directory')
     .requiredOption('--prompt <text>', 'prompt text')
@@ -368,7 +415,7 @@ Examples:
     .option('--device <d>', 'cpu, cuda or cuda:N (default: cuda where a usable GPU exists, else cpu)')
     .addHelpText(
       'after',
-      '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
+      '\nExamples:\n  q generate stories260K.bin --prompt "Once upon a time"\n  q generate stories260K.bin --prompt "Once upon a time" --tp 4 --allreduce exact\n  q generate stories260K-fptq --prompt "Lily" --temperature 0.8 --top-p 0.9 --seed 7',
     )
     .action(
       async (
@@ -383,10 +430,10 @@ Examples:
           chat?: boolean;
           tokenizer?: string;
           device?: string;
-        },
+        } & RunOptions,
       ) => {
         const m = load(modelPath, o);
-        const on = modelOptions(o.device, io);
+        const on = modelOptions(tpDevice(o), io);
         let text = o.prompt;
         if (o.chat) {
           if (!m.tokenizer.applyChatTemplate)
@@ -404,7 +451,7 @@ Examples:
           );
         const dec = m.tokenizer.streamDecoder();
         for (const id of promptIds) dec.push(id);
-        const model = await createModel(m, on);
+        const model = await runnable(m, on, o);
         io.stdout(o.prompt);
         try {
           for await (const id of generate(model, promptIds, {
@@ -565,8 +612,7 @@ Examples:
         io.stderr(`results written to ${json}\n`);
       }
     });
-  bench
-    .command('e2e')
+  runOptions(bench.command('e2e'))
     .description(
       'the whole model: q W4A8 and q bf16 side by side (TTFT, decode tok/s, request tok/s, memory)',
     )
@@ -590,7 +636,13 @@ Examples:
         json?: string | true;
         breakdown?: boolean;
         device: number;
+        tp: number;
+        allreduce: string;
       }) => {
+        if (o.tp > 1) {
+          parseAllReduce(o.allreduce, 'cuda');
+          await refuseGpuTensorParallel(o.tp);
+        }
         const r = await benchE2e({
           shape: o.shape,
           device: o.device,
@@ -614,9 +666,12 @@ Examples:
     .allowExcessArguments()
     .argument(
       '[args...]',
-      '--nproc N [--addr A] [--port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
+      '--nproc N [--addr|--master-addr A] [--port|--master-port P] [--timeout-ms T] [--nnodes K --node-rank I] -- <command...>',
     )
-    .addHelpText('after', '\nExamples:\n  q launch --nproc 2 -- node serve.mjs');
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q launch --nproc 2 -- node serve.mjs\n  Q_JOB_TOKEN=<shared> q launch --nproc 4 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 -- node serve.mjs',
+    );
   return program;
 }
 

@@ -93,6 +93,7 @@ export {
   type FloatTensorSource,
   layerLinearNames,
   Model,
+  type ShardCollectives,
 } from './model';
 export { tensorNames } from './names';
 export {
@@ -132,4 +133,5 @@ export {
   type TextTokenizer,
   wrapLlama2cTokenizer,
 } from './tokenizer';
+export * from './tp/index';
 export { type ModelWeights, safetensorsWeights, type TensorInfo, weightsFromMap } from './weights';

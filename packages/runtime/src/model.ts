@@ -34,6 +34,22 @@ export interface FloatTensorSource {
 
 export { layerLinearNames };
 
+/**
+ * How one tensor-parallel shard of the model meets the other ranks (built by `tp/`): the shard holds the vocabulary
+ * rows [start, end) of the embeddings and the classifier, and its o_proj and down_proj outputs are partial sums.
+ */
+export interface ShardCollectives {
+  /** Vocabulary rows [start, end) of this shard's embedding and classifier. */
+  readonly vocab: { readonly start: number; readonly end: number };
+  /**
+   * Sums a partial [rows, hidden] activation over the ranks: the vocab-parallel embedding (`model.embed_tokens`)
+   * and the outputs of the row-parallel o_proj and down_proj (their layer names).
+   */
+  allReduce(name: string, x: Float32Array, rows: number): Promise<Float32Array>;
+  /** The ranks' logits [rows, vocab slice] side by side: [rows, vocab], the same on every rank. */
+  gatherLogits(logits: Float32Array, rows: number): Promise<Float32Array>;
+}
+
 const DEFAULT_PAGE_SIZE = 16;
 
 function positiveInt(v: number, name: string): number {
@@ -208,16 +224,19 @@ export class Model implements CausalLM {
   private readonly rope: RopeTable;
   private disposed = false;
 
+  /** `shard`: this model is one tensor-parallel rank (its config holds the rank's heads and MLP width). */
   constructor(
     readonly config: ModelConfig,
     readonly weights: CpuModelWeights,
+    readonly shard?: ShardCollectives,
   ) {
     checkConfig(config);
     const d = config.hiddenSize;
-    if (weights.embed.length !== config.vocabSize * d)
+    const vocabRows = vocabRowsOf(config, shard);
+    if (weights.embed.length !== vocabRows * d)
       throw new QError(
         'E_SHAPE',
-        `Expected ${config.vocabSize * d} values ([${config.vocabSize}, ${d}]) for model.embed_tokens.weight but received ${weights.embed.length}`,
+        `Expected ${vocabRows * d} values ([${vocabRows}, ${d}]) for model.embed_tokens.weight but received ${weights.embed.length}`,
       );
     if (weights.layers.length !== config.numLayers)
       throw new QError(
@@ -260,7 +279,8 @@ export class Model implements CausalLM {
 
   /**
    * Builds a model from two getters: `vector(name, shape)` for float tensors (embeddings, norms) and
-   * `linear(name, n, k, hasBias)` for projections. Used for float and quantized models alike.
+   * `linear(name, n, k, hasBias)` for projections. Used for float and quantized models alike; with `shard`, the
+   * embeddings and the classifier are asked for the shard's vocabulary rows only.
    *
    * @example
    * ```ts
@@ -271,6 +291,7 @@ export class Model implements CausalLM {
     config: ModelConfig,
     vector: (name: string, shape: readonly number[]) => Float32Array,
     linearOrNone: (name: string, n: number, k: number, hasBias: boolean) => Linear | undefined,
+    shard?: ShardCollectives,
   ): Model {
     checkConfig(config);
     const linear = (name: string, n: number, k: number, hasBias: boolean): Linear => {
@@ -303,15 +324,16 @@ export class Model implements CausalLM {
         down,
       });
     }
-    const embed = vector('model.embed_tokens.weight', [config.vocabSize, d]);
+    const vocabRows = vocabRowsOf(config, shard);
+    const embed = vector('model.embed_tokens.weight', [vocabRows, d]);
     // A quantized model may carry its own classifier even when the float one was tied to the embeddings.
-    const head = linearOrNone('lm_head', config.vocabSize, d, false);
+    const head = linearOrNone('lm_head', vocabRows, d, false);
     const lmHead =
       head ??
       (config.tieWordEmbeddings
-        ? new FloatLinear('lm_head', embed, config.vocabSize, d)
-        : linear('lm_head', config.vocabSize, d, false));
-    return new Model(config, { embed, layers, finalNorm: vector('model.norm.weight', [d]), lmHead });
+        ? new FloatLinear('lm_head', embed, vocabRows, d)
+        : linear('lm_head', vocabRows, d, false));
+    return new Model(config, { embed, layers, finalNorm: vector('model.norm.weight', [d]), lmHead }, shard);
   }
 
   /** Every linear layer by name, in forward order (lm_head last).
@@ -399,15 +421,22 @@ export class Model implements CausalLM {
       tokens.map((t) => t.length),
     );
     const past = slots.map((s) => pool.lens[s] as number);
-    const x = new Float32Array(rows * d);
+    const shard = this.shard;
+    const v0 = shard?.vocab.start ?? 0;
+    const v1 = shard?.vocab.end ?? cfg.vocabSize;
+    let x: Float32Array = new Float32Array(rows * d);
     {
       let r = 0;
       for (const seq of tokens)
         for (const t of seq) {
-          x.set(this.weights.embed.subarray(t * d, (t + 1) * d), r * d);
+          // A shard holds only its vocabulary rows; the other ranks fill the rest and the sum assembles x.
+          if (t >= v0 && t < v1) x.set(this.weights.embed.subarray((t - v0) * d, (t - v0 + 1) * d), r * d);
           r++;
         }
     }
+    if (shard !== undefined) x = await shard.allReduce('model.embed_tokens', x, rows);
+    const reduce = (l: Linear, y: Float32Array): Promise<Float32Array> | Float32Array =>
+      shard === undefined ? y : shard.allReduce(l.name, y, rows);
     const run = (l: Linear, input: Float32Array): Promise<Float32Array> => {
       hook?.(l.name, input, rows, l.inFeatures);
       return l.forward(input, rows);
@@ -463,7 +492,7 @@ export class Model implements CausalLM {
           }
         }
       }
-      const o = await run(L.o, att);
+      const o = await reduce(L.o, await run(L.o, att));
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (o[i] as number);
       const h2 = rmsNorm(x, rows, d, L.postNorm, cfg.rmsNormEps);
       const g = await run(L.gate, h2);
@@ -472,7 +501,7 @@ export class Model implements CausalLM {
         const a = g[i] as number;
         g[i] = (a / (1 + Math.exp(-a))) * (u[i] as number);
       }
-      const dn = await run(L.down, g);
+      const dn = await reduce(L.down, await run(L.down, g));
       for (let i = 0; i < x.length; i++) x[i] = (x[i] as number) + (dn[i] as number);
     }
     slots.forEach((s, b) => {
@@ -491,7 +520,8 @@ export class Model implements CausalLM {
     }
     const hf = rmsNorm(hin, hrows, d, this.weights.finalNorm, cfg.rmsNormEps);
     hook?.(this.weights.lmHead.name, hf, hrows, d);
-    return this.weights.lmHead.forward(hf, hrows);
+    const logits = await this.weights.lmHead.forward(hf, hrows);
+    return shard === undefined ? logits : shard.gatherLogits(logits, hrows);
   }
 
   /** Marks the model disposed (its memory is garbage-collected; the CPU worker threads are shared). */
@@ -503,6 +533,23 @@ export class Model implements CausalLM {
     if (this.disposed)
       throw new QError('E_DISPOSED', 'Expected a live model but received one that was disposed');
   }
+}
+
+function vocabRowsOf(config: ModelConfig, shard: ShardCollectives | undefined): number {
+  if (shard === undefined) return config.vocabSize;
+  const { start, end } = shard.vocab;
+  if (
+    !Number.isInteger(start) ||
+    !Number.isInteger(end) ||
+    start < 0 ||
+    end <= start ||
+    end > config.vocabSize
+  )
+    throw new QError(
+      'E_ARG',
+      `Expected a vocabulary range within [0, ${config.vocabSize}) for shard.vocab but received [${start}, ${end})`,
+    );
+  return end - start;
 }
 
 function checkConfig(c: ModelConfig): void {
