@@ -187,6 +187,9 @@ export function layerFile(i: number): string {
   return `layers-${String(i).padStart(5, '0')}.safetensors`;
 }
 
+/** A quantized checkpoint being written file by file (`createQuantizedWriter`). */
+export type QuantizedWriter = ReturnType<typeof createQuantizedWriter>;
+
 /**
  * Writes a quantized checkpoint file by file, for streaming quantizers that never hold the whole model:
  * files go to a temporary sibling directory that `commit()` renames into place (after writing the manifest).
