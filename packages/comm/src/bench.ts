@@ -2,11 +2,10 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { QError } from '@q/core';
+import { QError, shippedScript } from '@q/core';
 import { BENCH_COLUMNS, BENCH_EXTRA_COLUMNS, type BenchRow } from './bench-columns';
 import { launch } from './launch';
 import { loadCommNative } from './native';
-import { shippedScript } from './worker-url';
 
 /** Options of `benchAllreduce`. */
 export interface BenchAllreduceOptions {
@@ -132,7 +131,7 @@ export async function benchAllreduce(opts: BenchAllreduceOptions = {}): Promise<
   }
   const gpu = b.deviceInfo(0).name;
   const worlds = (opts.worlds ?? [2, 4]).filter((w) => w <= count.count);
-  const script = fileURLToPath(await shippedScript('bench-rank'));
+  const script = fileURLToPath(await shippedScript('bench-rank', import.meta.url));
   const results: BenchAllreduceResult[] = [];
   for (const world of worlds) {
     const dir = mkdtempSync(join(tmpdir(), 'q-bench-'));

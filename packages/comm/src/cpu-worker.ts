@@ -3,7 +3,7 @@
  * `inputs` one per rank, `send` [W ranks][W chunk records], `reduced` [W chunk records], `out` [W ranks][n f32], `sync` Int32Array
  * ([0] arrivals, [1] generation, [2] abort flag).
  */
-import { parentPort, workerData } from 'node:worker_threads';
+import { QError, serveJobs } from '@q/core';
 import {
   decodeChunk,
   encodeChunk,
@@ -40,9 +40,11 @@ function barrier(sync: Int32Array, world: number, deadline: number, what: string
     return;
   }
   while (Atomics.load(sync, 1) === gen) {
-    if (Atomics.load(sync, 2) !== 0) throw new Error(`aborted at ${what}: another rank failed`);
+    if (Atomics.load(sync, 2) !== 0)
+      throw new QError('E_COMM', `Expected every rank to reach ${what} but another rank failed`);
     const left = deadline - Date.now();
-    if (left <= 0) throw new Error(`timed out at ${what}`);
+    if (left <= 0)
+      throw new QError('E_TIMEOUT', `Expected every rank to reach ${what} in time but timed out`);
     Atomics.wait(sync, 1, gen, Math.min(left, 50));
   }
 }
@@ -84,13 +86,12 @@ function run(d: CpuWorkerData): void {
     // The dtype rounding happens here so the main thread only copies bits.
     const rounded = fromF32(out, d.dtype);
     if (d.dtype !== 'f32') new Uint16Array(d.out, d.rank * d.n * 4, d.n).set(rounded as Uint16Array);
-    parentPort?.postMessage({ ok: true });
   } catch (e) {
+    // The other ranks stop waiting at their next barrier.
     Atomics.store(sync, 2, 1);
     Atomics.notify(sync, 1);
-    const err = e as Error & { code?: string };
-    parentPort?.postMessage({ ok: false, message: err.message, code: err.code });
+    throw e;
   }
 }
 
-if (parentPort && workerData) run(workerData as CpuWorkerData);
+serveJobs(run);

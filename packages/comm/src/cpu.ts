@@ -1,5 +1,4 @@
-import { Worker } from 'node:worker_threads';
-import { QError } from '@q/core';
+import { QError, shippedScript, WorkerPool } from '@q/core';
 import type { CpuWorkerData } from './cpu-worker';
 import {
   commonLength,
@@ -9,7 +8,6 @@ import {
   schemeOf,
   wireLayout,
 } from './reference';
-import { shippedScript } from './worker-url';
 
 /** Options of the CPU multi-rank all-reduce. */
 export interface CpuAllReduceOptions extends QuantOptions {
@@ -54,46 +52,41 @@ export async function allReduceThreads(
   const out = new SharedArrayBuffer(world * n * 4);
   const sync = new SharedArrayBuffer(12);
   const timeoutMs = opts.timeoutMs ?? 60_000;
-  const url = await shippedScript('cpu-worker');
-  const results = await Promise.allSettled(
-    inputs.map(
-      (_, rank) =>
-        new Promise<void>((resolve, reject) => {
-          const data: CpuWorkerData = {
-            rank,
-            world,
-            n,
-            dtype,
-            opts: { wire, symmetric: opts.symmetric ?? false, groupSize: opts.groupSize ?? 128 },
-            inputs: shared,
-            send,
-            reduced,
-            out,
-            sync,
-            timeoutMs,
-          };
-          const w = new Worker(url, { workerData: data });
-          w.once('message', (m: { ok: boolean; message?: string; code?: string }) => {
-            if (m.ok) resolve();
-            else
-              reject(
-                new QError(
-                  m.code === 'E_NUMERIC' || m.code === 'E_ARG'
-                    ? m.code
-                    : m.message?.startsWith('timed out')
-                      ? 'E_TIMEOUT'
-                      : 'E_COMM',
-                  `rank ${rank}: ${m.message}`,
-                ),
-              );
-          });
-          w.once('error', (e) =>
-            reject(new QError('E_COMM', `rank ${rank} worker failed: ${e.message}`, { cause: e })),
-          );
-          w.once('exit', () => resolve());
-        }),
-    ),
-  );
+  const pool = new WorkerPool(await shippedScript('cpu-worker', import.meta.url), {
+    size: world,
+    name: 'the CPU all-reduce',
+  });
+  let results: PromiseSettledResult<void>[];
+  try {
+    results = await Promise.allSettled(
+      inputs.map((_, rank) => {
+        const data: CpuWorkerData = {
+          rank,
+          world,
+          n,
+          dtype,
+          opts: { wire, symmetric: opts.symmetric ?? false, groupSize: opts.groupSize ?? 128 },
+          inputs: shared,
+          send,
+          reduced,
+          out,
+          sync,
+          timeoutMs,
+        };
+        // Every rank needs its own thread: they meet at barriers.
+        return pool.run<CpuWorkerData, void>(data, { worker: rank }).catch((e: unknown) => {
+          const err = e as QError;
+          const code =
+            err.code === 'E_NUMERIC' || err.code === 'E_ARG' || err.code === 'E_TIMEOUT'
+              ? err.code
+              : 'E_COMM';
+          throw new QError(code, `rank ${rank}: ${err.message}`, { cause: e });
+        });
+      }),
+    );
+  } finally {
+    await pool.terminate();
+  }
   const failed = results.find((r) => r.status === 'rejected');
   if (failed) throw (failed as PromiseRejectedResult).reason;
   return inputs.map((_, r) =>

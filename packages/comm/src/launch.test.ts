@@ -1,9 +1,8 @@
 import { fileURLToPath } from 'node:url';
-import { QError } from '@q/core';
+import { bundleSource, QError } from '@q/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { launch, launchCli } from './launch';
 import { newJobToken, StoreClient, StoreServer } from './store';
-import { bundleSource } from './worker-url';
 
 const fixture = fileURLToPath(new URL('../test/fixtures/rank.mjs', import.meta.url));
 let lib = '';

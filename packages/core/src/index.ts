@@ -10,3 +10,4 @@ export * from './random';
 export * from './safetensors';
 export * from './tensor';
 export * from './tokenizer-llama2c';
+export * from './workers';
