@@ -134,7 +134,11 @@ describe('quantized checkpoint', () => {
     const m = readManifest(dir);
     // Independent check: the recorded hashes are those of the files on disk.
     for (const f of m.files)
-      expect(m.sha256?.[f]).toBe(createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex'));
+      expect(m.sha256?.[f]).toBe(
+        createHash('sha256')
+          .update(fs.readFileSync(path.join(dir, f)))
+          .digest('hex'),
+      );
     expect(verifyQuantized(dir)).toEqual({ hashed: true, files: m.files });
     const victim = layerFile(1);
     const file = path.join(dir, victim);

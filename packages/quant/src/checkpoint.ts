@@ -276,7 +276,12 @@ export function createQuantizedWriter(
           tensorsIndex[n] = file;
         }
         const h = createHash('sha256');
-        writeSafetensors(path.join(tempDir, file), all, { format: 'q-quant' }, { onBytes: (b) => h.update(b) });
+        writeSafetensors(
+          path.join(tempDir, file),
+          all,
+          { format: 'q-quant' },
+          { onBytes: (b) => h.update(b) },
+        );
         hashes[file] = h.digest('hex');
         files.push(file);
       } catch (e) {
@@ -545,8 +550,7 @@ export function loadQuantized(
   options: LoadQuantizedOptions = {},
 ): { model: QuantizedModel; manifest: Manifest; verified: VerifyResult } {
   const manifest = readManifest(dir);
-  const verified =
-    options.verify === false ? { hashed: false, files: [] } : verifyQuantized(dir, manifest);
+  const verified = options.verify === false ? { hashed: false, files: [] } : verifyQuantized(dir, manifest);
   const readers = new Map<string, SafetensorsReader>();
   const reader = (file: string): SafetensorsReader => {
     if (!manifest.files.includes(file)) throw fmt(dir, `file ${file} is not listed in ${MANIFEST_FILE}`);

@@ -5,8 +5,10 @@ import {
   type ModelConfig,
   QError,
   type Shape,
+  shippedScript,
   Tensor,
   viewBytes,
+  WorkerPool,
 } from '@q/core';
 import { layerFile, OTHER_FILE, type QuantizedWriter } from './checkpoint';
 import { foldLae, laeScales } from './lae';
@@ -112,6 +114,44 @@ export function jobResultTransferList(r: QuantizeJobResult): ArrayBuffer[] {
   const out = new Set<ArrayBuffer>();
   for (const a of arrays) if (a.buffer instanceof ArrayBuffer) out.add(a.buffer);
   return [...out];
+}
+
+/** Worker threads that run quantization jobs, and how to stop them. */
+export interface QuantizeJobPool {
+  readonly size: number;
+  readonly run: QuantizeJobRunner;
+  terminate(): Promise<void>;
+}
+
+/**
+ * Starts `size` worker threads (the `@q/core` `WorkerPool`) that run `runQuantizeJob`. A job's float bytes move
+ * to the worker without a copy when they own their buffer.
+ *
+ * @example
+ * ```ts
+ * const pool = await quantizeJobPool(2);
+ * try { await quantizeStream(st, config, 'fptq', writer, { run: pool.run, concurrency: 4, ... }); }
+ * finally { await pool.terminate(); }
+ * ```
+ */
+export async function quantizeJobPool(size: number): Promise<QuantizeJobPool> {
+  const pool = new WorkerPool(await shippedScript('quantize-worker', import.meta.url), {
+    size,
+    name: 'the quantization workers',
+  });
+  return {
+    size,
+    run: (job) => {
+      const b = job.bytes;
+      const owns =
+        b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer;
+      return pool.run<QuantizeJob, QuantizeJobResult>(
+        job,
+        owns ? { transfer: [b.buffer as ArrayBuffer] } : {},
+      );
+    },
+    terminate: () => pool.terminate(),
+  };
 }
 
 /** Progress of a streaming quantization. */
@@ -261,7 +301,10 @@ export async function quantizeStream(
       for (const name of options.tensorNames) {
         if (consumed.has(name) || !name.startsWith(`model.layers.${written}.`)) continue;
         if (!source.has(name))
-          throw new QError('E_FORMAT', `Expected a tensor named ${name} in the source model but received none`);
+          throw new QError(
+            'E_FORMAT',
+            `Expected a tensor named ${name} in the source model but received none`,
+          );
         floatFor(name);
       }
       writer.writeFile(
