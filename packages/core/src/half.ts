@@ -153,7 +153,10 @@ function f16ToF32Table(): Float32Array {
  * f16ArrayToF32(Uint16Array.of(0x3c00)) // Float32Array [1]
  * ```
  */
-export function f16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+export function f16ArrayToF32(
+  src: Uint16Array,
+  out: Float32Array = new Float32Array(src.length),
+): Float32Array {
   const t = f16ToF32Table();
   const n = src.length;
   // Copying whole words through a Uint32Array view keeps NaN payloads bit for bit (a float store may not).
@@ -185,7 +188,10 @@ export function f32ArrayToBf16(src: ArrayLike<number>, out = new Uint16Array(src
  * bf16ArrayToF32(Uint16Array.of(0x3f80)) // Float32Array [1]
  * ```
  */
-export function bf16ArrayToF32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+export function bf16ArrayToF32(
+  src: Uint16Array,
+  out: Float32Array = new Float32Array(src.length),
+): Float32Array {
   const n = src.length;
   const o = new Uint32Array(out.buffer, out.byteOffset, n);
   for (let i = 0; i < n; i++) o[i] = (src[i] as number) << 16;

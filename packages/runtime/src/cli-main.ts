@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import * as comm from '@q/comm';
 import { isQError, QError, writeFileAtomic } from '@q/core';
 import * as kernels from '@q/kernels-cuda';
-import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
+import { formatPlanTable, RECIPE_NAMES, RECIPES, verifyQuantized } from '@q/quant';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
@@ -11,7 +11,8 @@ import { formatDemoTable, runDemo } from './demo';
 import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import { type LoadedModel, loadModel } from './load';
-import { quantizeLoaded, saveQuantizedModel } from './quantize';
+import { isQuantizedDir } from './quantize';
+import { quantizeFile } from './quantize-file';
 
 /** Where the CLI writes; injectable so tests run it in-process. */
 export interface CliIO {
@@ -27,18 +28,18 @@ const processIO: CliIO = {
   isTTY: Boolean(process.stderr.isTTY),
 };
 
-type Progress = { update(label: string, done: number, total: number): void; stop(): void };
+type Progress = { update(label: string, done: number, total: number, unit?: string): void; stop(): void };
 
 function progress(io: CliIO, enabled: boolean): Progress {
   if (!enabled || !io.isTTY) return { update() {}, stop() {} };
   let bar: SingleBar | null = null;
   let current = '';
   return {
-    update(label, done, total) {
+    update(label, done, total, unit = 'tokens') {
       if (label !== current) {
         bar?.stop();
         bar = new SingleBar({
-          format: `${label.padEnd(12)} [{bar}] {percentage}% | {value}/{total} tokens | {duration}s`,
+          format: `${label.padEnd(12)} [{bar}] {percentage}% | {value}/{total} ${unit} | {duration}s`,
           stream: process.stderr,
           hideCursor: true,
           clearOnComplete: false,
@@ -145,8 +146,14 @@ Examples:
       'llama2.c tokenizer (default: tokenizer.bin or tok*.bin beside the checkpoint)',
     )
     .option('--json', 'print one JSON object')
-    .addHelpText('after', '\nExamples:\n  q inspect stories260K.bin\n  q inspect models/Qwen2.5-0.5B --json')
-    .action((modelPath: string, o: { tokenizer?: string; json?: boolean }) => {
+    .option('--verify', 'check every file of a quantized directory against the sha256 in its manifest')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q inspect stories260K.bin\n  q inspect models/Qwen2.5-0.5B --json\n  q inspect stories260K-fptq --verify',
+    )
+    .action((modelPath: string, o: { tokenizer?: string; json?: boolean; verify?: boolean }) => {
+      // Before loading, so a changed file is named rather than failing somewhere inside the load.
+      const verified = o.verify && isQuantizedDir(modelPath) ? verifyQuantized(modelPath) : undefined;
       const m = load(modelPath, o);
       const plans = 'plans' in m ? (m as { plans: Parameters<typeof formatPlanTable>[0] }).plans : undefined;
       const info = {
@@ -161,6 +168,7 @@ Examples:
           chatTemplate: Boolean(m.tokenizer.applyChatTemplate),
         },
         ...(plans ? { plan: plans } : {}),
+        ...(verified ? { verified } : {}),
       };
       if (o.json) return json(info);
       const c = m.config;
@@ -178,6 +186,13 @@ Examples:
       out(
         `  tokenizer ${m.tokenizer.kind}, ${m.tokenizer.vocabSize} tokens${m.tokenizer.applyChatTemplate ? ', chat template' : ''}`,
       );
+      if (verified)
+        out(
+          verified.hashed
+            ? `  sha256 verified for ${verified.files.length} files`
+            : '  not verified: the manifest predates file hashes (written by an older q quantize)',
+        );
+      else if (o.verify) out('  nothing to verify: not a quantized directory');
       if (plans) {
         out();
         out(formatPlanTable(plans));
@@ -203,7 +218,7 @@ Examples:
       `\nRecipes:\n${RECIPE_NAMES.map((r) => `  ${r.padEnd(12)} ${RECIPES[r].description}`).join('\n')}\n\nExamples:\n  q quantize stories260K.bin --recipe fptq --calib calib.txt\n  q quantize models/Llama-3.2-1B --recipe w4a8-rtn --group-size 64 --out llama-w4a8 --force`,
     )
     .action(
-      (
+      async (
         modelPath: string,
         o: {
           recipe: string;
@@ -218,42 +233,47 @@ Examples:
       ) => {
         const t0 = performance.now();
         const outDir = o.out ?? defaultOut(modelPath, o.recipe);
-        if (
-          fs.existsSync(outDir) &&
-          !o.force &&
-          (!fs.statSync(outDir).isDirectory() || fs.readdirSync(outDir).length > 0)
-        )
-          throw new QError(
-            'E_EXISTS',
-            `Expected an empty or new directory for --out but received ${path.resolve(outDir)}, which is not empty (pass --force to replace it)`,
-          );
-        const m = load(modelPath, o);
         const bar = progress(io, !o.json);
-        const run = quantizeLoaded(m, {
-          recipe: o.recipe,
-          ...(o.groupSize !== undefined ? { groupSize: o.groupSize } : {}),
-          ...(o.calib !== undefined ? { calibText: readText(o.calib, '--calib') } : {}),
-          ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
-          onProgress: (stage, d, t) => bar.update(stage, d, t),
-        });
-        bar.stop();
-        const dir = saveQuantizedModel(run, m, outDir, { force: Boolean(o.force) });
+        // The CLI owns the signals: Ctrl-C aborts, and quantizeFile leaves nothing under --out.
+        const ac = new AbortController();
+        const stop = (): void =>
+          ac.abort(new QError('E_IO', 'Expected to finish quantizing but received an interrupt'));
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+        let run: Awaited<ReturnType<typeof quantizeFile>>;
+        try {
+          run = await quantizeFile(modelPath, outDir, {
+            recipe: o.recipe,
+            ...(o.groupSize !== undefined ? { groupSize: o.groupSize } : {}),
+            ...(o.calib !== undefined ? { calibText: readText(o.calib, '--calib') } : {}),
+            ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
+            ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}),
+            force: Boolean(o.force),
+            signal: ac.signal,
+            onProgress: (p) =>
+              bar.update(p.stage, p.done, p.total, p.stage === 'quantize' ? 'layers' : 'tokens'),
+          });
+        } finally {
+          bar.stop();
+          process.removeListener('SIGINT', stop);
+          process.removeListener('SIGTERM', stop);
+        }
         const seconds = (performance.now() - t0) / 1000;
         if (o.json)
           return json({
-            out: dir,
+            out: run.out,
             recipe: run.recipe,
             calibTokens: run.calibTokens,
             seconds,
-            plan: run.quantized.plans,
+            plan: run.plans,
             report: run.report,
           });
-        out(`quantized ${m.path} with ${run.recipe.name} (${run.recipe.description})`);
+        out(`quantized ${path.resolve(modelPath)} with ${run.recipe.name} (${run.recipe.description})`);
         if (run.calibTokens) out(`calibrated on ${run.calibTokens} tokens`);
         out();
-        out(formatPlanTable(run.quantized.plans, run.report));
+        out(formatPlanTable(run.plans, run.report));
         out();
-        out(`wrote ${dir} (${seconds.toFixed(1)} s)`);
+        out(`wrote ${run.out} (${seconds.toFixed(1)} s)`);
       },
     );
 

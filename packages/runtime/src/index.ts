@@ -15,6 +15,7 @@ export { Rng } from '@q/core';
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
 export { matmulT, threadCount } from './cpu/gemm';
+export { LazyLinear } from './cpu/lazy-linear';
 export { FloatLinear, type Linear, QuantLinear, type QuantLinearForward } from './cpu/linear';
 export { shutdownThreads } from './cpu/threads';
 export {
@@ -60,6 +61,12 @@ export {
   type SaveQuantizedOptions,
   saveQuantizedModel,
 } from './quantize';
+export {
+  type QuantizeFileOptions,
+  type QuantizeFileProgress,
+  type QuantizeFileResult,
+  quantizeFile,
+} from './quantize-file';
 export {
   type ChatMessage,
   findLlama2cTokenizer,
