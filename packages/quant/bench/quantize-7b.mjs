@@ -72,7 +72,10 @@ const vocab = { '<unk>': 0, '<s>': 1, '</s>': 2 };
 const counts = new Map();
 if (fs.existsSync(textFile)) {
   // The same split as the Whitespace pre-tokenizer below, after lowercasing.
-  for (const w of fs.readFileSync(textFile, 'utf8').toLowerCase().match(/\w+|[^\w\s]+/g) ?? [])
+  for (const w of fs
+    .readFileSync(textFile, 'utf8')
+    .toLowerCase()
+    .match(/\w+|[^\w\s]+/g) ?? [])
     counts.set(w, (counts.get(w) ?? 0) + 1);
 }
 let size = Object.keys(vocab).length;
@@ -99,7 +102,11 @@ function layerSpecs(i) {
   const p = `model.layers.${i}`;
   return [
     { name: `${p}.input_layernorm.weight`, dtype: 'f16', shape: [H] },
-    ...['q', 'k', 'v', 'o'].map((x) => ({ name: `${p}.self_attn.${x}_proj.weight`, dtype: 'f16', shape: [H, H] })),
+    ...['q', 'k', 'v', 'o'].map((x) => ({
+      name: `${p}.self_attn.${x}_proj.weight`,
+      dtype: 'f16',
+      shape: [H, H],
+    })),
     { name: `${p}.post_attention_layernorm.weight`, dtype: 'f16', shape: [H] },
     { name: `${p}.mlp.gate_proj.weight`, dtype: 'f16', shape: [F, H] },
     { name: `${p}.mlp.up_proj.weight`, dtype: 'f16', shape: [F, H] },

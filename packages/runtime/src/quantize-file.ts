@@ -129,15 +129,26 @@ function openSource(input: string, tokenizerFile: string | undefined): OpenedSou
   return { config: ckpt.config, tokenizer, tensors, hashFiles: [input], close: () => {} };
 }
 
-/** A tensor's stored values widened to f32 on shared memory, so the matmul workers read them in place. */
-function readShared(src: FloatTensorSource, name: string): Float32Array {
+function sharedF32(n: number): Float32Array {
+  return typeof SharedArrayBuffer === 'undefined'
+    ? new Float32Array(n)
+    : new Float32Array(new SharedArrayBuffer(n * 4));
+}
+
+/**
+ * A tensor's stored values widened to f32 on shared memory, so the matmul workers read them in place; into
+ * `scratch` when given (a buffer reused by every lazy linear, so calibration allocates one layer's weights once
+ * instead of once per layer run, and memory does not wait for the garbage collector).
+ */
+function readShared(src: FloatTensorSource, name: string, scratch?: { buf: Float32Array }): Float32Array {
   const { dtype } = src.info(name);
   const bytes = src.readBytes(name);
   const n = bytes.byteLength / (dtype === 'f32' ? 4 : 2);
-  const out =
-    typeof SharedArrayBuffer === 'undefined'
-      ? new Float32Array(n)
-      : new Float32Array(new SharedArrayBuffer(n * 4));
+  let out: Float32Array;
+  if (scratch) {
+    if (scratch.buf.length < n) scratch.buf = sharedF32(n);
+    out = scratch.buf.subarray(0, n);
+  } else out = sharedF32(n);
   if (dtype === 'f32') out.set(viewBytes('f32', bytes));
   else if (dtype === 'f16') f16ArrayToF32(viewBytes('f16', bytes), out);
   else if (dtype === 'bf16') bf16ArrayToF32(viewBytes('bf16', bytes), out);
@@ -160,6 +171,7 @@ function lazyModel(config: ModelConfig, src: FloatTensorSource): Model {
         `Expected shape [${shape.join(', ')}] for ${name} but received [${got.join(', ')}]`,
       );
   };
+  const scratch = { buf: sharedF32(0) };
   return Model.fromGetters(
     config,
     (name, shape) => {
@@ -172,7 +184,7 @@ function lazyModel(config: ModelConfig, src: FloatTensorSource): Model {
       shapeOf(wName, [n, k]);
       const bName = `${name}.bias`;
       const bias = withBias || src.has(bName) ? readShared(src, bName) : null;
-      return new LazyLinear(name, n, k, () => readShared(src, wName), bias);
+      return new LazyLinear(name, n, k, () => readShared(src, wName, scratch), bias);
     },
   );
 }

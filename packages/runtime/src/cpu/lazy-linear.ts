@@ -4,7 +4,7 @@ import type { Linear } from './linear';
 
 /**
  * A float linear layer whose weights are read when it runs and dropped afterwards: `load()` returns W [out, in]
- * as f32 (best on shared memory, so the matmul's worker threads read it in place). A model built from these
+ * as f32 (best on shared memory, so the matmul's worker threads read it in place; it may reuse one buffer across calls). A model built from these
  * holds no linear weights between layers, so a forward pass over a checkpoint larger than memory (calibration)
  * needs about one layer's weights at a time.
  *
