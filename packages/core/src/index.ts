@@ -5,6 +5,7 @@ export * from './errors';
 export * from './half';
 export * from './hf-config';
 export * from './int4';
+export * from './llama-layout';
 export * from './llama2c';
 export * from './random';
 export * from './safetensors';

@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import { AtomicFile, ioError, readFullySync } from './atomic';
 import type { ModelConfig } from './config';
 import { describeValue, QError } from './errors';
+import { type LlamaProjection, llamaLinearName, llamaNormNames } from './llama-layout';
 import { Tensor } from './tensor';
 
 /**
@@ -40,11 +41,18 @@ interface Entry {
   shape: number[];
 }
 
-const layerName = (i: number, rest: string): string => `model.layers.${i}.${rest}`;
-
-function perLayer(d: Dims, rest: string, shape: number[]): Entry[] {
+/** One tensor per layer, named by the Llama layout: a projection's weight or a norm's. */
+function perLayer(d: Dims, what: LlamaProjection | 'input' | 'post', shape: number[]): Entry[] {
   const out: Entry[] = [];
-  for (let i = 0; i < d.layers; i++) out.push({ name: layerName(i, rest), shape });
+  for (let i = 0; i < d.layers; i++) {
+    const base =
+      what === 'input'
+        ? llamaNormNames(i).input
+        : what === 'post'
+          ? llamaNormNames(i).post
+          : llamaLinearName(i, what);
+    out.push({ name: `${base}.weight`, shape });
+  }
   return out;
 }
 
@@ -55,15 +63,15 @@ function kvDim(d: Dims): number {
 function layout(d: Dims, format: Llama2cFormat): Entry[] {
   const kv = kvDim(d);
   const headSize = d.dim / d.heads;
-  const q = perLayer(d, 'self_attn.q_proj.weight', [d.dim, d.dim]);
-  const k = perLayer(d, 'self_attn.k_proj.weight', [kv, d.dim]);
-  const v = perLayer(d, 'self_attn.v_proj.weight', [kv, d.dim]);
-  const o = perLayer(d, 'self_attn.o_proj.weight', [d.dim, d.dim]);
-  const gate = perLayer(d, 'mlp.gate_proj.weight', [d.hidden, d.dim]);
-  const down = perLayer(d, 'mlp.down_proj.weight', [d.dim, d.hidden]);
-  const up = perLayer(d, 'mlp.up_proj.weight', [d.hidden, d.dim]);
-  const attNorm = perLayer(d, 'input_layernorm.weight', [d.dim]);
-  const ffnNorm = perLayer(d, 'post_attention_layernorm.weight', [d.dim]);
+  const q = perLayer(d, 'q_proj', [d.dim, d.dim]);
+  const k = perLayer(d, 'k_proj', [kv, d.dim]);
+  const v = perLayer(d, 'v_proj', [kv, d.dim]);
+  const o = perLayer(d, 'o_proj', [d.dim, d.dim]);
+  const gate = perLayer(d, 'gate_proj', [d.hidden, d.dim]);
+  const down = perLayer(d, 'down_proj', [d.dim, d.hidden]);
+  const up = perLayer(d, 'up_proj', [d.hidden, d.dim]);
+  const attNorm = perLayer(d, 'input', [d.dim]);
+  const ffnNorm = perLayer(d, 'post', [d.dim]);
   const embed: Entry = { name: 'model.embed_tokens.weight', shape: [d.vocab, d.dim] };
   const norm: Entry = { name: 'model.norm.weight', shape: [d.dim] };
   const head: Entry[] = d.shared ? [] : [{ name: 'lm_head.weight', shape: [d.vocab, d.dim] }];

@@ -15,7 +15,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createSafetensorsWriter, f32ToF16Bits, Rng } from '@q/core';
+import { createSafetensorsWriter, f32ToF16Bits, llamaTensors, Rng } from '@q/core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -98,32 +98,28 @@ const tokenizer = {
 fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
 
 /** Tensors per shard: embeddings and the first third of the layers, the middle third, the rest and the head. */
-function layerSpecs(i) {
-  const p = `model.layers.${i}`;
-  return [
-    { name: `${p}.input_layernorm.weight`, dtype: 'f16', shape: [H] },
-    ...['q', 'k', 'v', 'o'].map((x) => ({
-      name: `${p}.self_attn.${x}_proj.weight`,
-      dtype: 'f16',
-      shape: [H, H],
-    })),
-    { name: `${p}.post_attention_layernorm.weight`, dtype: 'f16', shape: [H] },
-    { name: `${p}.mlp.gate_proj.weight`, dtype: 'f16', shape: [F, H] },
-    { name: `${p}.mlp.up_proj.weight`, dtype: 'f16', shape: [F, H] },
-    { name: `${p}.mlp.down_proj.weight`, dtype: 'f16', shape: [H, F] },
-  ];
-}
-const cuts = [0, Math.ceil(layers / 3), Math.ceil((2 * layers) / 3), layers];
-const shards = [0, 1, 2].map((s) => {
-  const specs = [];
-  if (s === 0) specs.push({ name: 'model.embed_tokens.weight', dtype: 'f16', shape: [V, H] });
-  for (let i = cuts[s]; i < cuts[s + 1]; i++) specs.push(...layerSpecs(i));
-  if (s === 2) {
-    specs.push({ name: 'model.norm.weight', dtype: 'f16', shape: [H] });
-    specs.push({ name: 'lm_head.weight', dtype: 'f16', shape: [V, H] });
-  }
-  return { file: `model-0000${s + 1}-of-00003.safetensors`, specs };
+const layout = llamaTensors({
+  hiddenSize: H,
+  intermediateSize: F,
+  numLayers: layers,
+  numHeads: 32,
+  numKvHeads: 32,
+  headDim: 128,
+  vocabSize: V,
+  tieWordEmbeddings: false,
+  attentionBias: false,
 });
+const cuts = [0, Math.ceil(layers / 3), Math.ceil((2 * layers) / 3), layers];
+const shards = [0, 1, 2].map((s) => ({
+  file: `model-0000${s + 1}-of-00003.safetensors`,
+  specs: layout
+    .filter((t) =>
+      t.layer === undefined
+        ? (s === 0) === (t.name === 'model.embed_tokens.weight') && (s === 0 || s === 2)
+        : t.layer >= cuts[s] && t.layer < cuts[s + 1],
+    )
+    .map((t) => ({ name: t.name, dtype: 'f16', shape: [...t.shape] })),
+}));
 
 const rng = new Rng(7);
 const pool = new Uint16Array(1 << 22);

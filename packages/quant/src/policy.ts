@@ -1,4 +1,4 @@
-import { describeValue, type ModelConfig, QError } from '@q/core';
+import { describeValue, type LinearGroup, linearGroups, type ModelConfig, QError } from '@q/core';
 import { staticScaleFromRange } from './activation';
 import { DEFAULT_LAE_MIN_SCALE, laeScales } from './lae';
 import type { ActivationObserver } from './observer';
@@ -10,36 +10,7 @@ import type { ActQuantMode, LayerPlan } from './types';
  * LAE then per-tensor static; otherwise per-token dynamic.
  */
 
-/** Linear layers that read the same input, and the norm in front of them (if any). */
-export interface LinearGroup {
-  /** Full names without `.weight`, e.g. `model.layers.0.self_attn.q_proj`. */
-  readonly members: readonly string[];
-  /** The norm whose gain LAE folds into (tensor name without `.weight`), or undefined (o_proj, down_proj). */
-  readonly norm?: string;
-}
-
-/**
- * The linear layers of a Llama-family model, grouped by shared input, in execution order.
- *
- * @example
- * ```ts
- * linearGroups(config)[0] // { members: ['model.layers.0.self_attn.q_proj', '...k_proj', '...v_proj'], norm: 'model.layers.0.input_layernorm' }
- * ```
- */
-export function linearGroups(config: ModelConfig): LinearGroup[] {
-  const out: LinearGroup[] = [];
-  for (let i = 0; i < config.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    out.push({
-      members: [`${p}.self_attn.q_proj`, `${p}.self_attn.k_proj`, `${p}.self_attn.v_proj`],
-      norm: `${p}.input_layernorm`,
-    });
-    out.push({ members: [`${p}.self_attn.o_proj`] });
-    out.push({ members: [`${p}.mlp.gate_proj`, `${p}.mlp.up_proj`], norm: `${p}.post_attention_layernorm` });
-    out.push({ members: [`${p}.mlp.down_proj`] });
-  }
-  return out;
-}
+export { type LinearGroup, linearGroups };
 
 /** How activations are quantized across the model. */
 export type ActPolicy = 'fptq' | 'dynamic' | 'static' | 'none';

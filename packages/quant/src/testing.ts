@@ -1,4 +1,4 @@
-import { type ModelConfig, Rng, Tensor } from '@q/core';
+import { llamaTensors, type ModelConfig, Rng, Tensor } from '@q/core';
 
 /**
  * Deterministic test fixtures: a seeded PRNG, Gaussian samples and a tiny Llama-shaped model.
@@ -55,9 +55,6 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
 /** Random f32 weights under HF names for `config`. */
 export function tinyWeights(config: ModelConfig, seed = 1): Map<string, Tensor<'f32'>> {
   const w = new Map<string, Tensor<'f32'>>();
-  const h = config.hiddenSize;
-  const f = config.intermediateSize;
-  const kv = config.numKvHeads * config.headDim;
   let s = seed;
   const mat = (name: string, n: number, k: number): void => {
     w.set(name, new Tensor('f32', [n, k], randn(n * k, s++, 1 / Math.sqrt(k))));
@@ -67,26 +64,11 @@ export function tinyWeights(config: ModelConfig, seed = 1): Map<string, Tensor<'
     for (let i = 0; i < n; i++) v[i] = 1 + (v[i] as number);
     w.set(name, new Tensor('f32', [n], v));
   };
-  mat('model.embed_tokens.weight', config.vocabSize, h);
-  for (let i = 0; i < config.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    vec(`${p}.input_layernorm.weight`, h);
-    mat(`${p}.self_attn.q_proj.weight`, h, h);
-    mat(`${p}.self_attn.k_proj.weight`, kv, h);
-    mat(`${p}.self_attn.v_proj.weight`, kv, h);
-    if (config.attentionBias) {
-      for (const x of ['q', 'k', 'v']) {
-        const n = x === 'q' ? h : kv;
-        w.set(`${p}.self_attn.${x}_proj.bias`, new Tensor('f32', [n], randn(n, s++, 0.1)));
-      }
-    }
-    mat(`${p}.self_attn.o_proj.weight`, h, h);
-    vec(`${p}.post_attention_layernorm.weight`, h);
-    mat(`${p}.mlp.gate_proj.weight`, f, h);
-    mat(`${p}.mlp.up_proj.weight`, f, h);
-    mat(`${p}.mlp.down_proj.weight`, h, f);
+  for (const t of llamaTensors(config)) {
+    const [n, k] = t.shape as [number, number];
+    if (t.role === 'norm') vec(t.name, n);
+    else if (t.role === 'bias') w.set(t.name, new Tensor('f32', [n], randn(n, s++, 0.1)));
+    else mat(t.name, n, k);
   }
-  vec('model.norm.weight', h);
-  if (!config.tieWordEmbeddings) mat('lm_head.weight', config.vocabSize, h);
   return w;
 }

@@ -1,5 +1,4 @@
-import { Llama2cTokenizer, type ModelConfig, Rng, Tensor } from '@q/core';
-import { tensorNames } from './names';
+import { Llama2cTokenizer, llamaTensors, type ModelConfig, Rng, Tensor } from '@q/core';
 import { type TextTokenizer, wrapLlama2cTokenizer } from './tokenizer';
 
 /** Knobs of the synthetic demo model; the defaults are what `q demo` runs. */
@@ -174,19 +173,7 @@ export function buildDemoModel(options: DemoModelOptions = {}): DemoModel {
   for (const c of outliers) isOutlier[c] = 1;
   const weights = new Map<string, Tensor<'f32'>>();
   const shapes = new Map<string, number[]>();
-  const qd = config.numHeads * config.headDim;
-  const kvd = config.numKvHeads * config.headDim;
-  for (const name of tensorNames(config)) {
-    let shape: number[];
-    if (name === 'model.embed_tokens.weight' || name === 'lm_head.weight') shape = [config.vocabSize, d];
-    else if (name.endsWith('norm.weight')) shape = [d];
-    else if (name.includes('q_proj')) shape = [qd, d];
-    else if (name.includes('k_proj') || name.includes('v_proj')) shape = [kvd, d];
-    else if (name.includes('o_proj')) shape = [d, qd];
-    else if (name.includes('gate_proj') || name.includes('up_proj')) shape = [ff, d];
-    else shape = [d, ff];
-    shapes.set(name, shape);
-  }
+  for (const t of llamaTensors(config, { includeTiedHead: true })) shapes.set(t.name, [...t.shape]);
   for (const [name, shape] of shapes) {
     const t = new Tensor('f32', shape);
     const w = t.data;

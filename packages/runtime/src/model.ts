@@ -1,4 +1,4 @@
-import { type ModelConfig, QError } from '@q/core';
+import { layerLinearNames, layerLinears, llamaNormNames, type ModelConfig, QError } from '@q/core';
 import { FloatLinear, type Linear } from './cpu/linear';
 import { RopeTable, rmsNorm, ropeInvFreq, softmaxInPlace } from './cpu/ops';
 
@@ -28,25 +28,7 @@ export interface ModelWeights {
   readonly lmHead: Linear;
 }
 
-/** Names of the seven projections of decoder layer i, in forward order.
- *
- * @example
- * ```ts
- * layerLinearNames(0)[6]; // 'model.layers.0.mlp.down_proj'
- * ```
- */
-export function layerLinearNames(i: number): string[] {
-  const p = `model.layers.${i}`;
-  return [
-    `${p}.self_attn.q_proj`,
-    `${p}.self_attn.k_proj`,
-    `${p}.self_attn.v_proj`,
-    `${p}.self_attn.o_proj`,
-    `${p}.mlp.gate_proj`,
-    `${p}.mlp.up_proj`,
-    `${p}.mlp.down_proj`,
-  ];
-}
+export { layerLinearNames };
 
 /**
  * Key/value cache for a batch of sequences: per layer, [batch, capacity, kvHeads·headDim] for keys and values,
@@ -189,31 +171,22 @@ export class Model {
       return l;
     };
     const d = config.hiddenSize;
-    const qd = config.numHeads * config.headDim;
-    const kvd = config.numKvHeads * config.headDim;
-    const ff = config.intermediateSize;
     const layers: LayerWeights[] = [];
     for (let i = 0; i < config.numLayers; i++) {
-      const [q, k, v, o, gate, up, down] = layerLinearNames(i) as [
-        string,
-        string,
-        string,
-        string,
-        string,
-        string,
-        string,
-      ];
-      const p = `model.layers.${i}`;
+      const [q, k, v, o, gate, up, down] = layerLinears(config, i).map((l) =>
+        linear(l.name, l.n, l.k, l.bias),
+      ) as [Linear, Linear, Linear, Linear, Linear, Linear, Linear];
+      const norms = llamaNormNames(i);
       layers.push({
-        inputNorm: vector(`${p}.input_layernorm.weight`, [d]),
-        postNorm: vector(`${p}.post_attention_layernorm.weight`, [d]),
-        q: linear(q, qd, d, config.attentionBias),
-        k: linear(k, kvd, d, config.attentionBias),
-        v: linear(v, kvd, d, config.attentionBias),
-        o: linear(o, d, qd, false),
-        gate: linear(gate, ff, d, false),
-        up: linear(up, ff, d, false),
-        down: linear(down, d, ff, false),
+        inputNorm: vector(`${norms.input}.weight`, [d]),
+        postNorm: vector(`${norms.post}.weight`, [d]),
+        q,
+        k,
+        v,
+        o,
+        gate,
+        up,
+        down,
       });
     }
     const embed = vector('model.embed_tokens.weight', [config.vocabSize, d]);

@@ -1,6 +1,8 @@
-import type { ModelConfig } from '@q/core';
+import { llamaTensorNames, type ModelConfig } from '@q/core';
 
-/** Every tensor name a config needs, Hugging Face convention, in a stable order.
+/** Every tensor name a config can read, Hugging Face convention, in a stable order (`lm_head.weight` included
+ * even when tied, since a file may carry it): `llamaTensorNames` of `@q/core` under the name this package has
+ * always exported.
  *
  * @example
  * ```ts
@@ -8,17 +10,5 @@ import type { ModelConfig } from '@q/core';
  * ```
  */
 export function tensorNames(c: ModelConfig): string[] {
-  const out = ['model.embed_tokens.weight'];
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    out.push(`${p}.input_layernorm.weight`);
-    for (const n of ['q_proj', 'k_proj', 'v_proj']) {
-      out.push(`${p}.self_attn.${n}.weight`);
-      if (c.attentionBias) out.push(`${p}.self_attn.${n}.bias`);
-    }
-    out.push(`${p}.self_attn.o_proj.weight`, `${p}.post_attention_layernorm.weight`);
-    for (const n of ['gate_proj', 'up_proj', 'down_proj']) out.push(`${p}.mlp.${n}.weight`);
-  }
-  out.push('model.norm.weight', 'lm_head.weight');
-  return out;
+  return llamaTensorNames(c, { includeTiedHead: true });
 }

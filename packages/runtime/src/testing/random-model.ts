@@ -1,5 +1,5 @@
 // Test-only: random small Llama-family weights under Hugging Face names, from a seeded PRNG.
-import { type ModelConfig, Rng, Tensor } from '@q/core';
+import { llamaTensors, type ModelConfig, Rng, Tensor } from '@q/core';
 
 export function smallConfig(over: Partial<ModelConfig> = {}): ModelConfig {
   return {
@@ -26,30 +26,7 @@ export function smallConfig(over: Partial<ModelConfig> = {}): ModelConfig {
 
 /** Shapes of every tensor a config needs, in a stable order. */
 export function tensorShapes(c: ModelConfig): [string, number[]][] {
-  const d = c.hiddenSize;
-  const qd = c.numHeads * c.headDim;
-  const kvd = c.numKvHeads * c.headDim;
-  const out: [string, number[]][] = [['model.embed_tokens.weight', [c.vocabSize, d]]];
-  for (let i = 0; i < c.numLayers; i++) {
-    const p = `model.layers.${i}`;
-    out.push([`${p}.input_layernorm.weight`, [d]]);
-    out.push([`${p}.self_attn.q_proj.weight`, [qd, d]]);
-    out.push([`${p}.self_attn.k_proj.weight`, [kvd, d]]);
-    out.push([`${p}.self_attn.v_proj.weight`, [kvd, d]]);
-    if (c.attentionBias) {
-      out.push([`${p}.self_attn.q_proj.bias`, [qd]]);
-      out.push([`${p}.self_attn.k_proj.bias`, [kvd]]);
-      out.push([`${p}.self_attn.v_proj.bias`, [kvd]]);
-    }
-    out.push([`${p}.self_attn.o_proj.weight`, [d, qd]]);
-    out.push([`${p}.post_attention_layernorm.weight`, [d]]);
-    out.push([`${p}.mlp.gate_proj.weight`, [c.intermediateSize, d]]);
-    out.push([`${p}.mlp.up_proj.weight`, [c.intermediateSize, d]]);
-    out.push([`${p}.mlp.down_proj.weight`, [d, c.intermediateSize]]);
-  }
-  out.push(['model.norm.weight', [d]]);
-  if (!c.tieWordEmbeddings) out.push(['lm_head.weight', [c.vocabSize, d]]);
-  return out;
+  return llamaTensors(c).map((t) => [t.name, [...t.shape]]);
 }
 
 export function randomWeights(c: ModelConfig, seed: number): Map<string, Tensor<'f32'>> {
