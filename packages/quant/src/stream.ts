@@ -2,6 +2,7 @@ import {
   bf16ArrayToF32,
   type DType,
   f16ArrayToF32,
+  llamaTensorNames,
   type ModelConfig,
   QError,
   type Shape,
@@ -167,8 +168,11 @@ export interface StreamProgress {
 export interface QuantizeStreamOptions {
   /** Calibration statistics (recipes with static scales or LAE need them). */
   readonly stats?: ActivationObserver;
-  /** Every float tensor of the model (Hugging Face names); those not quantized are copied as stored. */
-  readonly tensorNames: readonly string[];
+  /**
+   * Every float tensor of the model (Hugging Face names); those not quantized are copied as stored. Default:
+   * the Llama layout of `config` (`llamaTensorNames`).
+   */
+  readonly tensorNames?: readonly string[];
   /** Runs the jobs; default: on this thread. */
   readonly run?: QuantizeJobRunner;
   /** Jobs in flight at once (default 1); each holds one layer's float weights. */
@@ -198,7 +202,7 @@ function readFloat(source: FloatTensorSource, name: string): Tensor<'f32' | 'f16
  * ```ts
  * const st = openSafetensorsModel('Llama-2-7b');
  * const w = createQuantizedWriter('out', { config, recipe: getRecipe('w4a8-rtn') });
- * const { report } = await quantizeStream(st, config, 'w4a8-rtn', w, { tensorNames: tensorNames(config) });
+ * const { report } = await quantizeStream(st, config, 'w4a8-rtn', w);
  * w.commit(report);
  * ```
  */
@@ -207,10 +211,11 @@ export async function quantizeStream(
   config: ModelConfig,
   recipe: Recipe | RecipeName,
   writer: QuantizedWriter,
-  options: QuantizeStreamOptions,
+  options: QuantizeStreamOptions = {},
 ): Promise<{ plans: LayerPlan[]; report: LayerReport[] }> {
   const r = typeof recipe === 'string' ? getRecipe(recipe) : recipe;
   const { stats, signal } = options;
+  const names = options.tensorNames ?? llamaTensorNames(config);
   const run = options.run ?? (async (job: QuantizeJob) => runQuantizeJob(job));
   const concurrency = Math.max(1, Math.floor(options.concurrency ?? 1));
   signal?.throwIfAborted();
@@ -298,7 +303,7 @@ export async function quantizeStream(
     while (written < layers.length) {
       const st = layers[written];
       if (!st || st.left > 0) break;
-      for (const name of options.tensorNames) {
+      for (const name of names) {
         if (consumed.has(name) || !name.startsWith(`model.layers.${written}.`)) continue;
         if (!source.has(name))
           throw new QError(
@@ -377,7 +382,7 @@ export async function quantizeStream(
       writeReady();
     }
     writeReady();
-    for (const name of options.tensorNames) {
+    for (const name of names) {
       if (consumed.has(name) || /^model\.layers\.\d+\./.test(name)) continue;
       if (source.has(name)) floatFor(name);
       else if (!(name === 'lm_head.weight' && config.tieWordEmbeddings))

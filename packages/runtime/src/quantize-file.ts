@@ -27,7 +27,6 @@ import { calibrate } from './calibrate';
 import { threadCount } from './cpu/gemm';
 import { LazyLinear } from './cpu/lazy-linear';
 import { Model } from './model';
-import { tensorNames } from './names';
 import { CARRIED_TOKENIZER, isQuantizedDir, needsCalibration, resolveRecipe } from './quantize';
 import { findLlama2cTokenizer, loadHfTokenizer, loadLlama2cTokenizer, type TextTokenizer } from './tokenizer';
 
@@ -274,7 +273,6 @@ export async function quantizeFile(
     let committed = false;
     try {
       const { plans, report } = await quantizeStream(src.tensors, src.config, recipe, writer, {
-        tensorNames: tensorNames(src.config),
         ...(stats ? { stats } : {}),
         ...(pool ? { run: pool.run, concurrency: 2 * pool.size } : {}),
         ...(signal ? { signal } : {}),
