@@ -246,17 +246,20 @@ export function createQuantizedWriter(
     done = true;
     fs.rmSync(tempDir, { recursive: true, force: true });
   };
+  const checkNewFile = (file: string): void => {
+    if (done)
+      throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
+    if (file in hashes || file === MANIFEST_FILE || path.basename(file) !== file) {
+      throw new QError(
+        'E_ARG',
+        `Expected a new plain file name for ${finalDir} but received ${describeValue(file)}`,
+      );
+    }
+  };
   return {
     tempDir,
     writeFile(file, linears, plans, tensors) {
-      if (done)
-        throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
-      if (file in hashes || file === MANIFEST_FILE || path.basename(file) !== file) {
-        throw new QError(
-          'E_ARG',
-          `Expected a new plain file name for ${finalDir} but received ${describeValue(file)}`,
-        );
-      }
+      checkNewFile(file);
       try {
         const all = new Map<string, Tensor>();
         linears.forEach((l, i) => {
@@ -290,14 +293,7 @@ export function createQuantizedWriter(
       }
     },
     writeExtra(file, bytes) {
-      if (done)
-        throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
-      if (file in hashes || file === MANIFEST_FILE || path.basename(file) !== file) {
-        throw new QError(
-          'E_ARG',
-          `Expected a new plain file name for ${finalDir} but received ${describeValue(file)}`,
-        );
-      }
+      checkNewFile(file);
       try {
         writeFileAtomic(path.join(tempDir, file), (write) => write(bytes));
         hashes[file] = createHash('sha256').update(bytes).digest('hex');
