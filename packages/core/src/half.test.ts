@@ -1,4 +1,12 @@
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '@q/core';
+import {
+  bf16ArrayToF32,
+  bf16BitsToF32,
+  f16ArrayToF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  Tensor,
+} from '@q/core';
 import { describe, expect, it } from 'vitest';
 
 // Independent reference: decode bit fields with float64 arithmetic, and step f32 values through their bits.
@@ -32,8 +40,24 @@ function refMagnitude(bits: number, expBits: number, mantBits: number): number {
 }
 
 const formats = [
-  { name: 'f16', expBits: 5, mantBits: 10, dec: f16BitsToF32, enc: f32ToF16Bits, maxFinite: 0x7bff },
-  { name: 'bf16', expBits: 8, mantBits: 7, dec: bf16BitsToF32, enc: f32ToBf16Bits, maxFinite: 0x7f7f },
+  {
+    name: 'f16',
+    expBits: 5,
+    mantBits: 10,
+    dec: f16BitsToF32,
+    enc: f32ToF16Bits,
+    decArray: f16ArrayToF32,
+    maxFinite: 0x7bff,
+  },
+  {
+    name: 'bf16',
+    expBits: 8,
+    mantBits: 7,
+    dec: bf16BitsToF32,
+    enc: f32ToBf16Bits,
+    decArray: bf16ArrayToF32,
+    maxFinite: 0x7f7f,
+  },
 ] as const;
 
 for (const fmt of formats) {
@@ -58,6 +82,28 @@ for (const fmt of formats) {
       }
       expect(checked).toBe(65536);
       expect(Object.is(fmt.dec(signBit), -0)).toBe(true);
+    });
+
+    it('widens all 65,536 patterns in bulk exactly as the reference decodes them', () => {
+      const all = new Uint16Array(65536).map((_, i) => i);
+      // A shuffled copy too, so the bulk path is not only checked on sorted input.
+      const shuffled = all.slice().reverse();
+      for (const src of [all, shuffled]) {
+        const got = fmt.decArray(src);
+        const viaTensor = new Tensor(fmt.name, [src.length], src).toFloat32();
+        for (let i = 0; i < src.length; i++) {
+          const h = src[i] as number;
+          const want = refDecode(h, fmt.expBits, fmt.mantBits);
+          for (const v of [got[i] as number, viaTensor[i] as number]) {
+            if (Number.isNaN(want) ? !Number.isNaN(v) : !Object.is(v, want))
+              throw new Error(`${fmt.name} bulk 0x${h.toString(16)}: expected ${want}, got ${v}`);
+          }
+        }
+      }
+      // A strided view goes element by element and agrees.
+      const t = new Tensor(fmt.name, [256, 256], all).transpose();
+      const tv = t.toFloat32();
+      expect(tv[1]).toBe(fmt.dec(256));
     });
 
     it('round-trips every non-NaN pattern through f32 and keeps NaN a NaN', () => {

@@ -436,6 +436,12 @@ function buildHeader(
   return { header, sizes };
 }
 
+/** Options of the safetensors writers. */
+export interface SafetensorsWriteOptions {
+  /** Sees every byte written, in file order (e.g. to hash a file while writing it, not by reading it back). */
+  readonly onBytes?: (bytes: Uint8Array) => void;
+}
+
 /**
  * Starts writing a safetensors file tensor by tensor, so files larger than memory can be written. The
  * file appears under `file` only after `close()`; any error (or `abort()`) removes the temporary file.
@@ -451,10 +457,22 @@ export function createSafetensorsWriter(
   file: string,
   specs: readonly SafetensorsTensorSpec[],
   metadata?: Record<string, string>,
+  options: SafetensorsWriteOptions = {},
 ): SafetensorsWriter {
   checkSpecs(specs);
   const { header, sizes } = buildHeader(specs, metadata);
-  const out = new AtomicFile(file);
+  const atomic = new AtomicFile(file);
+  const onBytes = options.onBytes;
+  const out = onBytes
+    ? {
+        write: (b: Uint8Array) => {
+          atomic.write(b);
+          onBytes(b);
+        },
+        commit: () => atomic.commit(),
+        abort: () => atomic.abort(),
+      }
+    : atomic;
   let next = 0;
   let failed = false;
   const guard = <T>(fn: () => T): T => {
@@ -557,12 +575,14 @@ export function writeSafetensors(
   file: string,
   tensors: TensorCollection,
   metadata?: Record<string, string>,
+  options: SafetensorsWriteOptions = {},
 ): void {
   const list = entriesOf(tensors);
   const w = createSafetensorsWriter(
     file,
     list.map(([n, t]) => specOf(n, t)),
     metadata,
+    options,
   );
   for (const [n, t] of list) w.write(n, t);
   w.close();

@@ -1,6 +1,13 @@
 import { allocStorage, assertDType, type DType, storageLength, type TypedArrayOf } from './dtype';
 import { describeValue, QError } from './errors';
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from './half';
+import {
+  bf16ArrayToF32,
+  bf16BitsToF32,
+  f16ArrayToF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+} from './half';
 import { getInt4 } from './int4';
 
 export type Shape = readonly number[];
@@ -291,9 +298,16 @@ export class Tensor<D extends DType = DType> {
   toFloat32(): Float32Array {
     const n = this.size;
     const out = new Float32Array(n);
-    if (this.dtype === 'f32' && this.isContiguous()) {
-      out.set((this.data as Float32Array).subarray(this.offset, this.offset + n));
-      return out;
+    if (this.isContiguous()) {
+      if (this.dtype === 'f32') {
+        out.set((this.data as Float32Array).subarray(this.offset, this.offset + n));
+        return out;
+      }
+      // Half-precision weights widen in bulk (a table or a shift per element), not through per-element getters.
+      if (this.dtype === 'f16' || this.dtype === 'bf16') {
+        const bits = (this.data as Uint16Array).subarray(this.offset, this.offset + n);
+        return this.dtype === 'f16' ? f16ArrayToF32(bits, out) : bf16ArrayToF32(bits, out);
+      }
     }
     for (let i = 0; i < n; i++) out[i] = this.getFlat(i);
     return out;
@@ -301,6 +315,7 @@ export class Tensor<D extends DType = DType> {
 
   /** A contiguous copy converted to another dtype (values rounded/clamped by plain assignment for ints). */
   to<E extends DType>(dtype: E): Tensor<E> {
+    if (dtype === 'f32') return new Tensor('f32', this.shape, this.toFloat32()) as unknown as Tensor<E>;
     const out = new Tensor(dtype, this.shape);
     const n = this.size;
     for (let i = 0; i < n; i++) out.setFlat(i, this.getFlat(i));

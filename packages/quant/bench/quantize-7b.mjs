@@ -1,42 +1,21 @@
-// Quantizes Llama-2-7B-shaped random fp16 weights with the `fptq` recipe, from a safetensors file to a
-// quantized checkpoint directory, layer by layer with worker threads. Prints weights/s and peak RSS and writes
-// bench-results/quantize-7b.json beside this package.
+// Generates a Llama-2-7B-shaped Hugging Face model directory with random fp16 weights, for measuring
+// `q quantize` on a model of real size: config.json, three safetensors shards with their index (13.5 GB at 32
+// layers), and a tokenizer.json with 32000 entries (a word-level vocabulary built from the TinyStories sample,
+// so calibration text tokenizes into real ids). The weights are N(0, 0.02) fp16 values; the norm gains are
+// 1 ± 0.05 with a few outlier channels, so `fptq` meets static, LAE and dynamic layers.
 //
-// Build first (this script and its workers import the package's dist):
-//   ./node_modules/.bin/turbo run build --filter=@q/quant
-// Run (from the repository root):
-//   node packages/quant/bench/quantize-7b.mjs [--layers 32] [--dir /tmp] [--workers 2] [--keep] [--no-hash]
-// --layers N shrinks the model (the full size is 32 layers, a 13.5 GB file); the source file is generated once
-// per size and reused while it exists (--keep keeps it afterwards). Statistics are synthetic per-channel max|X|
-// chosen so that every branch of the FPTQ policy (static, LAE + static, dynamic) occurs.
+// Build first (the script imports @q/core's dist), then generate and quantize (from the repository root):
+//   npx -y pnpm@10.34.8 build
+//   node packages/quant/bench/quantize-7b.mjs --dir /tmp/llama-7b-shape [--layers 32]
+//   /usr/bin/time -v node packages/runtime/dist/cli.js quantize /tmp/llama-7b-shape --recipe w4a8-rtn --out /tmp/llama-7b-w4a8-rtn
+//   /usr/bin/time -v node packages/runtime/dist/cli.js quantize /tmp/llama-7b-shape --recipe fptq \
+//     --calib ../shared/data/tinystories-valid-sample.txt --calib-tokens 128 --out /tmp/llama-7b-fptq
+//   rm -rf /tmp/llama-7b-shape /tmp/llama-7b-w4a8-rtn /tmp/llama-7b-fptq
+// The measured table is in packages/quant/README.md.
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
-import {
-  createSafetensorsWriter,
-  f16BitsToF32,
-  f32ToF16Bits,
-  llamaTensors,
-  openSafetensors,
-  Rng,
-  Tensor,
-} from '@q/core';
-import {
-  createObserver,
-  createQuantizedWriter,
-  describeSources,
-  foldLae,
-  formatPlanTable,
-  getRecipe,
-  groupMaxAbs,
-  laeScales,
-  layerFile,
-  linearGroups,
-  OTHER_FILE,
-  planGroup,
-} from '../dist/index.js';
+import { createSafetensorsWriter, f32ToF16Bits, llamaTensors, Rng } from '@q/core';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
@@ -44,259 +23,142 @@ const arg = (name, fallback) => {
   const i = args.indexOf(`--${name}`);
   return i >= 0 && args[i + 1] !== undefined ? args[i + 1] : fallback;
 };
-const flag = (name) => args.includes(`--${name}`);
 const layers = Number(arg('layers', '32'));
-const dir = arg('dir', os.tmpdir());
+const dir = arg('dir', '/tmp/llama-7b-shape');
+const textFile = arg('text', path.join(here, '../../../../shared/data/tinystories-valid-sample.txt'));
+if (!Number.isInteger(layers) || layers < 1) throw new Error(`Expected --layers >= 1 but received ${layers}`);
+if (fs.existsSync(dir) && fs.readdirSync(dir).length > 0)
+  throw new Error(`Expected an empty or new --dir but ${dir} holds files (remove it first)`);
 fs.mkdirSync(dir, { recursive: true });
-const workers = Number(arg('workers', String(Math.max(1, os.availableParallelism()))));
-const hash = !flag('no-hash');
 
-/** Llama-2-7B shapes. */
+const H = 4096;
+const F = 11008;
+const V = 32000;
+
+/** transformers' config.json of Llama-2-7b-hf (layers as asked). */
 const config = {
-  architecture: 'llama',
-  hiddenSize: 4096,
-  intermediateSize: 11008,
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: H,
+  intermediate_size: F,
+  num_hidden_layers: layers,
+  num_attention_heads: 32,
+  num_key_value_heads: 32,
+  vocab_size: V,
+  max_position_embeddings: 4096,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  rope_scaling: null,
+  tie_word_embeddings: false,
+  attention_bias: false,
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: 'silu',
+  torch_dtype: 'float16',
+};
+fs.writeFileSync(path.join(dir, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+
+// A word-level tokenizer over the sample's words, most frequent first, padded to exactly V entries.
+const special = (id, content) => ({
+  id,
+  content,
+  single_word: false,
+  lstrip: false,
+  rstrip: false,
+  normalized: false,
+  special: true,
+});
+const vocab = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+const counts = new Map();
+if (fs.existsSync(textFile)) {
+  // The same split as the Whitespace pre-tokenizer below, after lowercasing.
+  for (const w of fs
+    .readFileSync(textFile, 'utf8')
+    .toLowerCase()
+    .match(/\w+|[^\w\s]+/g) ?? [])
+    counts.set(w, (counts.get(w) ?? 0) + 1);
+}
+let size = Object.keys(vocab).length;
+for (const [w] of [...counts].sort((a, b) => b[1] - a[1])) {
+  if (size >= V) break;
+  if (!(w in vocab)) vocab[w] = size++;
+}
+for (let i = 0; size < V; i++) vocab[`<unused_${i}>`] = size++;
+const tokenizer = {
+  version: '1.0',
+  truncation: null,
+  padding: null,
+  added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
+  normalizer: { type: 'Lowercase' },
+  pre_tokenizer: { type: 'Whitespace' },
+  post_processor: null,
+  decoder: null,
+  model: { type: 'WordLevel', vocab, unk_token: '<unk>' },
+};
+fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tokenizer));
+
+/** Tensors per shard: embeddings and the first third of the layers, the middle third, the rest and the head. */
+const layout = llamaTensors({
+  hiddenSize: H,
+  intermediateSize: F,
   numLayers: layers,
   numHeads: 32,
   numKvHeads: 32,
   headDim: 128,
-  vocabSize: 32000,
-  maxSeqLen: 4096,
-  rmsNormEps: 1e-5,
-  ropeTheta: 10000,
-  ropeScaling: { type: 'none' },
-  ropeStyle: 'half',
+  vocabSize: V,
   tieWordEmbeddings: false,
   attentionBias: false,
-  bosTokenId: 1,
-  eosTokenIds: [2],
-};
-const H = config.hiddenSize;
-const F = config.intermediateSize;
+});
+const cuts = [0, Math.ceil(layers / 3), Math.ceil((2 * layers) / 3), layers];
+const shards = [0, 1, 2].map((s) => ({
+  file: `model-0000${s + 1}-of-00003.safetensors`,
+  specs: layout
+    .filter((t) =>
+      t.layer === undefined
+        ? (s === 0) === (t.name === 'model.embed_tokens.weight') && (s === 0 || s === 2)
+        : t.layer >= cuts[s] && t.layer < cuts[s + 1],
+    )
+    .map((t) => ({ name: t.name, dtype: 'f16', shape: [...t.shape] })),
+}));
 
-function specs() {
-  return llamaTensors(config).map((t) => ({ name: t.name, dtype: 'f16', shape: [...t.shape] }));
-}
+const rng = new Rng(7);
+const pool = new Uint16Array(1 << 22);
+for (let i = 0; i < pool.length; i++) pool[i] = f32ToF16Bits(rng.normal() * 0.02);
 
-/** A pool of N(0, 0.02) f16 values from the seeded Rng; tensors are filled from the pool at random offsets. */
-function generate(file) {
-  const rng = new Rng(0x9e3779b9);
-  const rnd = () => rng.next();
-  const pool = new Uint16Array(1 << 22);
-  for (let i = 0; i < pool.length; i++) {
-    const g = Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
-    pool[i] = f32ToF16Bits(g * 0.02);
-  }
-  const all = specs();
-  const w = createSafetensorsWriter(file, all, { format: 'pt' });
-  for (const s of all) {
+const t0 = performance.now();
+const weightMap = {};
+let total = 0;
+for (const { file, specs } of shards) {
+  const w = createSafetensorsWriter(path.join(dir, file), specs, { format: 'pt' });
+  for (const s of specs) {
     const count = s.shape.reduce((a, b) => a * b, 1);
     const out = new Uint16Array(count);
     if (s.shape.length === 1) {
-      for (let i = 0; i < count; i++) out[i] = f32ToF16Bits(1 + 0.1 * (rnd() - 0.5));
+      for (let i = 0; i < count; i++) out[i] = f32ToF16Bits(1 + 0.1 * (rng.next() - 0.5));
+      // Outlier channels in about a third of the norms: input ranges beyond v0 (LAE) or v1 (dynamic).
+      const u = rng.next();
+      if (u < 0.33) for (let j = 0; j < 4; j++) out[rng.int(count)] = f32ToF16Bits(u < 0.15 ? 40 : 400);
     } else {
+      // Blocks copied from random offsets of a pool of N(0, 0.02) values: random enough, and fast.
       for (let o = 0; o < count; o += 1 << 16) {
         const len = Math.min(1 << 16, count - o);
-        const src = Math.floor(rnd() * (pool.length - len));
+        const src = rng.int(pool.length - len);
         out.set(pool.subarray(src, src + len), o);
       }
     }
     w.write(s.name, new Uint8Array(out.buffer));
+    weightMap[s.name] = file;
+    total += count * 2;
   }
   w.close();
 }
-
-/** Synthetic calibration statistics: lognormal channels, with a per-group range that cycles through the bands. */
-function syntheticStats() {
-  const obs = createObserver();
-  const rng = new Rng(12345);
-  const rnd = () => rng.next();
-  const bands = [8, 60, 400];
-  // Group type t of layer i gets band (t + i) mod 3, so every group type meets every band across layers.
-  linearGroups(config).forEach((g, gi) => {
-    const k = g.members[0].endsWith('down_proj') ? F : H;
-    const m = new Float32Array(k);
-    for (let j = 0; j < k; j++) m[j] = Math.exp(rnd() * 2 - 1);
-    m[Math.floor(rnd() * k)] = bands[((gi % 4) + Math.floor(gi / 4)) % 3];
-    obs.setMaxAbs(g.members[0], m, 2048);
-  });
-  return obs;
-}
-
-function f16ToF32Tensor(reader, name) {
-  const t = reader.read(name);
-  const out = new Float32Array(t.size);
-  for (let i = 0; i < out.length; i++) out[i] = f16BitsToF32(t.data[i]);
-  return new Tensor('f32', t.shape, out);
-}
-
-const file = path.join(dir, `q-llama7b-shape-${layers}L.safetensors`);
-const outDir = path.join(dir, `q-llama7b-shape-${layers}L-fptq`);
-if (!fs.existsSync(file)) {
-  const t = performance.now();
-  generate(file);
-  console.log(
-    `generated ${file} (${(fs.statSync(file).size / 1e9).toFixed(2)} GB) in ${((performance.now() - t) / 1000).toFixed(1)} s`,
-  );
-}
-fs.rmSync(outDir, { recursive: true, force: true });
-
-const recipe = getRecipe('fptq');
-const stats = syntheticStats();
-const t0 = performance.now();
-const source = hash ? describeSources([file]) : [];
-const tHash = performance.now() - t0;
-const reader = openSafetensors(file);
-const writer = createQuantizedWriter(outDir, { config, recipe, source });
-
-// Scheduling: every linear layer is one task; each worker holds up to DEPTH tasks so it keeps computing while
-// the main thread reads the next matrix or writes a finished layer. A task's f16 bytes are read only when it is
-// sent, so memory holds at most workers × DEPTH matrices plus the layers being assembled.
-const DEPTH = 2;
-const tasks = [];
-const layerState = [];
-for (let i = 0; i < layers; i++) {
-  const groups = linearGroups(config).slice(i * 4, i * 4 + 4);
-  const norms = new Map();
-  let count = 0;
-  for (const g of groups) {
-    const plans = planGroup(g, groupMaxAbs(stats, g), recipe.activations);
-    let s;
-    if (plans[0].lae) s = laeScales(groupMaxAbs(stats, g), { minScale: recipe.activations.laeMinScale });
-    if (g.norm) norms.set(`${g.norm}.weight`, s);
-    g.members.forEach((name, mi) => {
-      tasks.push({ layer: i, slot: count++, name, laeScales: s, plan: plans[mi] });
-    });
-  }
-  layerState.push({ norms, results: new Array(count), left: count });
-}
-
-let params = 0;
-let workerMs = 0;
-const reports = [];
-const allPlans = [];
-let nextTask = 0;
-let written = 0;
-
-function send(w) {
-  const id = nextTask++;
-  const t = tasks[id];
-  const info = reader.info(`${t.name}.weight`);
-  const [n, k] = info.shape;
-  params += n * k;
-  const bytes = reader.readBytes(`${t.name}.weight`);
-  w.postMessage({ id, bytes, n, k, laeScales: t.laeScales, recipe, plan: t.plan }, [bytes.buffer]);
-}
-
-function writeLayer(i) {
-  const st = layerState[i];
-  const norms = new Map();
-  for (const [gName, s] of st.norms) {
-    const gain = f16ToF32Tensor(reader, gName);
-    // LAE: the norm gain takes 1/s (foldLae with no linears; the workers scaled the columns).
-    const g = s ? foldLae({ normWeight: gain.data, linears: [], scales: s }).normWeight : gain.data;
-    norms.set(gName, new Tensor('f32', gain.shape, g));
-  }
-  writer.writeFile(
-    layerFile(i),
-    st.results.map((r) => r.linear),
-    st.results.map((r) => r.report.plan),
-    norms,
-  );
-  for (const r of st.results) {
-    reports.push(r.report);
-    allPlans.push(r.report.plan);
-  }
-  st.results = [];
-  written++;
-  process.stdout.write(
-    // One line that rewrites itself on a terminal; one line per layer in a log.
-    `layer ${written}/${layers} written at ${((performance.now() - t0) / 1000).toFixed(1)} s${process.stdout.isTTY ? '\r' : '\n'}`,
-  );
-}
-
-const pool = Array.from(
-  { length: Math.min(workers, tasks.length) },
-  () => new Worker(path.join(here, 'quantize-worker.mjs')),
+fs.writeFileSync(
+  path.join(dir, 'model.safetensors.index.json'),
+  `${JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }, null, 2)}\n`,
 );
-const done = new Promise((resolve, reject) => {
-  for (const w of pool) {
-    w.on('message', (msg) => {
-      try {
-        if (msg.error) throw new Error(`${msg.error.code ?? ''} ${msg.error.message}`);
-        workerMs += msg.ms;
-        const t = tasks[msg.id];
-        const st = layerState[t.layer];
-        st.results[t.slot] = msg;
-        st.left--;
-        if (nextTask < tasks.length) send(w);
-        // Layers are written in order, as soon as each is complete.
-        while (written < layers && layerState[written].left === 0) writeLayer(written);
-        if (written === layers) resolve();
-      } catch (e) {
-        reject(e);
-      }
-    });
-    w.on('error', reject);
-  }
-});
-for (let d = 0; d < DEPTH; d++) for (const w of pool) if (nextTask < tasks.length) send(w);
-// The float tensors pass through in f16 while the workers start on the first layer.
-for (const [f, names] of [
-  [OTHER_FILE, ['model.embed_tokens.weight', 'model.norm.weight']],
-  ['lm_head.safetensors', ['lm_head.weight']],
-]) {
-  const m = new Map(names.map((n) => [n, reader.read(n)]));
-  for (const t of m.values()) params += t.size;
-  writer.writeFile(f, [], [], m);
-}
-await done.catch((e) => {
-  writer.abort();
-  throw e;
-});
-console.log('');
-writer.commit(reports);
-reader.close();
-const seconds = (performance.now() - t0) / 1000;
-await Promise.all(pool.map((w) => w.terminate()));
-
-const rssGiB = (process.resourceUsage().maxRSS * 1024) / 2 ** 30;
-const outBytes = fs.readdirSync(outDir).reduce((a, f) => a + fs.statSync(path.join(outDir, f)).size, 0);
-const result = {
-  date: new Date().toISOString(),
-  machine: `${os.cpus()[0]?.model ?? 'unknown CPU'}, ${os.availableParallelism()} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB`,
-  node: process.version,
-  layers,
-  workers,
-  recipe: recipe.name,
-  sourceBytes: fs.statSync(file).size,
-  outputBytes: outBytes,
-  params,
-  seconds,
-  hashSeconds: tHash / 1000,
-  workerQuantizeSeconds: workerMs / 1000,
-  weightsPerSecond: params / seconds,
-  peakRssGiB: rssGiB,
-  plans: Object.fromEntries(
-    ['static', 'dynamic'].map((a) => [a, allPlans.filter((p) => p.act === a).length]),
-  ),
-  laeLayers: allPlans.filter((p) => p.lae).length,
-};
-const rows = [
-  ['layers', String(layers)],
-  ['workers', String(workers)],
-  ['source file', `${(result.sourceBytes / 1e9).toFixed(2)} GB fp16`],
-  ['quantized dir', `${(outBytes / 1e9).toFixed(2)} GB`],
-  ['parameters', `${(params / 1e9).toFixed(3)} B`],
-  ['total time', `${seconds.toFixed(1)} s (sha256 of the source: ${(tHash / 1000).toFixed(1)} s)`],
-  ['weights/s', `${(params / seconds / 1e6).toFixed(1)} M`],
-  ['peak RSS', `${rssGiB.toFixed(2)} GiB`],
-  ['plans', `${result.plans.static} static (${result.laeLayers} with LAE), ${result.plans.dynamic} dynamic`],
-];
-console.log(rows.map(([a, b]) => `${a.padEnd(14)} ${b}`).join('\n'));
-if (layers <= 2) console.log(formatPlanTable(allPlans, reports));
-const resDir = path.join(here, '..', 'bench-results');
-fs.mkdirSync(resDir, { recursive: true });
-fs.writeFileSync(path.join(resDir, `quantize-7b-${layers}L.json`), `${JSON.stringify(result, null, 2)}\n`);
-if (!flag('keep')) fs.rmSync(file, { force: true });
-fs.rmSync(outDir, { recursive: true, force: true });
+console.log(
+  `generated ${dir}: ${layers} layers, ${(total / 1e9).toFixed(2)} GB fp16 in 3 shards, in ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+);
+console.log(
+  `quantize: /usr/bin/time -v node packages/runtime/dist/cli.js quantize ${dir} --recipe w4a8-rtn --out ${dir}-w4a8-rtn`,
+);

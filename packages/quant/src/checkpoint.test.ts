@@ -12,6 +12,7 @@ import {
   OTHER_FILE,
   readManifest,
   saveQuantized,
+  verifyQuantized,
 } from './checkpoint';
 import { linearForward } from './gemm';
 import { quantizeModel } from './model';
@@ -124,5 +125,50 @@ describe('quantized checkpoint', () => {
     m.recipe.weights.bits = 3;
     fs.writeFileSync(file, JSON.stringify(m));
     expect(() => loadQuantized(dir)).toThrow(/weights\.bits/);
+  });
+
+  it('records the sha256 of each file as written and names the file a flipped byte changed', () => {
+    const { model } = quantizeModel(weights, config, obs, 'fptq');
+    const dir = path.join(tmp, 'hashed');
+    saveQuantized(dir, model);
+    const m = readManifest(dir);
+    // Independent check: the recorded hashes are those of the files on disk.
+    for (const f of m.files)
+      expect(m.sha256?.[f]).toBe(
+        createHash('sha256')
+          .update(fs.readFileSync(path.join(dir, f)))
+          .digest('hex'),
+      );
+    expect(verifyQuantized(dir)).toEqual({ hashed: true, files: m.files });
+    const victim = layerFile(1);
+    const file = path.join(dir, victim);
+    const bytes = fs.readFileSync(file);
+    // A byte inside the tensor data (past the header), so the file still parses and would load silently.
+    const at = bytes.length - 1 - Math.floor(bytes.length / 3);
+    bytes[at] = (bytes[at] as number) ^ 0x10;
+    fs.writeFileSync(file, bytes);
+    expect(loadQuantized(dir, { verify: false }).model.linears.size).toBe(model.linears.size);
+    for (const f of [() => loadQuantized(dir), () => verifyQuantized(dir)]) {
+      try {
+        f();
+        expect.unreachable();
+      } catch (e) {
+        expect(isQError(e, 'E_FORMAT')).toBe(true);
+        expect((e as Error).message).toContain(victim);
+      }
+    }
+  });
+
+  it('still loads a checkpoint whose manifest predates file hashes, and says nothing was checked', () => {
+    const { model } = quantizeModel(weights, config, obs, 'w4a8-rtn');
+    const dir = path.join(tmp, 'unhashed');
+    saveQuantized(dir, model);
+    const file = path.join(dir, MANIFEST_FILE);
+    const m = JSON.parse(fs.readFileSync(file, 'utf8'));
+    delete m.sha256;
+    fs.writeFileSync(file, JSON.stringify(m));
+    const { model: back, verified } = loadQuantized(dir);
+    expect(verified).toEqual({ hashed: false, files: [] });
+    expect(back.linears.size).toBe(model.linears.size);
   });
 });

@@ -65,6 +65,11 @@ export interface Manifest {
   readonly layers: readonly ManifestLayer[];
   /** Float tensors: name → file. */
   readonly tensors: Readonly<Record<string, string>>;
+  /**
+   * sha256 (hex) of every file written beside the manifest (the safetensors files and any carried file such as
+   * the tokenizer), computed while writing. Absent in checkpoints written before it existed.
+   */
+  readonly sha256?: Readonly<Record<string, string>>;
   /** Per-layer error report, when given. */
   readonly report?: unknown;
 }
@@ -182,6 +187,9 @@ export function layerFile(i: number): string {
   return `layers-${String(i).padStart(5, '0')}.safetensors`;
 }
 
+/** A quantized checkpoint being written file by file (`createQuantizedWriter`). */
+export type QuantizedWriter = ReturnType<typeof createQuantizedWriter>;
+
 /**
  * Writes a quantized checkpoint file by file, for streaming quantizers that never hold the whole model:
  * files go to a temporary sibling directory that `commit()` renames into place (after writing the manifest).
@@ -205,6 +213,8 @@ export function createQuantizedWriter(
     plans: readonly LayerPlan[],
     tensors: ReadonlyMap<string, Tensor>,
   ): void;
+  /** Writes a file that is not a safetensors file of the model (e.g. the tokenizer), hashed like the rest. */
+  writeExtra(file: string, bytes: Uint8Array): void;
   commit(report?: unknown): void;
   abort(): void;
 } {
@@ -227,6 +237,7 @@ export function createQuantizedWriter(
     });
   }
   const files: string[] = [];
+  const hashes: Record<string, string> = {};
   const layers: ManifestLayer[] = [];
   const tensorsIndex: Record<string, string> = {};
   let done = false;
@@ -235,17 +246,20 @@ export function createQuantizedWriter(
     done = true;
     fs.rmSync(tempDir, { recursive: true, force: true });
   };
+  const checkNewFile = (file: string): void => {
+    if (done)
+      throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
+    if (file in hashes || file === MANIFEST_FILE || path.basename(file) !== file) {
+      throw new QError(
+        'E_ARG',
+        `Expected a new plain file name for ${finalDir} but received ${describeValue(file)}`,
+      );
+    }
+  };
   return {
     tempDir,
     writeFile(file, linears, plans, tensors) {
-      if (done)
-        throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
-      if (files.includes(file) || file === MANIFEST_FILE || path.basename(file) !== file) {
-        throw new QError(
-          'E_ARG',
-          `Expected a new plain file name for ${finalDir} but received ${describeValue(file)}`,
-        );
-      }
+      checkNewFile(file);
       try {
         const all = new Map<string, Tensor>();
         linears.forEach((l, i) => {
@@ -264,8 +278,25 @@ export function createQuantizedWriter(
           all.set(n, t);
           tensorsIndex[n] = file;
         }
-        writeSafetensors(path.join(tempDir, file), all, { format: 'q-quant' });
+        const h = createHash('sha256');
+        writeSafetensors(
+          path.join(tempDir, file),
+          all,
+          { format: 'q-quant' },
+          { onBytes: (b) => h.update(b) },
+        );
+        hashes[file] = h.digest('hex');
         files.push(file);
+      } catch (e) {
+        abort();
+        throw e;
+      }
+    },
+    writeExtra(file, bytes) {
+      checkNewFile(file);
+      try {
+        writeFileAtomic(path.join(tempDir, file), (write) => write(bytes));
+        hashes[file] = createHash('sha256').update(bytes).digest('hex');
       } catch (e) {
         abort();
         throw e;
@@ -284,6 +315,7 @@ export function createQuantizedWriter(
           files,
           layers,
           tensors: tensorsIndex,
+          sha256: hashes,
           ...(report !== undefined ? { report } : {}),
         };
         const text = new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`);
@@ -427,7 +459,52 @@ export function readManifest(dir: string): Manifest {
   for (const f of m.files) {
     if (typeof f !== 'string' || path.basename(f) !== f) throw fmt(dir, `bad file name ${describeValue(f)}`);
   }
+  if (m.sha256 !== undefined) {
+    if (typeof m.sha256 !== 'object' || m.sha256 === null) throw fmt(dir, 'expected sha256 to be an object');
+    for (const [f, h] of Object.entries(m.sha256)) {
+      if (path.basename(f) !== f || typeof h !== 'string' || !/^[0-9a-f]{64}$/.test(h))
+        throw fmt(dir, `bad sha256 entry ${describeValue(f)}: ${describeValue(h)}`);
+    }
+    for (const f of m.files)
+      if (!(f in m.sha256)) throw fmt(dir, `file ${f} has no sha256 in ${MANIFEST_FILE}`);
+  }
   return m as Manifest;
+}
+
+/** What `verifyQuantized` checked. */
+export interface VerifyResult {
+  /** False for a checkpoint whose manifest predates file hashes: nothing could be checked. */
+  readonly hashed: boolean;
+  /** Files whose sha256 matched the manifest. */
+  readonly files: readonly string[];
+}
+
+/**
+ * Checks every file a checkpoint's manifest hashes against its sha256; throws `E_FORMAT` naming the first file
+ * that differs (or is missing). A manifest without hashes (written before they existed) gives
+ * `{ hashed: false }`.
+ *
+ * @example
+ * ```ts
+ * verifyQuantized('stories260K-fptq'); // { hashed: true, files: ['layers-00000.safetensors', …] }
+ * ```
+ */
+export function verifyQuantized(dir: string, manifest: Manifest = readManifest(dir)): VerifyResult {
+  if (manifest.sha256 === undefined) return { hashed: false, files: [] };
+  const files: string[] = [];
+  for (const [file, want] of Object.entries(manifest.sha256)) {
+    const full = path.join(dir, file);
+    if (!fs.existsSync(full)) throw fmt(dir, `file ${file} listed in ${MANIFEST_FILE} is missing`);
+    const got = sha256File(full);
+    if (got !== want)
+      throw new QError(
+        'E_FORMAT',
+        `Expected sha256 ${want} for ${file} in the quantized checkpoint ${dir} but received ${got} (the file changed after it was written)`,
+        { details: { file } },
+      );
+    files.push(file);
+  }
+  return { hashed: true, files };
 }
 
 function readExact<D extends 'u8' | 'i8' | 'i32' | 'f32'>(
@@ -448,8 +525,15 @@ function readExact<D extends 'u8' | 'i8' | 'i32' | 'f32'>(
   return t.data as Tensor<D>['data'];
 }
 
+/** Options of `loadQuantized`. */
+export interface LoadQuantizedOptions {
+  /** Check every file against the sha256 in the manifest first (default true; older manifests have none). */
+  readonly verify?: boolean;
+}
+
 /**
- * Loads and validates a quantized checkpoint written by `saveQuantized`.
+ * Loads and validates a quantized checkpoint written by `saveQuantized` or a streaming writer. Files are first
+ * checked against the manifest's sha256 (`E_FORMAT` naming the file that differs), unless `verify: false`.
  *
  * @example
  * ```ts
@@ -457,8 +541,12 @@ function readExact<D extends 'u8' | 'i8' | 'i32' | 'f32'>(
  * linearForward(x, m, model.linears.get('model.layers.0.self_attn.q_proj')!);
  * ```
  */
-export function loadQuantized(dir: string): { model: QuantizedModel; manifest: Manifest } {
+export function loadQuantized(
+  dir: string,
+  options: LoadQuantizedOptions = {},
+): { model: QuantizedModel; manifest: Manifest; verified: VerifyResult } {
   const manifest = readManifest(dir);
+  const verified = options.verify === false ? { hashed: false, files: [] } : verifyQuantized(dir, manifest);
   const readers = new Map<string, SafetensorsReader>();
   const reader = (file: string): SafetensorsReader => {
     if (!manifest.files.includes(file)) throw fmt(dir, `file ${file} is not listed in ${MANIFEST_FILE}`);
@@ -555,7 +643,11 @@ export function loadQuantized(dir: string): { model: QuantizedModel; manifest: M
       else if (t.dtype === 'f32') tensors.set(name, t as Tensor<'f32'>);
       else throw fmt(dir, `expected f32, f16 or bf16 for ${name} but received ${t.dtype}`);
     }
-    return { model: { config: manifest.config, recipe: manifest.recipe, plans, linears, tensors }, manifest };
+    return {
+      model: { config: manifest.config, recipe: manifest.recipe, plans, linears, tensors },
+      manifest,
+      verified,
+    };
   } finally {
     for (const r of readers.values()) r.close();
   }

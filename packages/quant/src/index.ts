@@ -7,5 +7,6 @@ export * from './model';
 export * from './observer';
 export * from './policy';
 export * from './recipes';
+export * from './stream';
 export * from './types';
 export * from './weights';

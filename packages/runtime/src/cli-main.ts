@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import * as comm from '@q/comm';
 import { isQError, QError, writeFileAtomic } from '@q/core';
 import * as kernels from '@q/kernels-cuda';
-import { formatPlanTable, RECIPE_NAMES, RECIPES } from '@q/quant';
+import { formatPlanTable, RECIPE_NAMES, RECIPES, verifyQuantized } from '@q/quant';
 import { SingleBar } from 'cli-progress';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import pkg from '../package.json';
@@ -16,7 +16,8 @@ import { evaluatePerplexity } from './evaluate';
 import { generate } from './generate';
 import type { CausalLM } from './lm';
 import { type LoadedModel, loadModel } from './load';
-import { quantizeLoaded, resolveRecipe, saveQuantizedModel } from './quantize';
+import { isQuantizedDir, resolveRecipe } from './quantize';
+import { quantizeFile } from './quantize-file';
 import { addBenchServeCommand, addServeCommand } from './server/cli';
 import {
   ALLREDUCE_OPTIONS,
@@ -39,18 +40,18 @@ const processIO: CliIO = {
   isTTY: Boolean(process.stderr.isTTY),
 };
 
-type Progress = { update(label: string, done: number, total: number): void; stop(): void };
+type Progress = { update(label: string, done: number, total: number, unit?: string): void; stop(): void };
 
 function progress(io: CliIO, enabled: boolean): Progress {
   if (!enabled || !io.isTTY) return { update() {}, stop() {} };
   let bar: SingleBar | null = null;
   let current = '';
   return {
-    update(label, done, total) {
+    update(label, done, total, unit = 'tokens') {
       if (label !== current) {
         bar?.stop();
         bar = new SingleBar({
-          format: `${label.padEnd(12)} [{bar}] {percentage}% | {value}/{total} tokens | {duration}s`,
+          format: `${label.padEnd(12)} [{bar}] {percentage}% | {value}/{total} ${unit} | {duration}s`,
           stream: process.stderr,
           hideCursor: true,
           clearOnComplete: false,
@@ -189,8 +190,14 @@ Examples:
       'llama2.c tokenizer (default: tokenizer.bin or tok*.bin beside the checkpoint)',
     )
     .option('--json', 'print one JSON object')
-    .addHelpText('after', '\nExamples:\n  q inspect stories260K.bin\n  q inspect models/Qwen2.5-0.5B --json')
-    .action((modelPath: string, o: { tokenizer?: string; json?: boolean }) => {
+    .option('--verify', 'check every file of a quantized directory against the sha256 in its manifest')
+    .addHelpText(
+      'after',
+      '\nExamples:\n  q inspect stories260K.bin\n  q inspect models/Qwen2.5-0.5B --json\n  q inspect stories260K-fptq --verify',
+    )
+    .action((modelPath: string, o: { tokenizer?: string; json?: boolean; verify?: boolean }) => {
+      // Before loading, so a changed file is named rather than failing somewhere inside the load.
+      const verified = o.verify && isQuantizedDir(modelPath) ? verifyQuantized(modelPath) : undefined;
       const m = load(modelPath, o);
       const plans = m.plans;
       const info = {
@@ -205,6 +212,7 @@ Examples:
           chatTemplate: Boolean(m.tokenizer.applyChatTemplate),
         },
         ...(plans ? { plan: plans } : {}),
+        ...(verified ? { verified } : {}),
       };
       if (o.json) return json(info);
       const c = m.config;
@@ -222,6 +230,13 @@ Examples:
       out(
         `  tokenizer ${m.tokenizer.kind}, ${m.tokenizer.vocabSize} tokens${m.tokenizer.applyChatTemplate ? ', chat template' : ''}`,
       );
+      if (verified)
+        out(
+          verified.hashed
+            ? `  sha256 verified for ${verified.files.length} files`
+            : '  not verified: the manifest predates file hashes (written by an older q quantize)',
+        );
+      else if (o.verify) out('  nothing to verify: not a quantized directory');
       if (plans) {
         out();
         out(formatPlanTable(plans));
@@ -281,47 +296,39 @@ Examples:
           ...(o.groupSize !== undefined ? { groupSize: o.groupSize } : {}),
         });
         const outDir = o.out ?? defaultOut(modelPath, recipe.name);
-        if (
-          fs.existsSync(outDir) &&
-          !o.force &&
-          (!fs.statSync(outDir).isDirectory() || fs.readdirSync(outDir).length > 0)
-        )
-          throw new QError(
-            'E_EXISTS',
-            `Expected an empty or new directory for --out but received ${path.resolve(outDir)}, which is not empty (pass --force to replace it)`,
-          );
-        const m = load(modelPath, o);
         const bar = progress(io, !o.json);
-        const run = await quantizeLoaded(m, {
-          recipe,
-          ...(o.calib !== undefined ? { calibText: readText(o.calib, '--calib') } : {}),
-          ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
-          ...signal,
-          onProgress: (stage, d, t) => bar.update(stage, d, t),
-        });
-        bar.stop();
-        const dir = saveQuantizedModel(outDir, run, {
-          tokenizer: m.tokenizer,
-          force: Boolean(o.force),
-          sourceFiles: m.source === 'llama2c' ? [m.path] : [],
-          ...signal,
-        });
+        let run: Awaited<ReturnType<typeof quantizeFile>>;
+        try {
+          // The CLI's signal (Ctrl-C) aborts; quantizeFile then leaves nothing under --out.
+          run = await quantizeFile(modelPath, outDir, {
+            recipe,
+            ...(o.calib !== undefined ? { calibText: readText(o.calib, '--calib') } : {}),
+            ...(o.calibTokens !== undefined ? { calibTokens: o.calibTokens } : {}),
+            ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}),
+            force: Boolean(o.force),
+            ...signal,
+            onProgress: (p) =>
+              bar.update(p.stage, p.done, p.total, p.stage === 'quantize' ? 'layers' : 'tokens'),
+          });
+        } finally {
+          bar.stop();
+        }
         const seconds = (performance.now() - t0) / 1000;
         if (o.json)
           return json({
-            out: dir,
+            out: run.out,
             recipe: run.recipe,
             calibTokens: run.calibTokens,
             seconds,
-            plan: run.quantized.plans,
+            plan: run.plans,
             report: run.report,
           });
-        out(`quantized ${m.path} with ${run.recipe.name} (${run.recipe.description})`);
+        out(`quantized ${path.resolve(modelPath)} with ${run.recipe.name} (${run.recipe.description})`);
         if (run.calibTokens) out(`calibrated on ${run.calibTokens} tokens`);
         out();
-        out(formatPlanTable(run.quantized.plans, run.report));
+        out(formatPlanTable(run.plans, run.report));
         out();
-        out(`wrote ${dir} (${seconds.toFixed(1)} s)`);
+        out(`wrote ${run.out} (${seconds.toFixed(1)} s)`);
       },
     );
 

@@ -35,6 +35,7 @@ export {
 export { type CalibrateOptions, calibrate } from './calibrate';
 export { type CliIO, createProgram, runCli } from './cli-main';
 export { matmulT, threadCount } from './cpu/gemm';
+export { LazyLinear } from './cpu/lazy-linear';
 export { FloatLinear, type Linear, QuantLinear, type QuantLinearForward } from './cpu/linear';
 export { shutdownThreads } from './cpu/threads';
 export {
@@ -125,6 +126,12 @@ export {
   StopMatcher,
   startServer,
 } from './server';
+export {
+  type QuantizeFileOptions,
+  type QuantizeFileProgress,
+  type QuantizeFileResult,
+  quantizeFile,
+} from './quantize-file';
 export {
   type ChatMessage,
   findLlama2cTokenizer,
