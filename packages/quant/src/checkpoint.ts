@@ -247,8 +247,7 @@ export function createQuantizedWriter(
     fs.rmSync(tempDir, { recursive: true, force: true });
   };
   const checkNewFile = (file: string): void => {
-    if (done)
-      throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
+    if (done) throw new QError('E_IO', `Expected an open quantized writer for ${finalDir} but it was closed`);
     if (file in hashes || file === MANIFEST_FILE || path.basename(file) !== file) {
       throw new QError(
         'E_ARG',

@@ -111,6 +111,12 @@ export {
   saveQuantizedModel,
 } from './quantize';
 export {
+  type QuantizeFileOptions,
+  type QuantizeFileProgress,
+  type QuantizeFileResult,
+  quantizeFile,
+} from './quantize-file';
+export {
   ApiError,
   type BenchServeOptions,
   type BenchServeResult,
@@ -126,12 +132,6 @@ export {
   StopMatcher,
   startServer,
 } from './server';
-export {
-  type QuantizeFileOptions,
-  type QuantizeFileProgress,
-  type QuantizeFileResult,
-  quantizeFile,
-} from './quantize-file';
 export {
   type ChatMessage,
   findLlama2cTokenizer,

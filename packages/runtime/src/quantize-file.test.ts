@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { Tensor } from '@q/core';
 import { loadQuantized, type QuantizedModel } from '@q/quant';
 import { afterAll, describe, expect, it } from 'vitest';
+import { createModel } from './backend';
 import { loadModel } from './load';
 import { quantizeLoaded, saveQuantizedModel } from './quantize';
 import { type QuantizeFileProgress, quantizeFile } from './quantize-file';
@@ -52,9 +53,9 @@ describe('quantizeFile', () => {
     async () => {
       const calibText = fs.readFileSync(textFile, 'utf8').slice(0, 6000);
       const float = loadModel(modelFile);
-      const run = quantizeLoaded(float, { recipe: 'fptq', calibText, calibTokens: 600 });
+      const run = await quantizeLoaded(float, { recipe: 'fptq', calibText, calibTokens: 600 });
       const memDir = path.join(tmp, 'mem-fptq');
-      saveQuantizedModel(run, float, memDir);
+      saveQuantizedModel(memDir, run, { tokenizer: float.tokenizer, sourceFiles: [float.path] });
       const out = path.join(tmp, 'file-fptq');
       const seen: QuantizeFileProgress[] = [];
       const r = await quantizeFile(modelFile, out, {
@@ -81,9 +82,9 @@ describe('quantizeFile', () => {
       // The directory runs as a model, with the tokenizer it carries.
       const m = loadModel(out);
       const ids = m.tokenizer.encodePrompt('Once upon a time');
-      expect(m.model.forward([ids], { logits: 'last' })).toEqual(
-        loadModel(memDir).model.forward([ids], { logits: 'last' }),
-      );
+      const [a, b] = [await createModel(m), await createModel(loadModel(memDir))];
+      expect(await a.forward([ids], { logits: 'last' })).toEqual(await b.forward([ids], { logits: 'last' }));
+      await Promise.all([a.dispose(), b.dispose()]);
     },
   );
 
@@ -93,7 +94,7 @@ describe('quantizeFile', () => {
       const float = loadModel(dir);
       for (const recipe of ['w4a8-rtn', 'fptq'] as const) {
         const opts = { recipe, groupSize: 32, ...(recipe === 'fptq' ? { calibText: text } : {}) };
-        const run = quantizeLoaded(float, opts);
+        const run = await quantizeLoaded(float, opts);
         if (recipe === 'fptq') expect(run.quantized.plans.some((p) => p.lae)).toBe(true);
         const out = path.join(tmp, `hf-${dtype}-${recipe}`);
         const r = await quantizeFile(dir, out, opts);
@@ -107,7 +108,7 @@ describe('quantizeFile', () => {
   it('a Recipe object goes the same way as its name; one worker equals several', async () => {
     const dir = hfModel('hf-recipe', 'f16');
     const float = loadModel(dir);
-    const run = quantizeLoaded(float, { recipe: 'w4a8-rtn', groupSize: 32 });
+    const run = await quantizeLoaded(float, { recipe: 'w4a8-rtn', groupSize: 32 });
     const a = path.join(tmp, 'hf-recipe-a');
     const b = path.join(tmp, 'hf-recipe-b');
     await quantizeFile(dir, a, { recipe: run.recipe, workers: 1 });

@@ -251,7 +251,7 @@ export async function quantizeFile(
     if (calibrates) {
       const ids = src.tokenizer.encode(options.calibText ?? '');
       calibTokens = Math.min(ids.length, options.calibTokens ?? 16384);
-      stats = calibrate(lazyModel(src.config, src.tensors), ids, {
+      stats = await calibrate(lazyModel(src.config, src.tensors), ids, {
         maxTokens: calibTokens,
         seqLen: options.calibSeqLen ?? Math.min(256, src.config.maxSeqLen),
         onProgress: (done, total) => {

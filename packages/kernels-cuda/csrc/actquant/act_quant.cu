@@ -21,12 +21,10 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-
 __device__ __forceinline__ float load(const __half* p, int64_t i) { return __half2float(p[i]); }
 __device__ __forceinline__ float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
 
-template <typename T>
+template <typename T, int kThreads>
 __global__ void __launch_bounds__(kThreads) quantRows(const T* __restrict__ x,  // fp16/bf16 [M, K]
                                                       const T* __restrict__ gain,  // fp16/bf16 [K] or null
                                                       float eps,                  // RMSNorm epsilon
@@ -71,20 +69,29 @@ __global__ void __launch_bounds__(kThreads) quantRows(const T* __restrict__ x,  
   }
 }
 
+template <int kThreads>
+void launchQuantRows(const ActQuantArgs* a, cudaStream_t s) {
+  dim3 grid(a->M), block(kThreads);
+  if (a->dtype == 1) {
+    quantRows<__nv_bfloat16, kThreads><<<grid, block, 0, s>>>(
+        static_cast<const __nv_bfloat16*>(a->x), static_cast<const __nv_bfloat16*>(a->gain), a->eps,
+        a->staticScale, static_cast<int8_t*>(a->q), a->scales, a->K, a->ldq);
+  } else {
+    quantRows<__half, kThreads><<<grid, block, 0, s>>>(static_cast<const __half*>(a->x),
+                                                       static_cast<const __half*>(a->gain), a->eps, a->staticScale,
+                                                       static_cast<int8_t*>(a->q), a->scales, a->K, a->ldq);
+  }
+}
+
 }  // namespace
 
 extern "C" cudaError_t q_act_quant(const ActQuantArgs* a) {
   if (a->M == 0) return cudaSuccess;
-  dim3 grid(a->M), block(kThreads);
   cudaStream_t s = reinterpret_cast<cudaStream_t>(a->stream);
-  if (a->dtype == 1) {
-    quantRows<__nv_bfloat16><<<grid, block, 0, s>>>(
-        static_cast<const __nv_bfloat16*>(a->x), static_cast<const __nv_bfloat16*>(a->gain), a->eps,
-        a->staticScale, static_cast<int8_t*>(a->q), a->scales, a->K, a->ldq);
-  } else {
-    quantRows<__half><<<grid, block, 0, s>>>(static_cast<const __half*>(a->x), static_cast<const __half*>(a->gain),
-                                             a->eps, a->staticScale, static_cast<int8_t*>(a->q), a->scales, a->K,
-                                             a->ldq);
-  }
+  // One block a row; at decode batch sizes 1024 threads keep enough loads in flight (see llama/silu_mul.cu).
+  if (a->M <= 128)
+    launchQuantRows<1024>(a, s);
+  else
+    launchQuantRows<256>(a, s);
   return cudaGetLastError();
 }

@@ -10,6 +10,10 @@ namespace q {
 // Output of a norm or activation kernel: bf16, or int8 by the @q/quant rule with a static or per-token scale.
 enum LlamaOutMode { kOutBf16 = 0, kOutInt8Static = 1, kOutInt8Dynamic = 2 };
 
+// The row kernels (norms, SwiGLU, activation quantization) give each row 1024 threads at up to this many rows (a
+// decode step's batch) and 256 beyond.
+constexpr int kFewRows = 128;
+
 cudaError_t LaunchEmbedding(const int32_t* ids, const void* table, float* out, int T, int d, int V,
                             cudaStream_t stream);
 

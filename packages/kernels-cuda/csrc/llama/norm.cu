@@ -23,9 +23,7 @@
 namespace q {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <int N, int kMode, bool kRes>
+template <int N, int kMode, bool kRes, int kThreads>
 __global__ void __launch_bounds__(kThreads) addRmsNormKernel(float* __restrict__ x,                   // f32 [T, d]
                                                              const __nv_bfloat16* __restrict__ r,    // bf16 [T, d]
                                                              const float* __restrict__ gain,         // f32 [d]
@@ -66,14 +64,26 @@ __global__ void __launch_bounds__(kThreads) addRmsNormKernel(float* __restrict__
   writeActRow<N, kThreads, kMode>(y, chunks, out, t, ldo, staticScale, scales, red);
 }
 
+template <int N, int kMode, int kThreads>
+void launchNormThreads(float* x, const void* r, const float* gain, float eps, void* out, int ldo, float staticScale,
+                       float* scales, int T, int d, cudaStream_t stream) {
+  const auto* rb = static_cast<const __nv_bfloat16*>(r);
+  if (r != nullptr)
+    addRmsNormKernel<N, kMode, true, kThreads>
+        <<<T, kThreads, 0, stream>>>(x, rb, gain, eps, out, ldo, staticScale, scales, d);
+  else
+    addRmsNormKernel<N, kMode, false, kThreads>
+        <<<T, kThreads, 0, stream>>>(x, rb, gain, eps, out, ldo, staticScale, scales, d);
+}
+
+// 1024 threads a row at up to kFewRows rows (decode), 256 otherwise: see silu_mul.cu.
 template <int N, int kMode>
 void launchNorm(float* x, const void* r, const float* gain, float eps, void* out, int ldo, float staticScale,
                 float* scales, int T, int d, cudaStream_t stream) {
-  const auto* rb = static_cast<const __nv_bfloat16*>(r);
-  if (r != nullptr)
-    addRmsNormKernel<N, kMode, true><<<T, kThreads, 0, stream>>>(x, rb, gain, eps, out, ldo, staticScale, scales, d);
+  if (T <= kFewRows)
+    launchNormThreads<N, kMode, 1024>(x, r, gain, eps, out, ldo, staticScale, scales, T, d, stream);
   else
-    addRmsNormKernel<N, kMode, false><<<T, kThreads, 0, stream>>>(x, rb, gain, eps, out, ldo, staticScale, scales, d);
+    launchNormThreads<N, kMode, 256>(x, r, gain, eps, out, ldo, staticScale, scales, T, d, stream);
 }
 
 template <int N>

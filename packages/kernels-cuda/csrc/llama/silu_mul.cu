@@ -4,8 +4,9 @@
 //
 // Layout: gateUp bf16 [T, 2·ff] (gate and up projections as one GEMM output, gate first); out bf16 [T, ff] or
 // int8 [T, ldo] with ldo ≥ ff, columns ff..ldo-1 written as 0 (the W4A8 GEMM's zero-padded K); scales f32 [T].
-// One block of 256 threads per token: the dynamic scale needs the row's amax (a block reduction), and rows are
-// 5k–28k wide. 8-wide (16-byte) loads of g and u when ff % 8 == 0, ldo % 8 == 0 and the pointers allow.
+// One block per token: the dynamic scale needs the row's amax (a block reduction), and rows are 5k–28k wide. 256
+// threads when there are many tokens; 1024 at up to kFewRows tokens (decode), where a handful of blocks must keep
+// enough loads in flight to stream the row (at 256 threads a 28672-wide row took 26 µs on an H200). 8-wide (16-byte) loads of g and u when ff % 8 == 0, ldo % 8 == 0 and the pointers allow.
 // expf and a true division (not __expf / a reciprocal): the kernel is memory-bound, so accuracy costs nothing.
 #include <cuda_bf16.h>
 
@@ -16,7 +17,6 @@
 namespace q {
 namespace {
 
-constexpr int kThreads = 256;
 
 template <int N>
 __device__ __forceinline__ void swiglu(const __nv_bfloat16* row, int ff, int c, float (&v)[N]) {
@@ -27,7 +27,7 @@ __device__ __forceinline__ void swiglu(const __nv_bfloat16* row, int ff, int c, 
   for (int i = 0; i < N; i++) v[i] = v[i] / (1.f + expf(-v[i])) * u[i];
 }
 
-template <int N, int kMode>
+template <int N, int kMode, int kThreads>
 __global__ void __launch_bounds__(kThreads) siluMulKernel(const __nv_bfloat16* __restrict__ gu,  // bf16 [T, 2ff]
                                                           void* __restrict__ out,  // bf16 [T, ff] | i8 [T, ldo]
                                                           int ldo,                 // out row stride
@@ -41,15 +41,24 @@ __global__ void __launch_bounds__(kThreads) siluMulKernel(const __nv_bfloat16* _
   writeActRow<N, kThreads, kMode>(y, ff / N, out, t, ldo, staticScale, scales, red);
 }
 
+template <int N, int kThreads>
+void launchSiluThreads(int mode, const __nv_bfloat16* gu, void* out, int ldo, float staticScale, float* scales,
+                       int T, int ff, cudaStream_t stream) {
+  if (mode == kOutBf16)
+    siluMulKernel<N, kOutBf16, kThreads><<<T, kThreads, 0, stream>>>(gu, out, ldo, staticScale, scales, ff);
+  else if (mode == kOutInt8Static)
+    siluMulKernel<N, kOutInt8Static, kThreads><<<T, kThreads, 0, stream>>>(gu, out, ldo, staticScale, scales, ff);
+  else
+    siluMulKernel<N, kOutInt8Dynamic, kThreads><<<T, kThreads, 0, stream>>>(gu, out, ldo, staticScale, scales, ff);
+}
+
 template <int N>
 void launchSilu(int mode, const __nv_bfloat16* gu, void* out, int ldo, float staticScale, float* scales, int T,
                 int ff, cudaStream_t stream) {
-  if (mode == kOutBf16)
-    siluMulKernel<N, kOutBf16><<<T, kThreads, 0, stream>>>(gu, out, ldo, staticScale, scales, ff);
-  else if (mode == kOutInt8Static)
-    siluMulKernel<N, kOutInt8Static><<<T, kThreads, 0, stream>>>(gu, out, ldo, staticScale, scales, ff);
+  if (T <= kFewRows)
+    launchSiluThreads<N, 1024>(mode, gu, out, ldo, staticScale, scales, T, ff, stream);
   else
-    siluMulKernel<N, kOutInt8Dynamic><<<T, kThreads, 0, stream>>>(gu, out, ldo, staticScale, scales, ff);
+    launchSiluThreads<N, 256>(mode, gu, out, ldo, staticScale, scales, T, ff, stream);
 }
 
 }  // namespace

@@ -32,13 +32,13 @@ export class LazyLinear implements Linear {
       );
   }
 
-  forward(x: Float32Array, rows: number): Float32Array {
+  async forward(x: Float32Array, rows: number): Promise<Float32Array> {
     const w = this.load();
     if (w.length !== this.outFeatures * this.inFeatures)
       throw new QError(
         'E_SHAPE',
         `Expected ${this.outFeatures * this.inFeatures} weights ([${this.outFeatures}, ${this.inFeatures}]) for ${this.name} but received ${w.length}`,
       );
-    return matmulT(x, rows, this.inFeatures, w, this.outFeatures, this.bias);
+    return await matmulT(x, rows, this.inFeatures, w, this.outFeatures, this.bias);
   }
 }
