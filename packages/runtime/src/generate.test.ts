@@ -165,9 +165,13 @@ describe('generate on a model that takes seconds', () => {
     let ticks = 0;
     const timer = setInterval(() => ticks++, 20);
     const t0 = performance.now();
-    let ids: number[];
+    const ids: number[] = [];
     try {
-      ids = await generateIds(m, [1, 2, 3], { maxTokens: 40, stopTokens: [] });
+      // Generate for at least 1.2 s, however fast the machine, so the timer has time to fire many times.
+      for await (const id of generate(m, [1, 2, 3], { maxTokens: 500, stopTokens: [] })) {
+        ids.push(id);
+        if (performance.now() - t0 > 1200) break;
+      }
     } finally {
       clearInterval(timer);
     }
@@ -176,7 +180,7 @@ describe('generate on a model that takes seconds', () => {
     console.log(
       `generation: ${ids.length} tokens in ${ms.toFixed(0)} ms (${perStep.toFixed(1)} ms a step), timer fired ${ticks} times`,
     );
-    expect(ids.length).toBe(40);
+    expect(ids.length).toBeGreaterThanOrEqual(10);
     expect(ms).toBeGreaterThan(1000);
     // A 20 ms timer fires about once per 20 ms or per step, whichever is longer, when nothing blocks longer.
     expect(ticks).toBeGreaterThan((0.5 * ms) / Math.max(20, perStep));

@@ -617,7 +617,8 @@ describe('q serve: bad requests, limits and keys', () => {
     const long = await client.completions.create({
       model: f.name,
       prompt: 'The dog',
-      max_tokens: 240,
+      // Far more than the shutdown timeout lets even a fast machine generate.
+      max_tokens: 480,
       ignore_eos: true,
       stream: true,
     } as never);
@@ -636,7 +637,7 @@ describe('q serve: bad requests, limits and keys', () => {
       (error: unknown) => ({ n: -1, finish: null, error }),
     );
     await new Promise((r) => setTimeout(r, 20));
-    const closing = s.close({ timeoutMs: 100 });
+    const closing = s.close({ timeoutMs: 30 });
     expect(await shortDone).toMatchObject({ finish: 'length' });
     const l = await longDone;
     // The long stream was cut by the shutdown: an error event, which the client raises.
