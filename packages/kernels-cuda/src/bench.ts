@@ -5,11 +5,10 @@
  * each launch reads from device memory as it would in a model.
  */
 import { randomFillSync } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { f32ToBf16Bits, QError, Rng } from '@q/core';
+import { QError, Rng } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
-import { DeviceTensor, deviceProperties, Event, Graph, Stream, synchronize } from './device';
+import { fillDevice, randomBf16, timeIt, writeAtomic } from './bench-support';
+import { DeviceTensor, deviceProperties, Stream, synchronize } from './device';
 import { DeviceGemmWeights, type GemmHalfOptions, type GemmW4A8Options, gemmHalf, gemmW4A8 } from './ops';
 
 /** One layer shape: the GEMM is [M, K] × [K, N]. */
@@ -93,95 +92,8 @@ export interface BenchGemmResult {
   };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-}
-
-function randomBf16(count: number): Uint16Array {
-  const bytes = new Uint8Array(count);
-  randomFillSync(bytes);
-  const out = new Uint16Array(count);
-  // Values in [-1, 1) with varied exponents: random data, never zeros (tensor cores run faster on zeros).
-  for (let i = 0; i < count; i++) out[i] = f32ToBf16Bits(((bytes[i] as number) - 127.5) / 128);
-  return out;
-}
-
-function fillDevice(t: DeviceTensor, source: DeviceTensor): void {
-  // Repeats a random source block over t (device-side copies: cheap even for GB tensors).
-  const chunk = source.byteLength;
-  for (let off = 0; off < t.byteLength; off += chunk) {
-    const len = Math.min(chunk, t.byteLength - off);
-    const dst = DeviceTensor.wrap(t.ptr + BigInt(off), 'u8', [len], { device: t.device });
-    const src = DeviceTensor.wrap(source.ptr, 'u8', [len], { device: t.device });
-    dst.copyFrom(src);
-  }
-}
-
-/** Times `launch(i)` (i rotates the inputs) and returns the median µs per launch. */
-function timeIt(
-  launch: (i: number) => void,
-  stream: Stream,
-  trials: number,
-  batchMs: number,
-  timing: 'graph' | 'stream',
-): number {
-  const a = Event.create(stream.device);
-  const b = Event.create(stream.device);
-  let graph: Graph | undefined;
-  try {
-    launch(0);
-    a.record(stream);
-    for (let i = 0; i < 3; i++) launch(i + 1);
-    b.record(stream);
-    b.synchronize();
-    const est = Math.max(Event.elapsedMs(a, b) / 3, 1e-3);
-    const reps = Math.max(1, Math.min(timing === 'graph' ? 200 : 500, Math.round(batchMs / est)));
-    let run: () => void;
-    if (timing === 'graph') {
-      graph = Graph.capture(stream, () => {
-        for (let r = 0; r < reps; r++) launch(r);
-      });
-      const g = graph;
-      run = () => g.launch(stream);
-      run(); // warm the graph
-    } else {
-      let i = 0;
-      run = () => {
-        for (let r = 0; r < reps; r++) launch(i++);
-      };
-    }
-    const samples: number[] = [];
-    for (let t = 0; t < trials; t++) {
-      a.record(stream);
-      run();
-      b.record(stream);
-      b.synchronize();
-      samples.push((Event.elapsedMs(a, b) * 1000) / reps);
-    }
-    return median(samples);
-  } finally {
-    graph?.dispose();
-    a.dispose();
-    b.dispose();
-  }
-}
-
 function fmt(x: number, d = 1): string {
   return Number.isFinite(x) ? x.toFixed(d) : '-';
-}
-
-function writeAtomic(path: string, text: string): void {
-  const tmp = join(dirname(path), `.${Date.now()}.${process.pid}.tmp`);
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
 }
 
 /**

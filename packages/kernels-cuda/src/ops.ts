@@ -8,7 +8,16 @@
 import { type DType, QError } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
 import { ARG_F, ARG_I, ARG_P, ARGS } from './args';
-import { callNative, DeviceTensor, nativeError, type Stream, streamHandle, useDevice } from './device';
+import {
+  callNative,
+  DeviceTensor,
+  deviceProperties,
+  nativeError,
+  type Stream,
+  streamHandle,
+  useDevice,
+} from './device';
+import { autoGemmVariant, isGemmVariant } from './dispatch';
 import { loadNative } from './native';
 import type { PackedGemmWeights } from './pack';
 
@@ -358,7 +367,11 @@ export interface GemmW4A8Options {
   /**
    * Forces a kernel variant (benchmarks and tests only): 1, 2, 4 or 8 token tiles of 8 per block (mma.sync);
    * 16 / 18 the block-synchronous wgmma kernel with 128 / 256 tokens; 20 the warp-specialized wgmma kernel
-   * (sm_90a, N % 128 == 0), 21 / 22 the same with 128 / 192 tokens per tile in every mode.
+   * (sm_90a, N % 128 == 0), 21 / 22 the same with 128 / 192 tokens per tile in every mode, 23 / 24 split
+   * accumulators at 160 / 128 tokens, 25 two-CTA clusters; 100·S + MT (S 2…16, MT 1/2/4/8) the mma.sync
+   * kernel with MT token tiles and K split over S blocks (a per-stream workspace that grows outside graph
+   * capture only: run such a call once before capturing it). Left out or 0: the measured dispatch table
+   * (src/dispatch.ts), else the hand-set rules.
    */
   variant?: number;
 }
@@ -438,6 +451,11 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   }
   if (o.bias !== undefined && o.out.dtype === 'i32')
     throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
+  if (o.variant !== undefined && !isGemmVariant(o.variant))
+    throw new QError(
+      'E_ARG',
+      `${op}: Expected variant 0, 1, 2, 4, 8, 16, 18, 20…25 or 100·S + MT (S 2…16, MT 1/2/4/8) but received ${o.variant}`,
+    );
   const device = o.a.device;
   onDevice(op, 'a', device, 'aScale', o.aScale);
   onDevice(op, 'a', device, 'weights', w.packed);
@@ -463,7 +481,9 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   ARG_I[6] = w.groups;
   ARG_I[7] = mode;
   ARG_I[8] = o.out.dtype === 'f16' ? 0 : o.out.dtype === 'bf16' ? 1 : 2;
-  ARG_I[9] = o.variant ?? 0;
+  ARG_I[9] = o.variant
+    ? o.variant
+    : autoGemmVariant(device, w.n, k, o.mode, m, () => deviceProperties(device));
   const b = loadNative();
   useDevice(device);
   try {

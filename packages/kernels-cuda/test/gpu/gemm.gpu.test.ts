@@ -1,6 +1,6 @@
 /**
  * The W4A8 GEMM against @q/quant's golden GEMM: integer accumulators bit-exact over a shape sweep (M from 1 to
- * 4096, K multiples of 128 and K that is not a multiple of the kernel's 64-wide tile, several N, group sizes
+ * 4096, every kernel variant the dispatch table may choose, K multiples of 128 and K that is not a multiple of the kernel's 64-wide tile, several N, group sizes
  * 64 and 128, all three scale modes), outputs poisoned before every run, float outputs within one rounding of
  * the half-precision output.
  */
@@ -25,7 +25,7 @@ interface Case {
   groupSize: number | 'channel';
 }
 
-const M_SWEEP = [1, 3, 16, 33, 128, 1000, 4096];
+const M_SWEEP = [1, 3, 16, 33, 64, 128, 256, 512, 1000, 4096];
 // N and K shrink as M grows so that the float64-free CPU golden stays fast.
 function nkFor(m: number): Array<[number, number]> {
   if (m <= 33)
@@ -56,18 +56,29 @@ for (const m of M_SWEEP) {
     cases.push({ m, n: m <= 33 ? 160 : m <= 1000 ? 256 : 128, k, groupSize: 'channel' });
 }
 
-// Above 64 tokens with N % 128 == 0 the sm_90a warp-specialized kernel serves the call; its other tile widths
-// (variant 21: 128 tokens, 22: 192 tokens per tile), its split-accumulator group modes (23: 160 tokens, 24:
-// 128) and its two-CTA-cluster per-channel form (25) are checked on the same cases so that dispatch may pick them.
-// Q_TEST_WS_VARIANTS narrows that list (comma-separated; empty for none).
-const WS_VARIANTS = (process.env.Q_TEST_WS_VARIANTS ?? '21,22,23,24,25')
-  .split(',')
-  .filter((v) => v !== '')
-  .map(Number);
+// Every variant the dispatch tuner (src/tune.ts) can put in a table is checked on the same cases, so that a
+// measured table may pick any of them: from 32 tokens on sm_90 with N % 128 == 0 the wgmma kernels (16, 18),
+// the warp-specialized kernel (20) with its other tile widths (21: 128 tokens, 22: 192 per tile), its
+// split-accumulator group modes (23: 160 tokens, 24: 128) and its two-CTA-cluster per-channel form (25); up to
+// 1024 tokens the mma.sync kernel with each token-tile count (1, 2, 4, 8) and split-K (100·S + MT; split
+// factors past the K units leave workers idle, which must still sum right).
+// Q_TEST_WS_VARIANTS and Q_TEST_MMA_VARIANTS narrow the lists (comma-separated; empty for none).
+const list = (v: string | undefined, dflt: string) =>
+  (v ?? dflt)
+    .split(',')
+    .filter((x) => x !== '')
+    .map(Number);
+const WS_VARIANTS = list(process.env.Q_TEST_WS_VARIANTS, '16,18,20,21,22,23,24,25');
+const MMA_VARIANTS = list(
+  process.env.Q_TEST_MMA_VARIANTS,
+  '1,2,4,8,201,202,204,208,301,402,404,408,801,808,1604',
+);
 function variantsFor(c: Case): number[] {
-  return c.m > 64 && c.n % 128 === 0 && gpuStatus().devices[0]?.computeCapability === '9.0'
-    ? [0, ...WS_VARIANTS]
-    : [0];
+  const v = [0];
+  if (c.m <= 1024) v.push(...MMA_VARIANTS);
+  if (c.m >= 32 && c.n % 128 === 0 && gpuStatus().devices[0]?.computeCapability === '9.0')
+    v.push(...WS_VARIANTS);
+  return v;
 }
 
 function makeWeights(rand: () => number, n: number, k: number, groupSize: number | 'channel'): Int4Weights {
