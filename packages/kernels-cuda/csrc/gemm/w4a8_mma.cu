@@ -361,7 +361,13 @@ void* splitWorkspace(void* stream, size_t bytes) {
   size_t size = size_t(16) << 20;
   while (size < bytes) size <<= 1;
   void* p = nullptr;
-  if (cudaMalloc(&p, size) != cudaSuccess) {
+  // This stream is not capturing, but another thread's global-mode capture would forbid cudaMalloc here (and
+  // be invalidated by it); relaxed mode for this one call is the documented way to allocate beside a capture.
+  cudaStreamCaptureMode capMode = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&capMode);
+  const cudaError_t mallocErr = cudaMalloc(&p, size);
+  cudaThreadExchangeStreamCaptureMode(&capMode);
+  if (mallocErr != cudaSuccess) {
     cudaGetLastError();
     return nullptr;
   }
