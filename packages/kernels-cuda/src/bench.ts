@@ -9,7 +9,15 @@ import { QError, Rng } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
 import { fillDevice, randomBf16, timeIt, writeAtomic } from './bench-support';
 import { DeviceTensor, deviceProperties, Stream, synchronize } from './device';
-import { DeviceGemmWeights, type GemmHalfOptions, type GemmW4A8Options, gemmHalf, gemmW4A8 } from './ops';
+import {
+  DeviceGemmWeights,
+  type GemmFp8Options,
+  type GemmHalfOptions,
+  type GemmW4A8Options,
+  gemmFp8,
+  gemmHalf,
+  gemmW4A8,
+} from './ops';
 
 /** One layer shape: the GEMM is [M, K] × [K, N]. */
 export interface GemmShape {
@@ -67,6 +75,8 @@ export interface BenchGemmRow {
   n: number;
   /** Median µs per GEMM. */
   cublasBf16Us: number;
+  /** cuBLASLt fp8 (e4m3, per-tensor scales, bf16 out) at M ≥ 16; NaN (null in JSON) below or where it failed. */
+  cublasFp8Us: number;
   w4a8Us: Record<GemmScaleMode, number>;
   /** cuBLAS time / W4A8 time. */
   speedup: Record<GemmScaleMode, number>;
@@ -131,6 +141,14 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   const rnd = new Uint8Array(1 << 24);
   randomFillSync(rnd);
   randomSource.upload(rnd);
+  // e4m3 inputs: the same random bytes with the NaN codes (S.1111.111) moved to the largest finite value.
+  const fp8Source = alloc('u8', [1 << 24]);
+  fp8Source.upload(rnd.map((x) => ((x & 0x7f) === 0x7f ? x - 1 : x)));
+  const fp8Scales = alloc('f32', [2]);
+  fp8Scales.upload(Float32Array.of(0.01, 0.002));
+  const fp8AScale = DeviceTensor.wrap(fp8Scales.ptr, 'f32', [1], { device });
+  const fp8WScale = DeviceTensor.wrap(fp8Scales.ptr + 4n, 'f32', [1], { device });
+  let fp8Error: string | undefined;
   const bf16Source = alloc('bf16', [1 << 23]);
   bf16Source.upload(randomBf16(1 << 23));
   synchronize(device);
@@ -143,6 +161,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
         'shape',
         'M',
         'cuBLAS bf16',
+        'cuBLASLt fp8',
         'per-channel',
         'group-float',
         'group-int',
@@ -189,6 +208,12 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
         fillDevice(w, bf16Source);
         hWeights.push(w);
       }
+      const fp8Weights: DeviceTensor[] = [];
+      for (let c = 0; c < Math.max(1, Math.min(16, Math.ceil((2 * l2) / (s.n * s.k)))); c++) {
+        const w = alloc('u8', [s.n, s.k]);
+        fillDevice(w, fp8Source);
+        fp8Weights.push(w);
+      }
       for (const m of ms) {
         const aCopies = Math.max(1, Math.min(8, Math.ceil((2 * l2) / (m * s.k * 2))));
         const acts: DeviceTensor[] = [];
@@ -227,6 +252,47 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
             batchMs,
             timing,
           );
+          // The fp8 baseline from 16 tokens (a prefill and batched-decode choice); a failure is reported once and
+          // leaves the column empty rather than stopping the benchmark.
+          let fp8 = Number.NaN;
+          if (m >= 16 && fp8Error === undefined) {
+            const fa: DeviceTensor[] = [];
+            try {
+              for (let c = 0; c < Math.max(1, Math.min(8, Math.ceil((2 * l2) / (m * s.k)))); c++) {
+                const t = DeviceTensor.alloc('u8', [m, s.k], { device });
+                fa.push(t);
+                fillDevice(t, fp8Source);
+              }
+              const fp8Calls: GemmFp8Options[] = Array.from(
+                { length: Math.max(fa.length, fp8Weights.length) },
+                (_, i) => ({
+                  a: fa[i % fa.length] as DeviceTensor,
+                  w: fp8Weights[i % fp8Weights.length] as DeviceTensor,
+                  aScale: fp8AScale,
+                  wScale: fp8WScale,
+                  out,
+                  stream,
+                }),
+              );
+              fp8 = timeIt(
+                (i) => gemmFp8(fp8Calls[i % fp8Calls.length] as GemmFp8Options),
+                stream,
+                trials,
+                batchMs,
+                timing,
+              );
+            } catch (e) {
+              fp8Error = e instanceof Error ? e.message : String(e);
+              if (print) console.log(`cuBLASLt fp8 skipped from here on: ${fp8Error}`);
+              try {
+                synchronize(device);
+              } catch {
+                // The next timing reports a lost context itself.
+              }
+            } finally {
+              for (const t of fa) t.dispose();
+            }
+          }
           const w4 = {} as Record<GemmScaleMode, number>;
           for (const mode of MODES) {
             const calls: GemmW4A8Options[] = Array.from(
@@ -271,6 +337,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
             k: s.k,
             n: s.n,
             cublasBf16Us: cub,
+            cublasFp8Us: fp8,
             w4a8Us: w4,
             speedup: rec((mo) => cub / w4[mo]),
             w4a8TBps: rec((mo) => bytes(mo) / (w4[mo] * 1e-6) / 1e12),
@@ -284,6 +351,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
                 `${s.model} ${s.layer} ${s.k}x${s.n}`,
                 m,
                 fmt(cub),
+                fmt(fp8),
                 fmt(w4['per-channel']),
                 fmt(w4['group-float']),
                 fmt(w4['group-int']),
@@ -300,6 +368,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
         }
       }
       for (const w of hWeights) w.dispose();
+      for (const w of fp8Weights) w.dispose();
       for (const ws of weightSets) ws.pc.packed.dispose();
       for (const t of [pcScales, gScales, qScale, unit]) t.dispose();
     }

@@ -556,6 +556,77 @@ export function gemmHalf(o: GemmHalfOptions): void {
   }
 }
 
+/** Options of `gemmFp8`. */
+export interface GemmFp8Options {
+  /** e4m3 bits [M, K] as u8 (K a multiple of 16). */
+  a: DeviceTensor;
+  /** e4m3 bits [N, K] as u8 (a linear layer's weight, row-major; N a multiple of 16). */
+  w: DeviceTensor;
+  /** f32 [1]: the per-tensor scale of a. */
+  aScale: DeviceTensor;
+  /** f32 [1]: the per-tensor scale of w. */
+  wScale: DeviceTensor;
+  /** bf16 [M, N]. */
+  out: DeviceTensor;
+  stream?: Stream;
+}
+
+/**
+ * `out = aScale · wScale · a · wᵀ` with fp8 e4m3 inputs and bf16 output through cuBLASLt (f32 accumulation,
+ * per-tensor scales only): the benchmarks' fp8 baseline. cuBLASLt is loaded on first use (Q_CUBLASLT_PATH
+ * overrides where); the first call of each shape picks cuBLASLt's heuristic algorithm and allocates a 32 MiB
+ * workspace per device, so run a shape once before capturing it in a graph.
+ *
+ * @example
+ * ```ts
+ * gemmFp8({ a: xFp8, w: wFp8, aScale, wScale, out });
+ * ```
+ */
+export function gemmFp8(o: GemmFp8Options): void {
+  const op = 'gemmFp8';
+  needDtype(op, 'a', o.a, ['u8']);
+  needDtype(op, 'w', o.w, ['u8']);
+  const [m, k] = needRank2(op, 'a', o.a);
+  const [n, kw] = needRank2(op, 'w', o.w);
+  if (kw !== k || k % 16 !== 0 || n % 16 !== 0)
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected w of shape [N, ${k}] with N and K multiples of 16 for a ${shapeText(o.a)} but received ${shapeText(o.w)}`,
+    );
+  needDtype(op, 'aScale', o.aScale, ['f32']);
+  needShape(op, 'aScale', o.aScale, [1]);
+  needDtype(op, 'wScale', o.wScale, ['f32']);
+  needShape(op, 'wScale', o.wScale, [1]);
+  needDtype(op, 'out', o.out, ['bf16']);
+  needShape(op, 'out', o.out, [m, n]);
+  const device = o.a.device;
+  onDevice(op, 'a', device, 'w', o.w);
+  onDevice(op, 'a', device, 'aScale', o.aScale);
+  onDevice(op, 'a', device, 'wScale', o.wScale);
+  onDevice(op, 'a', device, 'out', o.out);
+  ARG_P[0] = needAligned(op, 'a', o.a, 16);
+  ARG_P[1] = needAligned(op, 'w', o.w, 16);
+  ARG_P[2] = needAligned(op, 'aScale', o.aScale, 4);
+  ARG_P[3] = needAligned(op, 'wScale', o.wScale, 4);
+  ARG_P[4] = needAligned(op, 'out', o.out, 16);
+  ARG_P[5] = o.stream === undefined ? 0n : o.stream.handle;
+  ARG_I[0] = m;
+  ARG_I[1] = n;
+  ARG_I[2] = k;
+  const b = loadNative();
+  if (b.cublasLtFp8 === undefined)
+    throw new QError(
+      'E_UNSUPPORTED',
+      `${op}: Expected an addon with cublasLtFp8 but received an older build`,
+    );
+  useDevice(device);
+  try {
+    b.cublasLtFp8(ARGS);
+  } catch (e) {
+    throw nativeError(e, op);
+  }
+}
+
 /**
  * Which cuBLAS library was loaded, and its version.
  *
