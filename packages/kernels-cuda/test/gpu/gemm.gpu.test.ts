@@ -5,7 +5,7 @@
  * the half-precision output.
  */
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '@q/core';
-import { DeviceTensor, gemmW4A8, gpuStatus, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
+import { DeviceTensor, gemmFp8, gemmW4A8, gpuStatus, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
 import {
   type GemmScaleMode,
   gemmW4A8Golden,
@@ -225,3 +225,66 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
     });
   }
 });
+
+/** An e4m3 code's value (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; 0x7f / 0xff are NaN). */
+function e4m3(code: number): number {
+  const sign = code & 0x80 ? -1 : 1;
+  const e = (code >> 3) & 15;
+  const m = code & 7;
+  return sign * (e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7));
+}
+
+// The benchmark's fp8 baseline (cuBLASLt, per-tensor scales) against a float64 reference, so that its timings
+// are of a GEMM that computes the right thing.
+describe.skipIf(noGpu || gpuStatus().devices[0]?.computeCapability !== '9.0')(
+  'gemmFp8 (cuBLASLt) on sm_90',
+  () => {
+    const rand = rng(freshSeed('gemmFp8'));
+    for (const [m, n, k] of [
+      [16, 64, 64],
+      [33, 128, 528],
+    ] as const) {
+      it(`M=${m} N=${n} K=${k} within one bf16 rounding of float64`, () => {
+        const code = () => {
+          const c = Math.floor(rand() * 256);
+          return (c & 0x7f) === 0x7f ? c - 1 : c;
+        };
+        const aBits = Uint8Array.from({ length: m * k }, code);
+        const wBits = Uint8Array.from({ length: n * k }, code);
+        const sa = 0.5 + rand();
+        const sw = 0.01 + rand() * 0.02;
+        const a = DeviceTensor.fromHost('u8', [m, k], aBits);
+        const w = DeviceTensor.fromHost('u8', [n, k], wBits);
+        const aScale = DeviceTensor.fromHost('f32', [1], Float32Array.of(sa));
+        const wScale = DeviceTensor.fromHost('f32', [1], Float32Array.of(sw));
+        const out = DeviceTensor.alloc('bf16', [m, n]);
+        try {
+          out.fillBytes(0xff);
+          gemmFp8({ a, w, aScale, wScale, out });
+          const got = halfToF32('bf16', out.download() as Uint16Array);
+          const av = Float64Array.from(aBits, e4m3);
+          const wv = Float64Array.from(wBits, e4m3);
+          let worst = 0;
+          for (let i = 0; i < m; i++)
+            for (let j = 0; j < n; j++) {
+              let s = 0;
+              let mag = 0;
+              for (let t = 0; t < k; t++) {
+                const p = (av[i * k + t] as number) * (wv[j * k + t] as number);
+                s += p;
+                mag += Math.abs(p);
+              }
+              const ref = s * Math.fround(sa) * Math.fround(sw);
+              // One bf16 rounding of the result plus f32 accumulation error (k·2^-24 of the absolute sum).
+              const tol =
+                2 ** -8 * Math.abs(ref) + k * 2 ** -23 * mag * Math.fround(sa) * Math.fround(sw) + 1e-30;
+              worst = Math.max(worst, Math.abs((got[i * n + j] as number) - ref) / tol);
+            }
+          expect(worst).toBeLessThanOrEqual(1);
+        } finally {
+          for (const t of [a, w, aScale, wScale, out]) t.dispose();
+        }
+      });
+    }
+  },
+);
