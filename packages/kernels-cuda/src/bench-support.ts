@@ -5,8 +5,9 @@
 import { randomFillSync } from 'node:crypto';
 import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { f32ToBf16Bits } from '@q/core';
+import { f32ToBf16Bits, type Rng } from '@q/core';
 import { DeviceTensor, Event, Graph, type Stream } from './device';
+import { DeviceGemmWeights } from './ops';
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -93,4 +94,50 @@ export function writeAtomic(path: string, text: string): void {
     closeSync(fd);
   }
   renameSync(tmp, path);
+}
+
+/** One rotation slot of a shape's W4A8 weights: per-channel and group-scaled views of the same packed bytes. */
+export interface BenchWeightSet {
+  pc: DeviceGemmWeights;
+  grp: DeviceGemmWeights;
+}
+
+/**
+ * Random W4A8 weights of a shape in enough copies to exceed twice the L2 (at most 32), with per-channel, group
+ * and Integer Scale scales from `rng`; tensors come from `alloc`, so the caller owns and frees them.
+ */
+export function benchWeightSets(
+  s: { n: number; k: number },
+  groupSize: number,
+  device: number,
+  l2: number,
+  randomSource: DeviceTensor,
+  rng: Rng,
+  alloc: <D extends 'u8' | 'f32' | 'i32'>(dtype: D, shape: number[]) => DeviceTensor<D>,
+): BenchWeightSet[] {
+  const groups = s.k / groupSize;
+  const wBytes = (s.n / 16) * Math.ceil(s.k / 64) * 512;
+  const wCopies = Math.max(1, Math.min(32, Math.ceil((2 * l2) / wBytes)));
+  const scaleSrc = new Float32Array(s.n * groups).map(() => 0.001 + rng.next() * 0.01);
+  const qSrc = new Int32Array(s.n * groups).map(() => 1 + rng.int(1024));
+  const unitSrc = new Float32Array(s.n).map(() => 1e-5 + rng.next() * 1e-5);
+  const pcScales = alloc('f32', [s.n, 1]);
+  pcScales.upload(scaleSrc.subarray(0, s.n));
+  const gScales = alloc('f32', [s.n, groups]);
+  gScales.upload(scaleSrc);
+  const qScale = alloc('i32', [s.n, groups]);
+  qScale.upload(qSrc);
+  const unit = alloc('f32', [s.n]);
+  unit.upload(unitSrc);
+  const sets: BenchWeightSet[] = [];
+  for (let c = 0; c < wCopies; c++) {
+    const packed = alloc('u8', [wBytes]);
+    fillDevice(packed, randomSource);
+    const common = { n: s.n, k: s.k, kPadded: s.k, device, packed };
+    sets.push({
+      pc: new DeviceGemmWeights({ ...common, groupSize: s.k, groups: 1, scales: pcScales }),
+      grp: new DeviceGemmWeights({ ...common, groupSize, groups, scales: gScales, intQ: qScale, unit }),
+    });
+  }
+  return sets;
 }

@@ -7,10 +7,10 @@
 import { randomFillSync } from 'node:crypto';
 import { QError, Rng } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
-import { fillDevice, randomBf16, timeIt, writeAtomic } from './bench-support';
+import { benchWeightSets, fillDevice, randomBf16, timeIt, writeAtomic } from './bench-support';
 import { DeviceTensor, deviceProperties, Stream, synchronize } from './device';
 import {
-  DeviceGemmWeights,
+  type DeviceGemmWeights,
   type GemmFp8Options,
   type GemmHalfOptions,
   type GemmW4A8Options,
@@ -176,32 +176,14 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   try {
     for (const s of shapes) {
       const groups = s.k / groupSize;
-      const kTiles = Math.ceil(s.k / 64);
-      const wBytes = (s.n / 16) * kTiles * 512;
-      const wCopies = Math.max(1, Math.min(32, Math.ceil((2 * l2) / wBytes)));
       const hCopies = Math.max(1, Math.min(16, Math.ceil((2 * l2) / (s.n * s.k * 2))));
-      const weightSets: { pc: DeviceGemmWeights; grp: DeviceGemmWeights }[] = [];
       const rng = new Rng(s.n * 31 + s.k);
-      const scaleSrc = new Float32Array(s.n * groups).map(() => 0.001 + rng.next() * 0.01);
-      const qSrc = new Int32Array(s.n * groups).map(() => 1 + rng.int(1024));
-      const unitSrc = new Float32Array(s.n).map(() => 1e-5 + rng.next() * 1e-5);
-      const pcScales = alloc('f32', [s.n, 1]);
-      pcScales.upload(scaleSrc.subarray(0, s.n));
-      const gScales = alloc('f32', [s.n, groups]);
-      gScales.upload(scaleSrc);
-      const qScale = alloc('i32', [s.n, groups]);
-      qScale.upload(qSrc);
-      const unit = alloc('f32', [s.n]);
-      unit.upload(unitSrc);
-      for (let c = 0; c < wCopies; c++) {
-        const packed = alloc('u8', [wBytes]);
-        fillDevice(packed, randomSource);
-        const common = { n: s.n, k: s.k, kPadded: s.k, device, packed };
-        weightSets.push({
-          pc: new DeviceGemmWeights({ ...common, groupSize: s.k, groups: 1, scales: pcScales }),
-          grp: new DeviceGemmWeights({ ...common, groupSize, groups, scales: gScales, intQ: qScale, unit }),
-        });
-      }
+      const shapeOwned: DeviceTensor[] = [];
+      const weightSets = benchWeightSets(s, groupSize, device, l2, randomSource, rng, (dtype, shape) => {
+        const t = alloc(dtype, shape);
+        shapeOwned.push(t);
+        return t;
+      });
       const hWeights: DeviceTensor[] = [];
       for (let c = 0; c < hCopies; c++) {
         const w = alloc('bf16', [s.n, s.k]);
@@ -369,8 +351,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
       }
       for (const w of hWeights) w.dispose();
       for (const w of fp8Weights) w.dispose();
-      for (const ws of weightSets) ws.pc.packed.dispose();
-      for (const t of [pcScales, gScales, qScale, unit]) t.dispose();
+      for (const t of shapeOwned) t.dispose();
     }
   } finally {
     for (const t of owned) t.dispose();

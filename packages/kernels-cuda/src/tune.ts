@@ -9,7 +9,7 @@ import { randomFillSync } from 'node:crypto';
 import { QError, Rng } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
 import { BENCH_SHAPES, type GemmShape } from './bench';
-import { fillDevice, timeIt, writeAtomic } from './bench-support';
+import { benchWeightSets, fillDevice, timeIt, writeAtomic } from './bench-support';
 import { DeviceTensor, deviceProperties, Stream, synchronize } from './device';
 import {
   DISPATCH_BUCKETS,
@@ -18,7 +18,7 @@ import {
   type GemmDispatchTable,
   setGemmDispatchTable,
 } from './dispatch';
-import { DeviceGemmWeights, type GemmW4A8Options, gemmW4A8 } from './ops';
+import { type GemmW4A8Options, gemmW4A8 } from './ops';
 
 const MODES: readonly GemmScaleMode[] = ['per-channel', 'group-float', 'group-int'];
 
@@ -155,10 +155,6 @@ export function tuneGemm(options: TuneGemmOptions = {}): TuneGemmResult {
     randomFillSync(rnd);
     randomSource.upload(rnd);
     for (const s of shapes) {
-      const groups = s.k / groupSize;
-      const kTiles = Math.ceil(s.k / 64);
-      const wBytes = (s.n / 16) * kTiles * 512;
-      const wCopies = Math.max(1, Math.min(32, Math.ceil((2 * l2) / wBytes)));
       const rng = new Rng(s.n * 31 + s.k);
       const shapeOwned: DeviceTensor[] = [];
       const salloc = <D extends 'u8' | 'f32' | 'i32'>(dtype: D, shape: number[]): DeviceTensor<D> => {
@@ -178,24 +174,7 @@ export function tuneGemm(options: TuneGemmOptions = {}): TuneGemmResult {
         'group-int': blank(),
       };
       try {
-        const pcScales = salloc('f32', [s.n, 1]);
-        pcScales.upload(new Float32Array(s.n).map(() => 0.001 + rng.next() * 0.01));
-        const gScales = salloc('f32', [s.n, groups]);
-        gScales.upload(new Float32Array(s.n * groups).map(() => 0.001 + rng.next() * 0.01));
-        const qScale = salloc('i32', [s.n, groups]);
-        qScale.upload(new Int32Array(s.n * groups).map(() => 1 + rng.int(1024)));
-        const unit = salloc('f32', [s.n]);
-        unit.upload(new Float32Array(s.n).map(() => 1e-5 + rng.next() * 1e-5));
-        const weightSets: { pc: DeviceGemmWeights; grp: DeviceGemmWeights }[] = [];
-        for (let c = 0; c < wCopies; c++) {
-          const packed = salloc('u8', [wBytes]);
-          fillDevice(packed, randomSource);
-          const common = { n: s.n, k: s.k, kPadded: s.k, device, packed };
-          weightSets.push({
-            pc: new DeviceGemmWeights({ ...common, groupSize: s.k, groups: 1, scales: pcScales }),
-            grp: new DeviceGemmWeights({ ...common, groupSize, groups, scales: gScales, intQ: qScale, unit }),
-          });
-        }
+        const weightSets = benchWeightSets(s, groupSize, device, l2, randomSource, rng, salloc);
         for (const m of ms) {
           const aCopies = Math.max(1, Math.min(8, Math.ceil((2 * l2) / (m * s.k))));
           const tmp: DeviceTensor[] = [];

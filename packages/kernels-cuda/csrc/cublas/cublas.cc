@@ -55,6 +55,23 @@ std::mutex& mu() {
   return m;
 }
 
+// The first of the candidate paths that dlopen accepts (null entries skipped); each failure is appended to
+// *tried for the error message.
+void* OpenFirst(const char* const* candidates, size_t count, std::string* path, std::string* tried) {
+  for (size_t i = 0; i < count; ++i) {
+    const char* c = candidates[i];
+    if (!c || !*c) continue;
+    void* h = dlopen(c, RTLD_NOW | RTLD_LOCAL);
+    if (h) {
+      *path = c;
+      return h;
+    }
+    const char* e = dlerror();
+    *tried += std::string("\n  ") + c + ": " + (e ? e : "not found");
+  }
+  return nullptr;
+}
+
 // Tries Q_CUBLAS_PATH, the soname on the loader's path, then the usual toolkit and wheel locations.
 bool Load(Napi::Env env) {
   Lib& l = lib();
@@ -71,18 +88,7 @@ bool Load(Napi::Env env) {
       "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cublas/lib/libcublas.so.13",
       "/usr/local/cuda/lib64/libcublas.so.12",
   };
-  for (const char* c : candidates) {
-    if (!c || !*c) continue;
-    void* h = dlopen(c, RTLD_NOW | RTLD_LOCAL);
-    if (!h) {
-      const char* e = dlerror();
-      l.tried += std::string("\n  ") + c + ": " + (e ? e : "not found");
-      continue;
-    }
-    l.handle = h;
-    l.path = c;
-    break;
-  }
+  l.handle = OpenFirst(candidates, sizeof candidates / sizeof *candidates, &l.path, &l.tried);
   if (!l.handle)
     Throw(env, "E_CUBLAS",
           "cuBLAS could not be loaded; tried:" + l.tried +
@@ -239,20 +245,7 @@ void LoadLt(Napi::Env env) {
       "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib/libcublasLt.so.13",
       "/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cublas/lib/libcublasLt.so.13",
   };
-  if (!l.handle) {
-    for (const char* c : candidates) {
-      if (!c || !*c) continue;
-      void* h = dlopen(c, RTLD_NOW | RTLD_LOCAL);
-      if (!h) {
-        const char* e = dlerror();
-        l.tried += std::string("\n  ") + c + ": " + (e ? e : "not found");
-        continue;
-      }
-      l.handle = h;
-      l.path = c;
-      break;
-    }
-  }
+  if (!l.handle) l.handle = OpenFirst(candidates, sizeof candidates / sizeof *candidates, &l.path, &l.tried);
   if (!l.handle)
     Throw(env, "E_CUBLAS",
           "cuBLASLt could not be loaded; tried:" + l.tried +
