@@ -22,6 +22,10 @@ import { type GemmW4A8Options, gemmW4A8 } from './ops';
 
 const MODES: readonly GemmScaleMode[] = ['per-channel', 'group-float', 'group-int'];
 
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 /** Options of `tuneGemm`. */
 export interface TuneGemmOptions {
   device?: number;
@@ -59,7 +63,7 @@ export interface TunePoint {
 export interface TuneGemmResult {
   table: GemmDispatchTable;
   points: TunePoint[];
-  /** Variants that threw, with the message. */
+  /** Variants that threw, with the message (variant -1: the setup of that shape, or of that M, failed). */
   failed: { n: number; k: number; mode: GemmScaleMode; m: number; variant: number; error: string }[];
   seconds: number;
 }
@@ -238,7 +242,7 @@ export function tuneGemm(options: TuneGemmOptions = {}): TuneGemmResult {
                     mode,
                     m,
                     variant,
-                    error: e instanceof Error ? e.message : String(e),
+                    error: errorText(e),
                   });
                   // A failed launch or capture may leave work queued; settle before the next variant.
                   try {
@@ -268,10 +272,15 @@ export function tuneGemm(options: TuneGemmOptions = {}): TuneGemmResult {
                   `${s.model} ${s.layer} ${s.k}x${s.n} M=${m} ${mode}: rules ${rules.toFixed(1)} µs, best variant ${chosen} ${best.toFixed(1)} µs (${cands.length} tried, ${((performance.now() - t0) / 1000).toFixed(0)} s)`,
                 );
             }
+          } catch (e) {
+            // Setting up this M failed (e.g. out of memory): its buckets keep the rules; the sweep goes on.
+            failed.push({ n: s.n, k: s.k, mode: 'per-channel', m, variant: -1, error: errorText(e) });
           } finally {
             for (const t of tmp) t.dispose();
           }
         }
+      } catch (e) {
+        failed.push({ n: s.n, k: s.k, mode: 'per-channel', m: 0, variant: -1, error: errorText(e) });
       } finally {
         for (const t of shapeOwned) t.dispose();
       }
