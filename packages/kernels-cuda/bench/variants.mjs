@@ -30,7 +30,9 @@ const [m, n, k] = [200, 256, 640];
 // --check 20,23 narrows the variants checked.
 const ci = args.indexOf('--check');
 const checkVariants =
-  ci >= 0 ? args[ci + 1].split(',').map(Number) : [1, 2, 4, 8, 16, 18, 20, 21, 22, 23, 24, 25];
+  ci >= 0
+    ? args[ci + 1].split(',').map(Number)
+    : [1, 2, 4, 8, 16, 18, 20, 21, 22, 23, 24, 25, 201, 202, 404, 408, 801];
 const check = {};
 for (const gs of ['channel', 128, 64]) {
   const wf = new Float32Array(n * k).map(() => rand() - 0.5);

@@ -5,12 +5,19 @@
  * each launch reads from device memory as it would in a model.
  */
 import { randomFillSync } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { f32ToBf16Bits, QError, Rng } from '@q/core';
+import { QError, Rng } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
-import { DeviceTensor, deviceProperties, Event, Graph, Stream, synchronize } from './device';
-import { DeviceGemmWeights, type GemmHalfOptions, type GemmW4A8Options, gemmHalf, gemmW4A8 } from './ops';
+import { benchWeightSets, fillDevice, randomBf16, timeIt, writeAtomic } from './bench-support';
+import { DeviceTensor, deviceProperties, Stream, synchronize } from './device';
+import {
+  type DeviceGemmWeights,
+  type GemmFp8Options,
+  type GemmHalfOptions,
+  type GemmW4A8Options,
+  gemmFp8,
+  gemmHalf,
+  gemmW4A8,
+} from './ops';
 
 /** One layer shape: the GEMM is [M, K] × [K, N]. */
 export interface GemmShape {
@@ -68,6 +75,8 @@ export interface BenchGemmRow {
   n: number;
   /** Median µs per GEMM. */
   cublasBf16Us: number;
+  /** cuBLASLt fp8 (e4m3, per-tensor scales, bf16 out) at M ≥ 16; NaN (null in JSON) below or where it failed. */
+  cublasFp8Us: number;
   w4a8Us: Record<GemmScaleMode, number>;
   /** cuBLAS time / W4A8 time. */
   speedup: Record<GemmScaleMode, number>;
@@ -93,95 +102,8 @@ export interface BenchGemmResult {
   };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
-}
-
-function randomBf16(count: number): Uint16Array {
-  const bytes = new Uint8Array(count);
-  randomFillSync(bytes);
-  const out = new Uint16Array(count);
-  // Values in [-1, 1) with varied exponents: random data, never zeros (tensor cores run faster on zeros).
-  for (let i = 0; i < count; i++) out[i] = f32ToBf16Bits(((bytes[i] as number) - 127.5) / 128);
-  return out;
-}
-
-function fillDevice(t: DeviceTensor, source: DeviceTensor): void {
-  // Repeats a random source block over t (device-side copies: cheap even for GB tensors).
-  const chunk = source.byteLength;
-  for (let off = 0; off < t.byteLength; off += chunk) {
-    const len = Math.min(chunk, t.byteLength - off);
-    const dst = DeviceTensor.wrap(t.ptr + BigInt(off), 'u8', [len], { device: t.device });
-    const src = DeviceTensor.wrap(source.ptr, 'u8', [len], { device: t.device });
-    dst.copyFrom(src);
-  }
-}
-
-/** Times `launch(i)` (i rotates the inputs) and returns the median µs per launch. */
-function timeIt(
-  launch: (i: number) => void,
-  stream: Stream,
-  trials: number,
-  batchMs: number,
-  timing: 'graph' | 'stream',
-): number {
-  const a = Event.create(stream.device);
-  const b = Event.create(stream.device);
-  let graph: Graph | undefined;
-  try {
-    launch(0);
-    a.record(stream);
-    for (let i = 0; i < 3; i++) launch(i + 1);
-    b.record(stream);
-    b.synchronize();
-    const est = Math.max(Event.elapsedMs(a, b) / 3, 1e-3);
-    const reps = Math.max(1, Math.min(timing === 'graph' ? 200 : 500, Math.round(batchMs / est)));
-    let run: () => void;
-    if (timing === 'graph') {
-      graph = Graph.capture(stream, () => {
-        for (let r = 0; r < reps; r++) launch(r);
-      });
-      const g = graph;
-      run = () => g.launch(stream);
-      run(); // warm the graph
-    } else {
-      let i = 0;
-      run = () => {
-        for (let r = 0; r < reps; r++) launch(i++);
-      };
-    }
-    const samples: number[] = [];
-    for (let t = 0; t < trials; t++) {
-      a.record(stream);
-      run();
-      b.record(stream);
-      b.synchronize();
-      samples.push((Event.elapsedMs(a, b) * 1000) / reps);
-    }
-    return median(samples);
-  } finally {
-    graph?.dispose();
-    a.dispose();
-    b.dispose();
-  }
-}
-
 function fmt(x: number, d = 1): string {
   return Number.isFinite(x) ? x.toFixed(d) : '-';
-}
-
-function writeAtomic(path: string, text: string): void {
-  const tmp = join(dirname(path), `.${Date.now()}.${process.pid}.tmp`);
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, path);
 }
 
 /**
@@ -219,6 +141,14 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   const rnd = new Uint8Array(1 << 24);
   randomFillSync(rnd);
   randomSource.upload(rnd);
+  // e4m3 inputs: the same random bytes with the NaN codes (S.1111.111) moved to the largest finite value.
+  const fp8Source = alloc('u8', [1 << 24]);
+  fp8Source.upload(rnd.map((x) => ((x & 0x7f) === 0x7f ? x - 1 : x)));
+  const fp8Scales = alloc('f32', [2]);
+  fp8Scales.upload(Float32Array.of(0.01, 0.002));
+  const fp8AScale = DeviceTensor.wrap(fp8Scales.ptr, 'f32', [1], { device });
+  const fp8WScale = DeviceTensor.wrap(fp8Scales.ptr + 4n, 'f32', [1], { device });
+  let fp8Error: string | undefined;
   const bf16Source = alloc('bf16', [1 << 23]);
   bf16Source.upload(randomBf16(1 << 23));
   synchronize(device);
@@ -231,6 +161,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
         'shape',
         'M',
         'cuBLAS bf16',
+        'cuBLASLt fp8',
         'per-channel',
         'group-float',
         'group-int',
@@ -245,37 +176,25 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
   try {
     for (const s of shapes) {
       const groups = s.k / groupSize;
-      const kTiles = Math.ceil(s.k / 64);
-      const wBytes = (s.n / 16) * kTiles * 512;
-      const wCopies = Math.max(1, Math.min(32, Math.ceil((2 * l2) / wBytes)));
       const hCopies = Math.max(1, Math.min(16, Math.ceil((2 * l2) / (s.n * s.k * 2))));
-      const weightSets: { pc: DeviceGemmWeights; grp: DeviceGemmWeights }[] = [];
       const rng = new Rng(s.n * 31 + s.k);
-      const scaleSrc = new Float32Array(s.n * groups).map(() => 0.001 + rng.next() * 0.01);
-      const qSrc = new Int32Array(s.n * groups).map(() => 1 + rng.int(1024));
-      const unitSrc = new Float32Array(s.n).map(() => 1e-5 + rng.next() * 1e-5);
-      const pcScales = alloc('f32', [s.n, 1]);
-      pcScales.upload(scaleSrc.subarray(0, s.n));
-      const gScales = alloc('f32', [s.n, groups]);
-      gScales.upload(scaleSrc);
-      const qScale = alloc('i32', [s.n, groups]);
-      qScale.upload(qSrc);
-      const unit = alloc('f32', [s.n]);
-      unit.upload(unitSrc);
-      for (let c = 0; c < wCopies; c++) {
-        const packed = alloc('u8', [wBytes]);
-        fillDevice(packed, randomSource);
-        const common = { n: s.n, k: s.k, kPadded: s.k, device, packed };
-        weightSets.push({
-          pc: new DeviceGemmWeights({ ...common, groupSize: s.k, groups: 1, scales: pcScales }),
-          grp: new DeviceGemmWeights({ ...common, groupSize, groups, scales: gScales, intQ: qScale, unit }),
-        });
-      }
+      const shapeOwned: DeviceTensor[] = [];
+      const weightSets = benchWeightSets(s, groupSize, device, l2, randomSource, rng, (dtype, shape) => {
+        const t = alloc(dtype, shape);
+        shapeOwned.push(t);
+        return t;
+      });
       const hWeights: DeviceTensor[] = [];
       for (let c = 0; c < hCopies; c++) {
         const w = alloc('bf16', [s.n, s.k]);
         fillDevice(w, bf16Source);
         hWeights.push(w);
+      }
+      const fp8Weights: DeviceTensor[] = [];
+      for (let c = 0; c < Math.max(1, Math.min(16, Math.ceil((2 * l2) / (s.n * s.k)))); c++) {
+        const w = alloc('u8', [s.n, s.k]);
+        fillDevice(w, fp8Source);
+        fp8Weights.push(w);
       }
       for (const m of ms) {
         const aCopies = Math.max(1, Math.min(8, Math.ceil((2 * l2) / (m * s.k * 2))));
@@ -315,6 +234,47 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
             batchMs,
             timing,
           );
+          // The fp8 baseline from 16 tokens (a prefill and batched-decode choice); a failure is reported once and
+          // leaves the column empty rather than stopping the benchmark.
+          let fp8 = Number.NaN;
+          if (m >= 16 && fp8Error === undefined) {
+            const fa: DeviceTensor[] = [];
+            try {
+              for (let c = 0; c < Math.max(1, Math.min(8, Math.ceil((2 * l2) / (m * s.k)))); c++) {
+                const t = DeviceTensor.alloc('u8', [m, s.k], { device });
+                fa.push(t);
+                fillDevice(t, fp8Source);
+              }
+              const fp8Calls: GemmFp8Options[] = Array.from(
+                { length: Math.max(fa.length, fp8Weights.length) },
+                (_, i) => ({
+                  a: fa[i % fa.length] as DeviceTensor,
+                  w: fp8Weights[i % fp8Weights.length] as DeviceTensor,
+                  aScale: fp8AScale,
+                  wScale: fp8WScale,
+                  out,
+                  stream,
+                }),
+              );
+              fp8 = timeIt(
+                (i) => gemmFp8(fp8Calls[i % fp8Calls.length] as GemmFp8Options),
+                stream,
+                trials,
+                batchMs,
+                timing,
+              );
+            } catch (e) {
+              fp8Error = e instanceof Error ? e.message : String(e);
+              if (print) console.log(`cuBLASLt fp8 skipped from here on: ${fp8Error}`);
+              try {
+                synchronize(device);
+              } catch {
+                // The next timing reports a lost context itself.
+              }
+            } finally {
+              for (const t of fa) t.dispose();
+            }
+          }
           const w4 = {} as Record<GemmScaleMode, number>;
           for (const mode of MODES) {
             const calls: GemmW4A8Options[] = Array.from(
@@ -359,6 +319,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
             k: s.k,
             n: s.n,
             cublasBf16Us: cub,
+            cublasFp8Us: fp8,
             w4a8Us: w4,
             speedup: rec((mo) => cub / w4[mo]),
             w4a8TBps: rec((mo) => bytes(mo) / (w4[mo] * 1e-6) / 1e12),
@@ -372,6 +333,7 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
                 `${s.model} ${s.layer} ${s.k}x${s.n}`,
                 m,
                 fmt(cub),
+                fmt(fp8),
                 fmt(w4['per-channel']),
                 fmt(w4['group-float']),
                 fmt(w4['group-int']),
@@ -388,8 +350,8 @@ export function benchGemm(options: BenchGemmOptions = {}): BenchGemmResult {
         }
       }
       for (const w of hWeights) w.dispose();
-      for (const ws of weightSets) ws.pc.packed.dispose();
-      for (const t of [pcScales, gScales, qScale, unit]) t.dispose();
+      for (const w of fp8Weights) w.dispose();
+      for (const t of shapeOwned) t.dispose();
     }
   } finally {
     for (const t of owned) t.dispose();

@@ -88,6 +88,8 @@ export interface NativeBinding extends NativeLlamaBinding {
   cublasInfo(): { path: string; version: number };
   /** Argument block: p = [a, w, out, stream], i = [m, n, k, dtype], f = [beta]. */
   cublasGemm(args: BigUint64Array): void;
+  /** Argument block: p = [a, w, aScale, wScale, out, stream], i = [m, n, k]. Absent in addons built before it. */
+  cublasLtFp8?(args: BigUint64Array): void;
   /** Argument block: p = [x, gain, q, scales, stream], i = [m, k, ldq, dtype], f = [eps, staticScale]. */
   actQuant(args: BigUint64Array): void;
   /**

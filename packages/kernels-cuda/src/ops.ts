@@ -8,7 +8,16 @@
 import { type DType, QError } from '@q/core';
 import type { GemmScaleMode } from '@q/quant';
 import { ARG_F, ARG_I, ARG_P, ARGS } from './args';
-import { callNative, DeviceTensor, nativeError, type Stream, streamHandle, useDevice } from './device';
+import {
+  callNative,
+  DeviceTensor,
+  deviceProperties,
+  nativeError,
+  type Stream,
+  streamHandle,
+  useDevice,
+} from './device';
+import { autoGemmVariant, isGemmVariant } from './dispatch';
 import { loadNative } from './native';
 import type { PackedGemmWeights } from './pack';
 
@@ -358,7 +367,11 @@ export interface GemmW4A8Options {
   /**
    * Forces a kernel variant (benchmarks and tests only): 1, 2, 4 or 8 token tiles of 8 per block (mma.sync);
    * 16 / 18 the block-synchronous wgmma kernel with 128 / 256 tokens; 20 the warp-specialized wgmma kernel
-   * (sm_90a, N % 128 == 0), 21 / 22 the same with 128 / 192 tokens per tile in every mode.
+   * (sm_90a, N % 128 == 0), 21 / 22 the same with 128 / 192 tokens per tile in every mode, 23 / 24 split
+   * accumulators at 160 / 128 tokens, 25 two-CTA clusters; 100·S + MT (S 2…16, MT 1/2/4/8) the mma.sync
+   * kernel with MT token tiles and K split over S blocks (a per-stream workspace that grows outside graph
+   * capture only: run such a call once before capturing it). Left out or 0: the measured dispatch table
+   * (src/dispatch.ts), else the hand-set rules.
    */
   variant?: number;
 }
@@ -438,6 +451,11 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   }
   if (o.bias !== undefined && o.out.dtype === 'i32')
     throw new QError('E_ARG', `${op}: Expected no bias with an i32 out (raw accumulators)`);
+  if (o.variant !== undefined && !isGemmVariant(o.variant))
+    throw new QError(
+      'E_ARG',
+      `${op}: Expected variant 0, 1, 2, 4, 8, 16, 18, 20…25 or 100·S + MT (S 2…16, MT 1/2/4/8) but received ${o.variant}`,
+    );
   const device = o.a.device;
   onDevice(op, 'a', device, 'aScale', o.aScale);
   onDevice(op, 'a', device, 'weights', w.packed);
@@ -463,7 +481,9 @@ export function gemmW4A8(o: GemmW4A8Options): void {
   ARG_I[6] = w.groups;
   ARG_I[7] = mode;
   ARG_I[8] = o.out.dtype === 'f16' ? 0 : o.out.dtype === 'bf16' ? 1 : 2;
-  ARG_I[9] = o.variant ?? 0;
+  ARG_I[9] = o.variant
+    ? o.variant
+    : autoGemmVariant(device, w.n, k, o.mode, m, () => deviceProperties(device));
   const b = loadNative();
   useDevice(device);
   try {
@@ -531,6 +551,77 @@ export function gemmHalf(o: GemmHalfOptions): void {
   useDevice(device);
   try {
     b.cublasGemm(ARGS);
+  } catch (e) {
+    throw nativeError(e, op);
+  }
+}
+
+/** Options of `gemmFp8`. */
+export interface GemmFp8Options {
+  /** e4m3 bits [M, K] as u8 (K a multiple of 16). */
+  a: DeviceTensor;
+  /** e4m3 bits [N, K] as u8 (a linear layer's weight, row-major; N a multiple of 16). */
+  w: DeviceTensor;
+  /** f32 [1]: the per-tensor scale of a. */
+  aScale: DeviceTensor;
+  /** f32 [1]: the per-tensor scale of w. */
+  wScale: DeviceTensor;
+  /** bf16 [M, N]. */
+  out: DeviceTensor;
+  stream?: Stream;
+}
+
+/**
+ * `out = aScale · wScale · a · wᵀ` with fp8 e4m3 inputs and bf16 output through cuBLASLt (f32 accumulation,
+ * per-tensor scales only): the benchmarks' fp8 baseline. cuBLASLt is loaded on first use (Q_CUBLASLT_PATH
+ * overrides where); the first call of each shape picks cuBLASLt's heuristic algorithm and allocates a 32 MiB
+ * workspace per device, so run a shape once before capturing it in a graph.
+ *
+ * @example
+ * ```ts
+ * gemmFp8({ a: xFp8, w: wFp8, aScale, wScale, out });
+ * ```
+ */
+export function gemmFp8(o: GemmFp8Options): void {
+  const op = 'gemmFp8';
+  needDtype(op, 'a', o.a, ['u8']);
+  needDtype(op, 'w', o.w, ['u8']);
+  const [m, k] = needRank2(op, 'a', o.a);
+  const [n, kw] = needRank2(op, 'w', o.w);
+  if (kw !== k || k % 16 !== 0 || n % 16 !== 0)
+    throw new QError(
+      'E_SHAPE',
+      `${op}: Expected w of shape [N, ${k}] with N and K multiples of 16 for a ${shapeText(o.a)} but received ${shapeText(o.w)}`,
+    );
+  needDtype(op, 'aScale', o.aScale, ['f32']);
+  needShape(op, 'aScale', o.aScale, [1]);
+  needDtype(op, 'wScale', o.wScale, ['f32']);
+  needShape(op, 'wScale', o.wScale, [1]);
+  needDtype(op, 'out', o.out, ['bf16']);
+  needShape(op, 'out', o.out, [m, n]);
+  const device = o.a.device;
+  onDevice(op, 'a', device, 'w', o.w);
+  onDevice(op, 'a', device, 'aScale', o.aScale);
+  onDevice(op, 'a', device, 'wScale', o.wScale);
+  onDevice(op, 'a', device, 'out', o.out);
+  ARG_P[0] = needAligned(op, 'a', o.a, 16);
+  ARG_P[1] = needAligned(op, 'w', o.w, 16);
+  ARG_P[2] = needAligned(op, 'aScale', o.aScale, 4);
+  ARG_P[3] = needAligned(op, 'wScale', o.wScale, 4);
+  ARG_P[4] = needAligned(op, 'out', o.out, 16);
+  ARG_P[5] = o.stream === undefined ? 0n : o.stream.handle;
+  ARG_I[0] = m;
+  ARG_I[1] = n;
+  ARG_I[2] = k;
+  const b = loadNative();
+  if (b.cublasLtFp8 === undefined)
+    throw new QError(
+      'E_UNSUPPORTED',
+      `${op}: Expected an addon with cublasLtFp8 but received an older build`,
+    );
+  useDevice(device);
+  try {
+    b.cublasLtFp8(ARGS);
   } catch (e) {
     throw nativeError(e, op);
   }

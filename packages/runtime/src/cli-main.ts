@@ -568,33 +568,82 @@ Examples:
     )
     .option('--m <list>', 'token counts M, comma-separated (default 1,16,...,8192)')
     .option('--shapes <list>', 'only these shapes, e.g. llama2-7b:o,llama2-7b:qkv (default: all)')
+    .option(
+      '--tune',
+      'measure every kernel variant per shape, scale mode and M bucket and write the dispatch table (--json: the file, default bench-results/gemm-dispatch.json; the package ships it as src/dispatch/<gpu>.json)',
+    )
+    .option('--dispatch <file>', 'use this dispatch table (from --tune) instead of the shipped one')
     .addHelpText(
       'after',
-      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --stream --m 1 --shapes llama2-7b:o\n  q bench gemm --json gemm.json',
+      '\nExamples:\n  q bench gemm\n  q bench gemm --json\n  q bench gemm --stream --m 1 --shapes llama2-7b:o\n  q bench gemm --json gemm.json\n  q bench gemm --tune --json h200.json\n  q bench gemm --dispatch h200.json --json gemm.json',
     )
-    .action((o: { json?: string | true; device: number; stream?: boolean; m?: string; shapes?: string }) => {
-      const json = jsonPath(o.json, 'gemm');
-      if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
-      const ms = o.m?.split(',').map((v) => int('--m', 1)(v.trim()));
-      let shapes: kernels.GemmShape[] | undefined;
-      if (o.shapes !== undefined) {
-        const want = o.shapes.split(',').map((v) => v.trim());
-        shapes = kernels.BENCH_SHAPES.filter((s) => want.includes(`${s.model}:${s.layer}`));
-        if (shapes.length !== want.length)
-          throw new QError(
-            'E_ARG',
-            `Expected shapes among ${kernels.BENCH_SHAPES.map((s) => `${s.model}:${s.layer}`).join(', ')} for --shapes but received ${o.shapes}`,
-          );
-      }
-      kernels.benchGemm({
-        device: o.device,
-        ...(json ? { json } : {}),
-        ...(o.stream ? { timing: 'stream' as const } : {}),
-        ...(ms ? { ms } : {}),
-        ...(shapes ? { shapes } : {}),
-      });
-      if (json) io.stderr(`results written to ${json}\n`);
-    });
+    .action(
+      (o: {
+        json?: string | true;
+        device: number;
+        stream?: boolean;
+        m?: string;
+        shapes?: string;
+        tune?: boolean;
+        dispatch?: string;
+      }) => {
+        const json = jsonPath(o.json, o.tune ? 'gemm-dispatch' : 'gemm');
+        if (json) fs.mkdirSync(path.dirname(path.resolve(json)), { recursive: true });
+        const ms = o.m?.split(',').map((v) => int('--m', 1)(v.trim()));
+        let shapes: kernels.GemmShape[] | undefined;
+        if (o.shapes !== undefined) {
+          const want = o.shapes.split(',').map((v) => v.trim());
+          shapes = kernels.BENCH_SHAPES.filter((s) => want.includes(`${s.model}:${s.layer}`));
+          if (shapes.length !== want.length)
+            throw new QError(
+              'E_ARG',
+              `Expected shapes among ${kernels.BENCH_SHAPES.map((s) => `${s.model}:${s.layer}`).join(', ')} for --shapes but received ${o.shapes}`,
+            );
+        }
+        if (o.tune) {
+          if (o.stream || o.dispatch !== undefined)
+            throw new QError(
+              'E_ARG',
+              'Expected neither --stream nor --dispatch with --tune but received them',
+            );
+          const r = kernels.tuneGemm({
+            device: o.device,
+            ...(json ? { json } : {}),
+            ...(ms ? { ms } : {}),
+            ...(shapes ? { shapes } : {}),
+          });
+          if (json) io.stderr(`dispatch table written to ${json} (${r.table.entries.length} entries)\n`);
+          return;
+        }
+        if (o.dispatch !== undefined) {
+          const file = o.dispatch;
+          let text: string;
+          try {
+            text = fs.readFileSync(file, 'utf8');
+          } catch (e) {
+            throw new QError(
+              'E_IO',
+              `Expected a readable dispatch table for --dispatch but received ${file} (${e instanceof Error ? e.message : String(e)})`,
+            );
+          }
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            throw new QError('E_ARG', `Expected JSON for --dispatch but received ${file}`);
+          }
+          kernels.setGemmDispatchTable(kernels.parseGemmDispatchTable(parsed, file));
+        }
+        kernels.benchGemm({
+          device: o.device,
+          ...(json ? { json } : {}),
+          ...(o.stream ? { timing: 'stream' as const } : {}),
+          ...(ms ? { ms } : {}),
+          ...(shapes ? { shapes } : {}),
+        });
+        if (json) io.stderr(`results written to ${json}\n`);
+      },
+    );
   bench
     .command('allreduce')
     .description('quantized all-reduce against NCCL across the GPUs of this node')

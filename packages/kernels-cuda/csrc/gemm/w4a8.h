@@ -21,8 +21,9 @@ struct W4A8Args {
   int groupSize, G;       // G = K / groupSize (1 for per-channel)
   int kTiles;             // ceil(K / 64)
   int mode, outType;
-  int variant;            // 0 auto; otherwise a kernel variant for benchmarks (see w4a8_mma.cu)
+  int variant;            // 0 auto; > 0 a forced kernel variant; < 0 a preferred one (see w4a8_mma.cu)
   void* stream;
+  void* work;             // split-K partials [splits][M][N] (4 bytes each); set by the launcher, not the caller
 };
 
 extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* a);

@@ -26,10 +26,19 @@
 // Work split: a block of 16 (MT = 1) or 8 warps owns 16 output channels × (8·MT) tokens; its warps split K
 // (round-robin over whole groups, so group scales apply inside one warp) and the partial results are summed in
 // shared memory in a fixed warp order, so results are deterministic and integer results exact.
+//
+// Split-K (variants 100·S + MT): grid.z = S blocks share one output tile, the S·warps workers taking the units
+// round-robin. Each block writes its warp-reduced partial (int32 16·P sums per-channel, int32 Σ q·P group-int,
+// f32 group-float) to a workspace [S][M][N], and a second kernel sums the S partials in split order and applies
+// the same epilogue: int32 sums are exact in any order (two's-complement addition is associative, and the final
+// value is the one the unsplit kernel holds), the f32 sums deterministic.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <mutex>
+#include <vector>
 
 #include "w4a8.h"
 #include "w4a8_epilogue.cuh"
@@ -96,9 +105,24 @@ struct Acc<Q_MODE_GROUP_INT> {
   typedef int T;
 };
 
+// The epilogue of one output from its reduced accumulator s (see Acc): shared by the kernel and the split-K reduce.
+template <int MODE, typename AccT>
+__device__ __forceinline__ void mmaEpilogue(const W4A8Args& p, int m, int n, AccT s) {
+  const float as = p.aScale[static_cast<size_t>(m) * p.aScaleStride];
+  if (MODE == Q_MODE_PER_CHANNEL) {
+    const int P = static_cast<int>(s) >> 4;
+    w4a8StoreOut(p, m, n, static_cast<float>(P) * as * p.wScale[n], P);
+  } else if (MODE == Q_MODE_GROUP_FLOAT) {
+    w4a8StoreOut(p, m, n, static_cast<float>(s) * as, 0);
+  } else {
+    const int acc = static_cast<int>(s);
+    w4a8StoreOut(p, m, n, static_cast<float>(acc) * as * p.unit[n], acc);
+  }
+}
+
 // TPG: 64-wide k tiles per group when known at compile time (groupSize 64 → 1, 128 → 2, 256 → 4), so that the
 // group bookkeeping of the unrolled loop folds into constants; 0 reads it at run time.
-template <int MT, int MODE, int U, int TPG>
+template <int MT, int MODE, int U, int TPG, bool SPLIT>
 __global__ void __launch_bounds__(warpsFor<MT>() * 32) w4a8MmaKernel(const W4A8Args p) {
   constexpr int kWarps = warpsFor<MT>();
   typedef typename Acc<MODE>::T AccT;
@@ -124,7 +148,10 @@ __global__ void __launch_bounds__(warpsFor<MT>() * 32) w4a8MmaKernel(const W4A8A
   constexpr bool kStatic = MODE == Q_MODE_PER_CHANNEL || (TPG > 0 && U % TPG == 0);
   constexpr int kTpg = MODE == Q_MODE_PER_CHANNEL ? 1 : (TPG > 0 ? TPG : 1);
   const int nUnits = MODE == Q_MODE_PER_CHANNEL ? p.kTiles : p.G;
-  const int myUnits = warp < nUnits ? (nUnits - warp + kWarps - 1) / kWarps : 0;
+  // The worker's index and the number of workers: this block's warps, or with split-K those of all grid.z blocks.
+  const int wid = SPLIT ? static_cast<int>(blockIdx.z) * kWarps + warp : warp;
+  const int nw = SPLIT ? static_cast<int>(gridDim.z) * kWarps : kWarps;
+  const int myUnits = wid < nUnits ? (nUnits - wid + nw - 1) / nw : 0;
   const int myTiles = myUnits * tpg;
 
   int c[MT][4];
@@ -147,7 +174,7 @@ __global__ void __launch_bounds__(warpsFor<MT>() * 32) w4a8MmaKernel(const W4A8A
     for (int u = 0; u < U; ++u) {
       const int i = i0 + u;
       if (i < myTiles) {
-        const int unit = kStatic ? warp + (i0 / kTpg + u / kTpg) * kWarps : warp + (i / tpg) * kWarps;
+        const int unit = kStatic ? wid + (i0 / kTpg + u / kTpg) * nw : wid + (i / tpg) * nw;
         const int kt = kStatic ? unit * kTpg + u % kTpg : unit * tpg + i % tpg;
         wv[u] = ldgStream(wt + static_cast<size_t>(kt) * 32);
         const int k = kt * 64;
@@ -212,57 +239,165 @@ __global__ void __launch_bounds__(warpsFor<MT>() * 32) w4a8MmaKernel(const W4A8A
     const int n = n0 + (ln >> 2) + (r >= 2 ? 8 : 0);
     const int m = m0 + mt * 8 + 2 * (ln & 3) + (r & 1);
     if (m >= p.M) continue;
-    const float as = p.aScale[static_cast<size_t>(m) * p.aScaleStride];
-    if (MODE == Q_MODE_PER_CHANNEL) {
-      const int P = static_cast<int>(s) >> 4;
-      w4a8StoreOut(p, m, n, static_cast<float>(P) * as * p.wScale[n], P);
-    } else if (MODE == Q_MODE_GROUP_FLOAT) {
-      w4a8StoreOut(p, m, n, static_cast<float>(s) * as, 0);
+    if (SPLIT) {
+      const size_t total = static_cast<size_t>(p.M) * p.N;
+      static_cast<AccT*>(p.work)[blockIdx.z * total + static_cast<size_t>(m) * p.N + n] = s;
     } else {
-      const int acc = static_cast<int>(s);
-      w4a8StoreOut(p, m, n, static_cast<float>(acc) * as * p.unit[n], acc);
+      mmaEpilogue<MODE>(p, m, n, s);
     }
   }
 }
 
+// Sums the split-K partials in split order and applies the epilogue.
+template <int MODE>
+__global__ void __launch_bounds__(256) w4a8SplitReduce(const W4A8Args p, int splits) {
+  typedef typename Acc<MODE>::T AccT;
+  const size_t total = static_cast<size_t>(p.M) * p.N;
+  const AccT* part = static_cast<const AccT*>(p.work);
+  for (size_t idx = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    AccT s = 0;
+    for (int z = 0; z < splits; ++z) s += part[z * total + idx];
+    mmaEpilogue<MODE>(p, static_cast<int>(idx / p.N), static_cast<int>(idx % p.N), s);
+  }
+}
+
 template <int MT, int MODE, int TPG>
-cudaError_t launchMma(const W4A8Args& a) {
+cudaError_t launchMma(const W4A8Args& a, int splits) {
   // 4 tiles in flight per warp at M ≤ 16: 8 measured slower at M = 1 (more registers, fewer resident blocks).
   constexpr int U0 = MT <= 2 ? 4 : (MT == 4 ? 2 : 1);
   constexpr int U = TPG > U0 ? TPG : U0;
-  dim3 grid(a.N / 16, (a.M + 8 * MT - 1) / (8 * MT));
-  w4a8MmaKernel<MT, MODE, U, TPG><<<grid, warpsFor<MT>() * 32, 0, reinterpret_cast<cudaStream_t>(a.stream)>>>(a);
+  const cudaStream_t st = reinterpret_cast<cudaStream_t>(a.stream);
+  dim3 grid(a.N / 16, (a.M + 8 * MT - 1) / (8 * MT), splits);
+  if (splits <= 1) {
+    w4a8MmaKernel<MT, MODE, U, TPG, false><<<grid, warpsFor<MT>() * 32, 0, st>>>(a);
+    return cudaGetLastError();
+  }
+  w4a8MmaKernel<MT, MODE, U, TPG, true><<<grid, warpsFor<MT>() * 32, 0, st>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const size_t total = static_cast<size_t>(a.M) * a.N;
+  const size_t blocks = (total + 255) / 256;
+  w4a8SplitReduce<MODE><<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, st>>>(a, splits);
   return cudaGetLastError();
 }
 
 template <int MT, int MODE>
-cudaError_t launchMmaG(const W4A8Args& a) {
+cudaError_t launchMmaG(const W4A8Args& a, int splits) {
   if constexpr (MODE == Q_MODE_PER_CHANNEL) {
-    return launchMma<MT, MODE, 1>(a);
+    return launchMma<MT, MODE, 1>(a, splits);
   } else {
     switch (a.groupSize) {
       case 64:
-        return launchMma<MT, MODE, 1>(a);
+        return launchMma<MT, MODE, 1>(a, splits);
       case 128:
-        return launchMma<MT, MODE, 2>(a);
+        return launchMma<MT, MODE, 2>(a, splits);
       default:
-        return launchMma<MT, MODE, 0>(a);
+        return launchMma<MT, MODE, 0>(a, splits);
     }
   }
 }
 
 template <int MODE>
-cudaError_t dispatchM(const W4A8Args& a, int mt) {
+cudaError_t dispatchM(const W4A8Args& a, int mt, int splits) {
   switch (mt) {
     case 1:
-      return launchMmaG<1, MODE>(a);
+      return launchMmaG<1, MODE>(a, splits);
     case 2:
-      return launchMmaG<2, MODE>(a);
+      return launchMmaG<2, MODE>(a, splits);
     case 4:
-      return launchMmaG<4, MODE>(a);
+      return launchMmaG<4, MODE>(a, splits);
     default:
-      return launchMmaG<8, MODE>(a);
+      return launchMmaG<8, MODE>(a, splits);
   }
+}
+
+// The split-K workspace, one per (device, stream) so that GEMMs on different streams never share partials.
+// A buffer grows (to a power of two) on first use outside stream capture and is never freed while the process
+// runs: a captured graph keeps the pointer it was captured with, so a retired buffer stays valid for it. The
+// buffers are freed at exit.
+constexpr size_t kWorkMax = size_t(1) << 30;
+struct WorkBuf {
+  int device;
+  void* stream;
+  void* ptr;
+  size_t bytes;
+};
+struct WorkPool {
+  std::mutex mu;
+  std::vector<WorkBuf> live;
+  std::vector<WorkBuf> retired;
+  ~WorkPool() {
+    for (const WorkBuf& b : live) cudaFree(b.ptr);
+    for (const WorkBuf& b : retired) cudaFree(b.ptr);
+  }
+};
+WorkPool& workPool() {
+  static WorkPool pool;
+  return pool;
+}
+
+// A workspace of at least `bytes` for this stream, or null: too large, or it would have to grow during stream
+// capture (no allocation may be captured) or the allocation failed. Never leaves a CUDA error pending.
+void* splitWorkspace(void* stream, size_t bytes) {
+  if (bytes > kWorkMax) return nullptr;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  WorkPool& pool = workPool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  WorkBuf* found = nullptr;
+  for (WorkBuf& b : pool.live)
+    if (b.device == dev && b.stream == stream) found = &b;
+  if (found && found->bytes >= bytes) return found->ptr;
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(reinterpret_cast<cudaStream_t>(stream), &cap) != cudaSuccess ||
+      cap != cudaStreamCaptureStatusNone) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  size_t size = size_t(16) << 20;
+  while (size < bytes) size <<= 1;
+  void* p = nullptr;
+  // This stream is not capturing, but another thread's global-mode capture would forbid cudaMalloc here (and
+  // be invalidated by it); relaxed mode for this one call is the documented way to allocate beside a capture.
+  cudaStreamCaptureMode capMode = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&capMode);
+  const cudaError_t mallocErr = cudaMalloc(&p, size);
+  cudaThreadExchangeStreamCaptureMode(&capMode);
+  if (mallocErr != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  if (found) {
+    pool.retired.push_back(*found);
+    found->ptr = p;
+    found->bytes = size;
+  } else {
+    pool.live.push_back(WorkBuf{dev, stream, p, size});
+  }
+  return p;
+}
+
+bool splitVariant(int v, int* splits, int* mt) {
+  const int s = v / 100, t = v % 100;
+  if (s < 2 || s > 16 || (t != 1 && t != 2 && t != 4 && t != 8)) return false;
+  *splits = s;
+  *mt = t;
+  return true;
+}
+
+// Whether variant v can serve this call; for split-K it also reserves the workspace (a.work).
+bool variantApplicable(W4A8Args& a, int v) {
+  if (v == 1 || v == 2 || v == 4 || v == 8) return true;
+  if (v == 16 || v == 18) return a.N % 128 == 0 && q_wgmma_supported();
+  if (v >= 20 && v <= 25) return q_ws_applicable(&a, true);
+  int s = 0, mt = 0;
+  if (!splitVariant(v, &s, &mt)) return false;
+  a.work = splitWorkspace(a.stream, static_cast<size_t>(s) * a.M * a.N * 4);
+  return a.work != nullptr;
 }
 
 }  // namespace
@@ -270,6 +405,10 @@ cudaError_t dispatchM(const W4A8Args& a, int mt) {
 extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   if (args->M == 0 || args->N == 0) return cudaSuccess;
   W4A8Args a = *args;
+  a.work = nullptr;
+  // A negative variant is a preference (the measured dispatch table's choice): used where it applies, otherwise
+  // the rules below decide, so that a table measured on other shapes can never make a call fail.
+  if (a.variant < 0) a.variant = variantApplicable(a, -a.variant) ? -a.variant : 0;
   int mode = a.mode;
   // The raw int32 output of group-float is Σ_g P_g, which the per-channel kernel computes.
   if (mode == Q_MODE_GROUP_FLOAT && a.outType == Q_OUT_I32) mode = Q_MODE_PER_CHANNEL;
@@ -278,7 +417,8 @@ extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   // 20 forces the warp-specialized wgmma kernel (w4a8_ws.cu), which auto picks above 64 tokens where it applies.
   // 21 and 22 force it with 128 / 192 tokens per tile in every mode; 23 and 24 with split accumulators in the
   // group modes at 160 / 128 tokens (per-channel as 20); 25 as 20, per-channel with two-CTA clusters that
-  // share the activation tile through TMA multicast.
+  // share the activation tile through TMA multicast. 100·S + MT (S 2…16, MT 1/2/4/8): the mma.sync kernel with MT
+  // token tiles and K split over S blocks (split-K; needs the workspace, which cannot grow during capture).
   const bool wsForced = a.variant >= 20 && a.variant <= 25;
   if (wsForced || (a.variant == 0 && a.M > 64 && q_ws_applicable(&a, false))) {
     if (!q_ws_applicable(&a, true)) return cudaErrorInvalidValue;
@@ -297,13 +437,23 @@ extern "C" cudaError_t q_w4a8_gemm(const W4A8Args* args) {
   // 8-token tiles per block. Above 32 tokens the group modes stay at 4 tiles (a second block row re-reads the
   // weights from L2): with 8 tiles their two accumulator sets need ~170 registers and occupancy halves.
   int mt = a.M <= 8 ? 1 : (a.M <= 16 ? 2 : (a.M <= 32 || mode != Q_MODE_PER_CHANNEL ? 4 : 8));
-  if (a.variant >= 1 && a.variant <= 8) mt = a.variant;
+  int splits = 1;
+  if (a.variant >= 1 && a.variant <= 8) {
+    mt = a.variant;
+  } else if (a.variant >= 100) {
+    if (!splitVariant(a.variant, &splits, &mt)) return cudaErrorInvalidValue;
+    if (!a.work) a.work = splitWorkspace(a.stream, static_cast<size_t>(splits) * a.M * a.N * 4);
+    // No workspace: too large, or it would have to grow inside a stream capture (run the call once before).
+    if (!a.work) return cudaErrorMemoryAllocation;
+  } else if (a.variant != 0) {
+    return cudaErrorInvalidValue;
+  }
   switch (mode) {
     case Q_MODE_PER_CHANNEL:
-      return dispatchM<Q_MODE_PER_CHANNEL>(a, mt);
+      return dispatchM<Q_MODE_PER_CHANNEL>(a, mt, splits);
     case Q_MODE_GROUP_FLOAT:
-      return dispatchM<Q_MODE_GROUP_FLOAT>(a, mt);
+      return dispatchM<Q_MODE_GROUP_FLOAT>(a, mt, splits);
     default:
-      return dispatchM<Q_MODE_GROUP_INT>(a, mt);
+      return dispatchM<Q_MODE_GROUP_INT>(a, mt, splits);
   }
 }

@@ -1,11 +1,11 @@
 /**
  * The W4A8 GEMM against @q/quant's golden GEMM: integer accumulators bit-exact over a shape sweep (M from 1 to
- * 4096, K multiples of 128 and K that is not a multiple of the kernel's 64-wide tile, several N, group sizes
+ * 4096, every kernel variant the dispatch table may choose, K multiples of 128 and K that is not a multiple of the kernel's 64-wide tile, several N, group sizes
  * 64 and 128, all three scale modes), outputs poisoned before every run, float outputs within one rounding of
  * the half-precision output.
  */
 import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '@q/core';
-import { DeviceTensor, gemmW4A8, gpuStatus, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
+import { DeviceTensor, gemmFp8, gemmW4A8, gpuStatus, packForGemm, uploadGemmWeights } from '@q/kernels-cuda';
 import {
   type GemmScaleMode,
   gemmW4A8Golden,
@@ -25,7 +25,7 @@ interface Case {
   groupSize: number | 'channel';
 }
 
-const M_SWEEP = [1, 3, 16, 33, 128, 1000, 4096];
+const M_SWEEP = [1, 3, 16, 33, 64, 128, 256, 512, 1000, 4096];
 // N and K shrink as M grows so that the float64-free CPU golden stays fast.
 function nkFor(m: number): Array<[number, number]> {
   if (m <= 33)
@@ -56,18 +56,29 @@ for (const m of M_SWEEP) {
     cases.push({ m, n: m <= 33 ? 160 : m <= 1000 ? 256 : 128, k, groupSize: 'channel' });
 }
 
-// Above 64 tokens with N % 128 == 0 the sm_90a warp-specialized kernel serves the call; its other tile widths
-// (variant 21: 128 tokens, 22: 192 tokens per tile), its split-accumulator group modes (23: 160 tokens, 24:
-// 128) and its two-CTA-cluster per-channel form (25) are checked on the same cases so that dispatch may pick them.
-// Q_TEST_WS_VARIANTS narrows that list (comma-separated; empty for none).
-const WS_VARIANTS = (process.env.Q_TEST_WS_VARIANTS ?? '21,22,23,24,25')
-  .split(',')
-  .filter((v) => v !== '')
-  .map(Number);
+// Every variant the dispatch tuner (src/tune.ts) can put in a table is checked on the same cases, so that a
+// measured table may pick any of them: from 32 tokens on sm_90 with N % 128 == 0 the wgmma kernels (16, 18),
+// the warp-specialized kernel (20) with its other tile widths (21: 128 tokens, 22: 192 per tile), its
+// split-accumulator group modes (23: 160 tokens, 24: 128) and its two-CTA-cluster per-channel form (25); up to
+// 1024 tokens the mma.sync kernel with each token-tile count (1, 2, 4, 8) and split-K (100·S + MT; split
+// factors past the K units leave workers idle, which must still sum right).
+// Q_TEST_WS_VARIANTS and Q_TEST_MMA_VARIANTS narrow the lists (comma-separated; empty for none).
+const list = (v: string | undefined, dflt: string) =>
+  (v ?? dflt)
+    .split(',')
+    .filter((x) => x !== '')
+    .map(Number);
+const WS_VARIANTS = list(process.env.Q_TEST_WS_VARIANTS, '16,18,20,21,22,23,24,25');
+const MMA_VARIANTS = list(
+  process.env.Q_TEST_MMA_VARIANTS,
+  '1,2,4,8,201,202,204,208,301,402,404,408,801,808,1604',
+);
 function variantsFor(c: Case): number[] {
-  return c.m > 64 && c.n % 128 === 0 && gpuStatus().devices[0]?.computeCapability === '9.0'
-    ? [0, ...WS_VARIANTS]
-    : [0];
+  const v = [0];
+  if (c.m <= 1024) v.push(...MMA_VARIANTS);
+  if (c.m >= 32 && c.n % 128 === 0 && gpuStatus().devices[0]?.computeCapability === '9.0')
+    v.push(...WS_VARIANTS);
+  return v;
 }
 
 function makeWeights(rand: () => number, n: number, k: number, groupSize: number | 'channel'): Int4Weights {
@@ -214,3 +225,66 @@ describe.skipIf(noGpu)('gemmW4A8 on the GPU', () => {
     });
   }
 });
+
+/** An e4m3 code's value (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; 0x7f / 0xff are NaN). */
+function e4m3(code: number): number {
+  const sign = code & 0x80 ? -1 : 1;
+  const e = (code >> 3) & 15;
+  const m = code & 7;
+  return sign * (e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7));
+}
+
+// The benchmark's fp8 baseline (cuBLASLt, per-tensor scales) against a float64 reference, so that its timings
+// are of a GEMM that computes the right thing.
+describe.skipIf(noGpu || gpuStatus().devices[0]?.computeCapability !== '9.0')(
+  'gemmFp8 (cuBLASLt) on sm_90',
+  () => {
+    const rand = rng(freshSeed('gemmFp8'));
+    for (const [m, n, k] of [
+      [16, 64, 64],
+      [33, 128, 528],
+    ] as const) {
+      it(`M=${m} N=${n} K=${k} within one bf16 rounding of float64`, () => {
+        const code = () => {
+          const c = Math.floor(rand() * 256);
+          return (c & 0x7f) === 0x7f ? c - 1 : c;
+        };
+        const aBits = Uint8Array.from({ length: m * k }, code);
+        const wBits = Uint8Array.from({ length: n * k }, code);
+        const sa = 0.5 + rand();
+        const sw = 0.01 + rand() * 0.02;
+        const a = DeviceTensor.fromHost('u8', [m, k], aBits);
+        const w = DeviceTensor.fromHost('u8', [n, k], wBits);
+        const aScale = DeviceTensor.fromHost('f32', [1], Float32Array.of(sa));
+        const wScale = DeviceTensor.fromHost('f32', [1], Float32Array.of(sw));
+        const out = DeviceTensor.alloc('bf16', [m, n]);
+        try {
+          out.fillBytes(0xff);
+          gemmFp8({ a, w, aScale, wScale, out });
+          const got = halfToF32('bf16', out.download() as Uint16Array);
+          const av = Float64Array.from(aBits, e4m3);
+          const wv = Float64Array.from(wBits, e4m3);
+          let worst = 0;
+          for (let i = 0; i < m; i++)
+            for (let j = 0; j < n; j++) {
+              let s = 0;
+              let mag = 0;
+              for (let t = 0; t < k; t++) {
+                const p = (av[i * k + t] as number) * (wv[j * k + t] as number);
+                s += p;
+                mag += Math.abs(p);
+              }
+              const ref = s * Math.fround(sa) * Math.fround(sw);
+              // One bf16 rounding of the result plus f32 accumulation error (k·2^-24 of the absolute sum).
+              const tol =
+                2 ** -8 * Math.abs(ref) + k * 2 ** -23 * mag * Math.fround(sa) * Math.fround(sw) + 1e-30;
+              worst = Math.max(worst, Math.abs((got[i * n + j] as number) - ref) / tol);
+            }
+          expect(worst).toBeLessThanOrEqual(1);
+        } finally {
+          for (const t of [a, w, aScale, wScale, out]) t.dispose();
+        }
+      });
+    }
+  },
+);

@@ -70,6 +70,9 @@ for (const [m, n, k, gs] of [
   for (const mode of modes) {
     gemmW4A8({ a: q, aScale: sc, weights: dw, mode, out, bias, residual: out });
     gemmW4A8({ a: q, aScale: sc, weights: dw, mode, out: outI });
+    // Split-K (K over 3 and 4 blocks, partial token tiles): the workspace writes and the reduce kernel.
+    gemmW4A8({ a: q, aScale: sc, weights: dw, mode, out, bias, residual: out, variant: 304 });
+    gemmW4A8({ a: q, aScale: sc, weights: dw, mode, out: outI, variant: 401 });
   }
   const wh = T(DeviceTensor.fromHost('bf16', [n, k], new Uint16Array(n * k).fill(0x3c00)));
   gemmHalf({ a: x, w: wh, out });
