@@ -13,7 +13,7 @@ mkdir -p .device
 if [ ! -s .device/node.xz ]; then
   xz -T2 -c "$(command -v node)" > .device/node.xz
 fi
-deps="vitest@3.2.7 fast-check@4.10.2 commander@14.0.3 cli-progress@3.12.0 @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5.11"
+deps="vitest@3.2.7 fast-check@4.10.2 commander@14.0.3 cli-progress@3.12.0 @huggingface/tokenizers@0.2.0 @huggingface/jinja@0.5.11 fastify@5.12.8 prom-client@15.1.3 zod@4.6.7"
 if [ ! -s .device/deps.tar.xz ] || [ "$(cat .device/deps.list 2>/dev/null)" != "$deps" ]; then
   tmp=$(mktemp -d)
   (cd "$tmp" && npm init -y >/dev/null && npm install --no-audit --no-fund --loglevel=error --install-strategy=hoisted $deps)
